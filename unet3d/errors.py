@@ -1,0 +1,21 @@
+"""User-facing errors: each carries a one-line message naming the key, case or file at fault."""
+
+
+class Unet3dError(Exception):
+    """Base class of errors that end a job with one ERROR line and a non-zero exit."""
+
+
+class ConfigError(Unet3dError):
+    """A config value is missing or out of range; the message starts with the dotted key."""
+
+
+class DataError(Unet3dError):
+    """A case or file is missing, unreadable or inconsistent; the message names case and file."""
+
+
+class DeviceError(Unet3dError):
+    """The requested device, precision or strategy is not available on this machine."""
+
+
+class CheckpointError(Unet3dError):
+    """A checkpoint is missing or does not match the model."""

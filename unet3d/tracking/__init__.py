@@ -1,0 +1,1 @@
+"""unet3d.tracking."""
