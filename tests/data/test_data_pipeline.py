@@ -1,0 +1,170 @@
+import numpy as np
+import pytest
+
+from unet3d.data.pipeline import iterate_eval_cases, train_dataset
+from unet3d.data.tfrecord import write_record
+from unet3d.errors import DataError
+
+SHAPE = (20, 18, 12)
+CROP = [8, 8, 8]
+TUMOUR = (slice(15, 18), slice(14, 17), slice(8, 11))
+
+
+def _coordinate_case(shape=SHAPE, marker=100, tumour=TUMOUR):
+    """Channels 0-2 hold x+1, y+1, z+1; channel 3 a constant marker. Mean 0, std 1."""
+    grid = np.indices(shape) + 1
+    image = np.concatenate([grid.transpose(1, 2, 3, 0), np.full(shape + (1,), marker)], axis=-1)
+    label = np.zeros(shape, dtype=np.uint8)
+    if tumour is not None:
+        label[tumour] = 2
+        label[tumour[0].start, tumour[1].start, tumour[2].start] = 3
+    return {"image": image.astype(np.uint8), "label": label, "mean": [0.0] * 4, "std": [1.0] * 4}
+
+
+@pytest.fixture
+def coordinate_files(tmp_path):
+    files = []
+    for index in range(4):
+        record = _coordinate_case(marker=100 + 10 * index)
+        record["case_id"] = f"case_{index}"
+        path = tmp_path / f"case_{index}.tfrecord"
+        write_record(path, record)
+        files.append(str(path))
+    return files
+
+
+def _batches(dataset, count):
+    return [(x.numpy(), y.numpy()) for x, y in dataset.take(count)]
+
+
+def _dataset(files, **overrides):
+    arguments = dict(
+        crop_size=CROP,
+        batch_size=2,
+        augment=False,
+        seed=3,
+        foreground_probability=0.0,
+        shuffle_buffer=4,
+        cache=True,
+    )
+    arguments.update(overrides)
+    return train_dataset(files, **arguments)
+
+
+def _check_crop(image, label, volume_label, marker=None):
+    """The crop is an in-bounds block (decoded from the coordinate channels) matching the label."""
+    factor = 1.0 if marker is None else image[..., 3].max() / marker  # brightness factor
+    starts = []
+    for axis in range(3):
+        coordinate = np.round(image[..., axis] / factor).astype(int) - 1
+        foreground = image[..., 3] > 0
+        values = coordinate[foreground]
+        assert values.min() >= 0 and values.max() < SHAPE[axis]
+        starts.append(coordinate)
+    x, y, z = starts
+    foreground = image[..., 3] > 0
+    assert np.array_equal(
+        label[foreground], volume_label[x[foreground], y[foreground], z[foreground]]
+    )
+    assert (label[~foreground] == 0).all()
+
+
+def test_shapes_dtypes_and_crops_within_bounds(coordinate_files):
+    volume_label = _coordinate_case()["label"]
+    for image, label in _batches(_dataset(coordinate_files), 6):
+        assert image.shape == (2, 8, 8, 8, 4) and image.dtype == np.float32
+        assert label.shape == (2, 8, 8, 8) and label.dtype == np.int32
+        for sample in range(2):
+            x = image[sample, ..., 0] - 1
+            assert (np.diff(x, axis=0) == 1).all()  # no flips: contiguous along each axis
+            assert 0 <= x.min() and x.max() < SHAPE[0]
+            _check_crop(image[sample], label[sample], volume_label)
+
+
+def test_augmented_image_and_label_stay_aligned(coordinate_files):
+    volume_label = _coordinate_case()["label"]
+    flipped = scaled = 0
+    dataset = _dataset(coordinate_files[:1], augment=True, seed=9)
+    for image, label in _batches(dataset, 16):
+        for sample in range(2):
+            _check_crop(image[sample], label[sample], volume_label, marker=100)
+            flipped += bool((np.diff(image[sample, ..., 0], axis=0) < 0).all())
+            scaled += not np.isclose(image[sample, ..., 3].max(), 100, atol=1e-3)
+    assert 0 < flipped < 32 and 0 < scaled < 32
+
+
+def test_small_volumes_are_padded(tmp_path):
+    record = _coordinate_case(shape=(6, 20, 10), tumour=None)
+    record["case_id"] = "small"
+    write_record(tmp_path / "small.tfrecord", record)
+    files = [str(tmp_path / "small.tfrecord")]
+    for image, label in _batches(_dataset(files, crop_size=[8, 16, 12], batch_size=1), 4):
+        assert image.shape == (1, 8, 16, 12, 4)
+        inside = image[0, ..., 3] > 0
+        assert inside.sum() == 6 * 16 * 10
+        assert (image[0][~inside] == 0).all() and (label == 0).all()
+
+
+def test_foreground_oversampling(coordinate_files):
+    def tumour_fraction(probability):
+        batches = _batches(_dataset(coordinate_files, foreground_probability=probability), 20)
+        return np.mean([(label[i] > 0).any() for _, label in batches for i in range(2)])
+
+    assert tumour_fraction(1.0) == 1.0
+    assert tumour_fraction(0.0) < 0.9
+
+
+def test_deterministic_given_seed(coordinate_files):
+    first = _batches(_dataset(coordinate_files, augment=True, foreground_probability=0.5), 4)
+    second = _batches(_dataset(coordinate_files, augment=True, foreground_probability=0.5), 4)
+    other = _batches(
+        _dataset(coordinate_files, augment=True, foreground_probability=0.5, seed=4), 4
+    )
+    for (x1, y1), (x2, y2) in zip(first, second, strict=True):
+        assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    assert any(not np.array_equal(x1, x3) for (x1, _), (x3, _) in zip(first, other, strict=True))
+
+
+def _markers(dataset, count):
+    return {
+        int(round(image[i, ..., 3].max()))
+        for image, _ in _batches(dataset, count)
+        for i in range(2)
+    }
+
+
+def test_sharding_by_file(coordinate_files):
+    import tensorflow as tf
+
+    assert _markers(_dataset(coordinate_files, shard=(2, 0)), 6) == {100, 120}
+    assert _markers(_dataset(coordinate_files, shard=(2, 1)), 6) == {110, 130}
+    assert _markers(_dataset(coordinate_files), 10) == {100, 110, 120, 130}
+    context = tf.distribute.InputContext(num_input_pipelines=4, input_pipeline_id=3)
+    assert _markers(_dataset(coordinate_files, input_context=context), 3) == {130}
+    with pytest.raises(DataError, match="shard 4 would be empty"):
+        _dataset(coordinate_files, shard=(5, 4))
+
+
+def test_on_synthetic_records(tiny_records):
+    dataset = train_dataset(tiny_records, [16, 16, 16], 2, True, 0, 1.0, 8, True)
+    for image, label in _batches(dataset, 2):
+        assert image.shape == (2, 16, 16, 16, 4) and np.isfinite(image).all()
+        assert all((label[i] > 0).any() for i in range(2))
+        assert set(np.unique(label)) <= {0, 1, 2, 3}
+
+
+def test_iterate_eval_cases_yields_each_case_once_in_order(tiny_records):
+    files = list(reversed(tiny_records))
+    cases = list(iterate_eval_cases(files))
+    assert [c.case_id for c in cases] == [f"BraTS19_SYN_000{i}" for i in (4, 3, 2, 1)]
+    for case in cases:
+        assert case.image.shape == (32, 32, 24, 4) and case.image.dtype == np.float32
+        assert case.label.shape == (32, 32, 24) and case.affine.shape == (4, 4)
+        assert case.spacing == (1.0, 1.0, 1.0)
+
+
+def test_missing_file_is_reported(coordinate_files):
+    with pytest.raises(
+        DataError, match="case nothing: .*nothing.tfrecord: TFRecord file does not exist"
+    ):
+        _dataset(coordinate_files + [coordinate_files[0].replace("case_0", "nothing")])

@@ -1,0 +1,210 @@
+"""Tests of sliding-window inference: tiling, blending, padding and flip TTA."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from unet3d.inference.sliding_window import (
+    importance_map,
+    make_keras_predict_fn,
+    sliding_window_predict,
+    window_starts,
+)
+
+NUM_CLASSES = 3
+
+
+def softmax(logits):
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=-1, keepdims=True)
+
+
+def pointwise_model(batch):
+    """Flip-equivariant toy model: class scores are a function of each voxel's intensities."""
+    intensity = batch[..., 0:1]
+    other = batch[..., 1:2]
+    logits = np.concatenate([intensity, -intensity, 0.5 * other + intensity**2], axis=-1)
+    return softmax(logits).astype(np.float32)
+
+
+def positional_model(batch):
+    """Not flip-equivariant: scores depend on the position inside the window."""
+    ramp = np.linspace(-2.0, 2.0, batch.shape[1], dtype=np.float32)[None, :, None, None, None]
+    ramp_z = np.linspace(0.0, 1.0, batch.shape[3], dtype=np.float32)[None, None, None, :, None]
+    intensity = batch[..., 0:1]
+    parts = [intensity + ramp, ramp_z * 3.0, -ramp]
+    logits = np.concatenate([np.broadcast_to(part, intensity.shape) for part in parts], axis=-1)
+    return softmax(logits).astype(np.float32)
+
+
+def volume(shape, channels=2, seed=0):
+    return np.random.default_rng(seed).normal(size=(*shape, channels)).astype(np.float32)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_window_equal_to_volume_is_the_direct_forward_pass(blend):
+    image = volume((8, 6, 10))
+    result = sliding_window_predict(positional_model, image, (8, 6, 10), NUM_CLASSES, blend=blend)
+    expected = positional_model(image[None])[0]
+    assert result.dtype == np.float32 and result.shape == (8, 6, 10, NUM_CLASSES)
+    np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_constant_prediction_stays_constant(blend):
+    value = np.array([0.2, 0.3, 0.5], dtype=np.float32)
+
+    def constant_model(batch):
+        return np.broadcast_to(value, (*batch.shape[:4], NUM_CLASSES)).copy()
+
+    result = sliding_window_predict(
+        constant_model, volume((13, 9, 11)), 4, NUM_CLASSES, blend=blend
+    )
+    # exact up to float32 rounding of the weighted sum divided by the weight sum
+    np.testing.assert_allclose(result, np.broadcast_to(value, result.shape), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "length,window,overlap",
+    [(37, 16, 0.5), (19, 8, 0.0), (21, 7, 0.25), (16, 16, 0.5), (17, 16, 0.5)],
+)
+def test_window_starts_cover_every_voxel(length, window, overlap):
+    starts = window_starts(length, window, overlap)
+    assert starts[0] == 0 and starts[-1] == length - window
+    covered = np.zeros(length, dtype=bool)
+    for start in starts:
+        covered[start : start + window] = True
+    assert covered.all()
+    steps = np.diff(starts)
+    assert np.all(steps > 0) and np.all(steps <= max(1, int(window * (1 - overlap))))
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_odd_volume_pointwise_model_equals_direct_prediction(overlap, batch_size):
+    image = volume((19, 13, 11), seed=1)
+    calls = []
+
+    def recording_model(batch):
+        calls.append(batch.shape)
+        return pointwise_model(batch)
+
+    result = sliding_window_predict(
+        recording_model, image, (8, 6, 4), NUM_CLASSES, overlap=overlap, batch_size=batch_size
+    )
+    np.testing.assert_allclose(result, pointwise_model(image[None])[0], rtol=1e-5, atol=1e-6)
+    assert all(shape[1:] == (8, 6, 4, 2) and 1 <= shape[0] <= batch_size for shape in calls)
+    total = sum(shape[0] for shape in calls)
+    expected_windows = np.prod(
+        [
+            len(window_starts(side, win, overlap))
+            for side, win in zip((19, 13, 11), (8, 6, 4), strict=True)
+        ]
+    )
+    assert total == expected_windows
+
+
+def test_volume_smaller_than_window_is_padded_and_cropped():
+    image = volume((5, 16, 3), seed=2)
+    shapes = []
+
+    def recording_model(batch):
+        shapes.append(batch.shape)
+        return pointwise_model(batch)
+
+    progress = []
+    result = sliding_window_predict(
+        recording_model,
+        image,
+        8,
+        NUM_CLASSES,
+        progress=lambda done, total: progress.append((done, total)),
+    )
+    assert result.shape == (5, 16, 3, NUM_CLASSES)
+    np.testing.assert_allclose(result, pointwise_model(image[None])[0], rtol=1e-5, atol=1e-6)
+    assert all(shape[1:4] == (8, 8, 8) for shape in shapes)
+    assert progress[-1] == (3, 3)
+
+
+def test_flip_tta_is_exact_for_a_flip_equivariant_model():
+    image = volume((12, 10, 9), seed=3)
+    plain = sliding_window_predict(pointwise_model, image, (8, 8, 8), NUM_CLASSES)
+    with_tta = sliding_window_predict(pointwise_model, image, (8, 8, 8), NUM_CLASSES, tta=True)
+    np.testing.assert_allclose(with_tta, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_flip_tta_averages_the_flipped_predictions_of_a_positional_model():
+    image = volume((8, 6, 4), seed=4)
+    calls = []
+
+    def counting_model(batch):
+        calls.append(batch.shape[0])
+        return positional_model(batch)
+
+    with_tta = sliding_window_predict(counting_model, image, (8, 6, 4), NUM_CLASSES, tta=True)
+    assert len(calls) == 8
+    plain = positional_model(image[None])[0]
+    expected = np.zeros_like(plain)
+    for size in range(4):
+        for axes in itertools.combinations((0, 1, 2), size):
+            flipped = np.flip(image, axis=axes)
+            expected += np.flip(positional_model(flipped[None])[0], axis=axes)
+    expected /= 8
+    np.testing.assert_allclose(with_tta, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(with_tta, plain, atol=1e-3)
+    np.testing.assert_allclose(with_tta.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+def test_importance_map():
+    gaussian = importance_map((9, 8, 16))
+    assert gaussian.dtype == np.float32 and gaussian.shape == (9, 8, 16)
+    assert gaussian.max() == pytest.approx(1.0) and gaussian.min() > 0
+    assert gaussian[4, 3, 7] > gaussian[0, 0, 0]
+    np.testing.assert_allclose(gaussian, gaussian[::-1, ::-1, ::-1])  # symmetric for TTA
+    assert np.array_equal(importance_map(4, "constant"), np.ones((4, 4, 4), dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"overlap": 1.0},
+        {"overlap": -0.1},
+        {"blend": "linear"},
+        {"batch_size": 0},
+        {"window_size": (8, 8)},
+        {"window_size": 0},
+    ],
+)
+def test_bad_arguments_raise(kwargs):
+    arguments = {"window_size": 8, "num_classes": NUM_CLASSES, **kwargs}
+    with pytest.raises(ValueError):
+        sliding_window_predict(pointwise_model, volume((8, 8, 8)), **arguments)
+
+
+def test_wrong_prediction_shape_raises():
+    with pytest.raises(ValueError, match="predict_fn returned"):
+        sliding_window_predict(pointwise_model, volume((8, 8, 8)), 8, num_classes=4)
+
+
+def test_keras_predict_fn_matches_the_model():
+    import keras
+
+    from unet3d.model.unet3d import build_unet3d
+
+    model = build_unet3d(
+        in_channels=2, num_classes=NUM_CLASSES, base_filters=4, max_filters=8, num_levels=2
+    )
+    image = volume((8, 8, 16), seed=5)
+    predict_fn = make_keras_predict_fn(model, window_size=(8, 8, 8))
+    result = sliding_window_predict(predict_fn, image, 8, NUM_CLASSES, batch_size=2, overlap=0.5)
+    assert result.shape == (8, 8, 16, NUM_CLASSES) and result.dtype == np.float32
+    np.testing.assert_allclose(result.sum(axis=-1), 1.0, rtol=1e-5)
+
+    whole = make_keras_predict_fn(model)
+    direct = np.asarray(model(image[None], training=False))[0]
+    np.testing.assert_allclose(
+        sliding_window_predict(whole, image, (8, 8, 16), NUM_CLASSES), direct, rtol=1e-5, atol=1e-6
+    )
+    assert isinstance(model, keras.Model)

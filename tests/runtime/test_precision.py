@@ -1,0 +1,82 @@
+"""Precision policies, loss scaling and the global-policy side effect."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from unet3d.errors import ConfigError
+from unet3d.runtime.precision import configure_precision, resolve_policy, wrap_optimizer
+
+
+@pytest.fixture(autouse=True)
+def restore_policy():
+    previous = keras.mixed_precision.global_policy()
+    yield
+    keras.mixed_precision.set_global_policy(previous)
+
+
+@pytest.mark.parametrize(
+    ("policy", "device", "expected"),
+    [
+        ("auto", "CPU", "mixed_bfloat16"),
+        ("auto", "GPU", "mixed_float16"),
+        ("auto", "MLU", "mixed_float16"),
+        ("float32", "GPU", "float32"),
+        ("mixed_bfloat16", "GPU", "mixed_bfloat16"),
+        ("mixed_float16", "CPU", "mixed_float16"),
+    ],
+)
+def test_resolve_policy(policy, device, expected):
+    assert resolve_policy(policy, device) == expected
+
+
+def test_unknown_policy_names_the_key():
+    with pytest.raises(ConfigError, match=r"^precision\.policy: must be one of"):
+        configure_precision({"name": "x", "policy": "int8", "xla": False}, "CPU")
+
+
+def test_amp_on_cpu_is_bfloat16():
+    info = configure_precision({"name": "amp", "policy": "auto", "xla": False}, "CPU")
+    assert (info.name, info.policy_name) == ("amp", "mixed_bfloat16")
+    assert (info.compute_dtype, info.variable_dtype) == ("bfloat16", "float32")
+    assert not info.loss_scale and not info.xla
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    layer = keras.layers.Dense(2)
+    layer.build((None, 3))
+    assert layer.compute_dtype == "bfloat16" and layer.kernel.dtype == "float32"
+    optimizer = keras.optimizers.SGD(0.1)
+    assert wrap_optimizer(optimizer, info) is optimizer
+
+
+def test_fp16_wraps_optimizer_and_trains_one_step(caplog):
+    with caplog.at_level(logging.WARNING, logger="unet3d.runtime.precision"):
+        info = configure_precision({"name": "fp16", "policy": "mixed_float16", "xla": False}, "CPU")
+    assert "slow" in caplog.text
+    assert info.loss_scale and info.compute_dtype == "float16"
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = wrap_optimizer(keras.optimizers.SGD(0.1), info)
+    assert isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+    assert wrap_optimizer(optimizer, info) is optimizer
+    before = [w.copy() for w in model.get_weights()]
+    x = tf.ones((4, 3))
+    with tf.GradientTape() as tape:
+        output = model(x, training=True)
+        assert output.dtype == tf.float16
+        loss = tf.reduce_mean(tf.cast(output, tf.float32) ** 2)
+        scaled = optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+    after = model.get_weights()
+    assert all(w.dtype == np.float32 for w in after)
+    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+    assert all(np.isfinite(w).all() for w in after)
+
+
+def test_xla_flag_passes_through():
+    info = configure_precision({"name": "fp32", "policy": "float32", "xla": True}, "GPU")
+    assert info.xla and info.policy_name == "float32" and not info.loss_scale

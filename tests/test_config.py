@@ -1,0 +1,137 @@
+"""Config composition: every group composes, values are validated before any heavy work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from unet3d.config import validate
+from unet3d.errors import ConfigError
+from unet3d.run import register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def compose_config(*overrides: str):
+    """Compose conf/ like `python -m unet3d.run` does, with Hydra's own config resolved."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_default_config_is_valid() -> None:
+    cfg = compose_config()
+    validate(cfg)
+    assert cfg.mode.name == "train_and_evaluate"
+    assert cfg.data.name == "synthetic"
+    assert cfg.device.type == "auto"
+    assert cfg.precision.name == "fp32"
+    assert cfg.num_folds == 5 and cfg.fold == 0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["precision=amp"], ["precision=bf16"], ["precision=fp16", "precision.xla=true"],
+        ["device=cpu"], ["device=gpu"], ["device=mlu"],
+        ["strategy=mirrored"], ["strategy=multi_worker"], ["strategy=horovod"],
+        ["mode=train"], ["mode=benchmark"], ["model=unet3d", "data.crop_size=[128,128,128]"],
+        ["debug=fast", "fold=4", "precision=amp", "mode=train"],
+        ["model.norm=batch"], ["model.output_kernel_size=1"], ["model.norm=group", "model.base_filters=16"],
+    ],
+)
+def test_groups_compose_and_validate(overrides: list[str]) -> None:
+    validate(compose_config(*overrides))
+
+
+def test_debug_preset_shrinks_everything() -> None:
+    cfg = compose_config("debug=fast")
+    assert cfg.data.synthetic.num_cases < 40
+    assert list(cfg.data.crop_size) == [32, 32, 32]
+    assert cfg.training.max_steps < 20
+    assert cfg.model.base_filters < 8
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["fold=7"], "fold"),
+        (["fold=-1"], "fold"),
+        (["num_folds=1"], "num_folds"),
+        (["data.batch_size=-2"], "data.batch_size"),
+        (["data.crop_size=[60,64,64]"], "data.crop_size"),
+        (["data.crop_size=[64,64]"], "data.crop_size"),
+        (["data=brats2019"], "data.raw_dir"),
+        (["data=brats2019", "data.raw_dir=/no/such/folder"], "data.raw_dir"),
+        (["training.max_steps=0"], "training.max_steps"),
+        (["training.learning_rate=-1"], "training.learning_rate"),
+        (["training.loss=focal"], "training.loss"),
+        (["inference.overlap=1.0"], "inference.overlap"),
+        (["model.norm=layer"], "model.norm"),
+        (["model.num_classes=3"], "model.num_classes"),
+        (["mode=evaluate"], "checkpoint"),
+        (["mode=evaluate", "checkpoint=/no/such/ckpt"], "checkpoint"),
+        (["mode=predict"], "predict.checkpoint"),
+        (["data.synthetic.num_cases=3"], "data.synthetic.num_cases"),
+        (["precision.policy=float16"], "precision.policy"),
+        (["seed=-3"], "seed"),
+    ],
+)
+def test_bad_values_name_their_key(overrides: list[str], key: str) -> None:
+    cfg = compose_config(*overrides)
+    with pytest.raises(ConfigError) as raised:
+        validate(cfg)
+    message = str(raised.value)
+    assert message.startswith(f"{key}:"), message
+    assert "\n" not in message
+
+
+def test_groups_resolve_without_tensorflow() -> None:
+    """Composing and validating must not import TensorFlow (instant --help and errors)."""
+    code = (
+        "import sys; from tests.test_config import compose_config; from unet3d.config import "
+        "validate; validate(compose_config()); print('tensorflow' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "unet3d.run", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_rejects_out_of_range_fold_with_one_line(tmp_path: Path) -> None:
+    result = _run_cli("fold=7", cwd=tmp_path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() + result.stdout.splitlines()
+              if "ERROR" in line]
+    assert len(errors) == 1 and "fold: must be in [0, num_folds=5), got 7" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "data").exists()
+
+
+def test_cli_unknown_option_gets_hydra_error(tmp_path: Path) -> None:
+    result = _run_cli("precision=fp64", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'precision/fp64'" in result.stderr
+
+
+def test_cli_help_and_cfg_job(tmp_path: Path) -> None:
+    help_text = _run_cli("--help", cwd=tmp_path)
+    assert help_text.returncode == 0
+    for group in ("precision", "device", "mode", "strategy", "data", "model", "debug"):
+        assert f"{group}:" in help_text.stdout
+    job = _run_cli("--cfg", "job", "precision=amp", "fold=3", cwd=tmp_path)
+    assert job.returncode == 0
+    loaded = OmegaConf.create(job.stdout)
+    assert loaded.precision.name == "amp" and loaded.fold == 3

@@ -1,0 +1,50 @@
+"""Toy task for the sweep-callback tests: a job that logs like the runner, without TensorFlow."""
+
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from unet3d.tracking.mlflow_logger import Tracker, tracked_run
+from unet3d.tracking.summary import write_job_result
+from unet3d.tracking.sweep_callback import current_parent_run_id
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg):
+    hydra_cfg = HydraConfig.get()
+    output_dir = hydra_cfg.runtime.output_dir
+    overrides = list(hydra_cfg.overrides.task)
+    tracker = Tracker(cfg.tracking, cfg.paths.root_dir)
+    tracker.start(
+        cfg,
+        output_dir,
+        run_name=f"toy-fold{cfg.fold}",
+        tags={"fold": cfg.fold, "precision": cfg.precision},
+        parent_run_id=current_parent_run_id(),
+    )
+    try:
+        with tracked_run(tracker):
+            tracker.log_metrics({"train/loss": 1.0 / (cfg.fold + 1)}, step=1)
+            if cfg.sleep_seconds > 0:
+                (Path(output_dir) / "sleeping").touch()
+                time.sleep(cfg.sleep_seconds)
+            if cfg.fold == cfg.fail_fold and cfg.precision == cfg.fail_precision:
+                raise FloatingPointError("loss is NaN at step 1")
+            offset = 0.01 if cfg.precision == "amp" else 0.0
+            metrics = {"Dice_WT": 0.5 + 0.1 * cfg.fold + offset, "HD95_WT": 10.0 - cfg.fold}
+            tracker.log_metrics(metrics, step=2)
+    except BaseException as error:
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        write_job_result(
+            output_dir, status, cfg.fold, overrides, {}, f"{type(error).__name__}: {error}",
+            tracker.run_id,
+        )  # fmt: skip
+        raise
+    write_job_result(output_dir, "FINISHED", cfg.fold, overrides, metrics, None, tracker.run_id)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

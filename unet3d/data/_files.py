@@ -1,0 +1,138 @@
+"""Small file helpers shared by the data modules: atomic writes, JSON, progress reporting."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_TMP_PATTERN = re.compile(r"\.tmp-(\d+)$")
+
+
+def tmp_path_for(path: Path) -> Path:
+    """Return the temporary name ``<name>.tmp-<pid>`` used while ``path`` is being written."""
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, then ``os.replace``)."""
+    atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_with(path: Path, writer: Callable[[Path], Any]) -> None:
+    """Call ``writer(tmp_path)`` and move the result to ``path``; no temporary file is left."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, atomically."""
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def read_json(path: Path) -> Any | None:
+    """Return the parsed JSON of ``path``, or None when it is missing or not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def short_hash(payload: Any, length: int = 10) -> str:
+    """Return a short, stable hex digest of a JSON-serialisable payload."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def remove_stale_tmp_files(folder: Path) -> int:
+    """Delete ``*.tmp-<pid>`` files under ``folder`` left by processes that no longer run."""
+    removed = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for candidate in folder.rglob("*.tmp-*"):
+        match = _TMP_PATTERN.search(candidate.name)
+        if not match or not candidate.is_file() or _process_alive(int(match.group(1))):
+            continue
+        try:
+            candidate.unlink()
+            removed += 1
+        except OSError:
+            pass
+    if removed:
+        logger.info("Removed %d stale temporary file(s) under %s", removed, folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Progress:
+    """A tqdm bar on an interactive terminal, otherwise periodic log lines with rate and ETA."""
+
+    def __init__(self, total: int, description: str, log: logging.Logger, every_s: float = 15.0):
+        self.total = total
+        self.description = description
+        self.log = log
+        self.every_s = every_s
+        self.done = 0
+        self.start = time.perf_counter()
+        self.last_log = self.start
+        self.bar = None
+        if total > 0 and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=description, unit="case")
+
+    def update(self, count: int = 1) -> None:
+        """Record ``count`` more finished items."""
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+            return
+        now = time.perf_counter()
+        if now - self.last_log >= self.every_s or self.done == self.total:
+            elapsed = now - self.start
+            rate = self.done / elapsed if elapsed > 0 else float("inf")
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            self.log.info(
+                "%s: %d/%d cases, %.2f cases/s, ETA %.0f s",
+                self.description,
+                self.done,
+                self.total,
+                rate,
+                eta,
+            )
+            self.last_log = now
+
+    def close(self) -> None:
+        """Close the bar (if any)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

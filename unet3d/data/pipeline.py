@@ -1,0 +1,245 @@
+"""tf.data input pipelines: random training crops and whole-volume evaluation cases.
+
+Training: files (sharded at file level) -> TFRecordDataset -> parse (+ tumour voxel coordinates)
+-> cache -> seeded shuffle -> repeat -> random or tumour-centred crop -> flips / brightness
+-> z-score -> batch -> prefetch. Every random draw is a stateless op seeded by
+``(seed, element index)``, so a given seed yields the same batches whatever the parallelism.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet3d.data.labels import MODALITIES
+from unet3d.data.preprocess import EPSILON, normalize
+from unet3d.data.tfrecord import parse_case, read_record
+from unet3d.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+NUM_CHANNELS = len(MODALITIES)
+#: At most this many tumour voxel coordinates are kept per case for foreground sampling
+#: (an evenly strided subset of all of them, so they stay spread over the whole tumour).
+MAX_FOREGROUND_POINTS = 4096
+BRIGHTNESS_RANGE = (0.7, 1.3)
+
+
+@dataclass
+class EvalCase:
+    """A whole preprocessed case for evaluation or prediction."""
+
+    case_id: str
+    image: np.ndarray  # float32 (H, W, D, 4), normalised
+    label: np.ndarray | None  # uint8 (H, W, D) training classes
+    spacing: tuple[float, float, float]
+    affine: np.ndarray  # float64 (4, 4)
+
+
+def shard_files(files: Sequence[str], num_shards: int, index: int) -> list[str]:
+    """Return the files of shard ``index`` of ``num_shards`` (every ``num_shards``-th file)."""
+    if num_shards < 1 or not 0 <= index < num_shards:
+        raise ValueError(f"invalid shard {index} of {num_shards}")
+    selected = list(files)[index::num_shards]
+    if not selected:
+        raise DataError(
+            f"{len(files)} training file(s) cannot feed {num_shards} input pipelines: shard "
+            f"{index} would be empty (use fewer workers or more cases)"
+        )
+    return selected
+
+
+def _check_arguments(
+    files: Sequence[str],
+    crop_size: Sequence[int],
+    batch_size: int,
+    foreground_probability: float,
+    shuffle_buffer: int,
+) -> list[int]:
+    if not files:
+        raise DataError("no training files: the training fold is empty")
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise DataError(f"case {Path(missing[0]).stem}: {missing[0]}: TFRecord file does not exist")
+    crop = [int(c) for c in crop_size]
+    if len(crop) != 3 or any(c < 1 for c in crop):
+        raise ConfigError(f"data.crop_size: must be 3 positive sizes, got {list(crop_size)}")
+    if int(batch_size) < 1:
+        raise ConfigError(f"data.batch_size: must be > 0, got {batch_size}")
+    if not 0.0 <= float(foreground_probability) <= 1.0:
+        raise ConfigError(
+            f"data.foreground_probability: must be in [0, 1], got {foreground_probability}"
+        )
+    if int(shuffle_buffer) < 1:
+        raise ConfigError(f"data.shuffle_buffer: must be > 0, got {shuffle_buffer}")
+    return crop
+
+
+def _training_element(serialized: Any, with_foreground: bool) -> dict:
+    """Parse a record into the cached training element (uint8 volumes + tumour coordinates)."""
+    import tensorflow as tf
+
+    parsed = parse_case(serialized)
+    label = parsed["label"]
+    if with_foreground:
+        coordinates = tf.cast(tf.where(label > 0), tf.int32)
+        count = tf.shape(coordinates)[0]
+        stride = tf.maximum(1, (count + MAX_FOREGROUND_POINTS - 1) // MAX_FOREGROUND_POINTS)
+        coordinates = coordinates[::stride]
+    else:
+        coordinates = tf.zeros([0, 3], dtype=tf.int32)
+    return {
+        "image": parsed["image"],
+        "label": label,
+        "mean": parsed["mean"],
+        "std": parsed["std"],
+        "foreground": coordinates,
+    }
+
+
+def _crop_and_augment(
+    index: Any,
+    element: dict,
+    base_seed: int,
+    crop_size: list[int],
+    foreground_probability: float,
+    augment: bool,
+) -> tuple[Any, Any]:
+    """Crop, augment and normalise one cached element; randomness seeded by ``(seed, index)``."""
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(
+        tf.stack([tf.constant(base_seed, tf.int64), tf.cast(index, tf.int64)]), num=6
+    )
+    image, label = element["image"], element["label"]
+    shape = tf.shape(label)
+    crop = tf.constant(crop_size, dtype=tf.int32)
+    extent = tf.minimum(shape, crop)
+    max_start = shape - extent
+
+    uniform = tf.random.stateless_uniform([3], seed=seeds[0])
+    random_start = tf.cast(tf.floor(uniform * tf.cast(max_start + 1, tf.float32)), tf.int32)
+    start = tf.minimum(random_start, max_start)
+    if foreground_probability > 0.0:
+        foreground = element["foreground"]
+        count = tf.shape(foreground)[0]
+        draws = tf.random.stateless_uniform([2], seed=seeds[1])
+        pick = tf.minimum(tf.cast(draws[1] * tf.cast(count, tf.float32), tf.int32), count - 1)
+        padded = tf.concat([foreground, tf.zeros([1, 3], tf.int32)], axis=0)
+        centre = tf.gather(padded, tf.maximum(pick, 0))
+        centred_start = tf.clip_by_value(centre - crop // 2, 0, max_start)
+        use_foreground = tf.logical_and(draws[0] < foreground_probability, count > 0)
+        start = tf.where(use_foreground, centred_start, start)
+
+    image = tf.slice(image, tf.concat([start, [0]], 0), tf.concat([extent, [NUM_CHANNELS]], 0))
+    label = tf.slice(label, start, extent)
+    missing = crop - extent
+    pad_uniform = tf.random.stateless_uniform([3], seed=seeds[2])
+    before = tf.minimum(
+        tf.cast(tf.floor(pad_uniform * tf.cast(missing + 1, tf.float32)), tf.int32), missing
+    )
+    paddings = tf.stack([before, missing - before], axis=1)
+    image = tf.pad(image, tf.concat([paddings, tf.zeros([1, 2], tf.int32)], 0))
+    label = tf.pad(label, paddings)
+    image = tf.ensure_shape(image, crop_size + [NUM_CHANNELS])
+    label = tf.ensure_shape(label, crop_size)
+
+    image = tf.cast(image, tf.float32)
+    if augment:
+        flips = tf.random.stateless_uniform([3], seed=seeds[3])
+        for axis in range(3):
+            flip = flips[axis] < 0.5
+            image = tf.cond(flip, lambda a=axis, x=image: tf.reverse(x, [a]), lambda x=image: x)
+            label = tf.cond(flip, lambda a=axis, y=label: tf.reverse(y, [a]), lambda y=label: y)
+        apply = tf.random.stateless_uniform([], seed=seeds[4]) < 0.5
+        factor = tf.random.stateless_uniform(
+            [], seed=seeds[5], minval=BRIGHTNESS_RANGE[0], maxval=BRIGHTNESS_RANGE[1]
+        )
+        # Background voxels are 0 and stay 0: only the foreground is scaled.
+        image = image * tf.where(apply, factor, 1.0)
+    normalised = (image - element["mean"]) / (element["std"] + EPSILON)
+    image = tf.where(image > 0, normalised, tf.zeros_like(image))
+    return image, tf.cast(label, tf.int32)
+
+
+def train_dataset(
+    files: Sequence[str],
+    crop_size: Sequence[int],
+    batch_size: int,
+    augment: bool,
+    seed: int | None,
+    foreground_probability: float,
+    shuffle_buffer: int,
+    cache: bool,
+    input_context: Any = None,
+    shard: tuple[int, int] | None = None,
+) -> Any:
+    """Infinite dataset of ``(image float32 [B, h, w, d, 4], label int32 [B, h, w, d])``.
+
+    ``shard=(num_shards, index)`` (or a ``tf.distribute.InputContext``) selects every
+    ``num_shards``-th file before caching. Crops smaller volumes are zero-padded; with
+    probability ``foreground_probability`` a crop is centred on a tumour voxel. Deterministic
+    for a given ``seed`` (None draws a random one).
+    """
+    import tensorflow as tf
+
+    crop = _check_arguments(files, crop_size, batch_size, foreground_probability, shuffle_buffer)
+    files = [str(f) for f in files]
+    shard_index = 0
+    if shard is None and input_context is not None:
+        shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shard is not None:
+        num_shards, shard_index = int(shard[0]), int(shard[1])
+        files = shard_files(files, num_shards, shard_index)
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**31))
+    # Distinct shards draw distinct crops; the same (seed, shard) always gives the same stream.
+    base_seed = (int(seed) * 1_000_003 + shard_index) % (2**62)
+    with_foreground = float(foreground_probability) > 0.0
+    autotune = tf.data.AUTOTUNE
+
+    dataset = tf.data.TFRecordDataset(files)
+    dataset = dataset.map(
+        lambda serialized: _training_element(serialized, with_foreground),
+        num_parallel_calls=autotune,
+    )
+    if cache:
+        dataset = dataset.cache()
+    dataset = dataset.shuffle(
+        min(int(shuffle_buffer), len(files)),
+        seed=base_seed % (2**31),
+        reshuffle_each_iteration=True,
+    )
+    dataset = dataset.repeat().enumerate()
+    dataset = dataset.map(
+        lambda index, element: _crop_and_augment(
+            index, element, base_seed, crop, float(foreground_probability), bool(augment)
+        ),
+        num_parallel_calls=autotune,
+    )
+    dataset = dataset.batch(int(batch_size), drop_remainder=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    dataset = dataset.with_options(options)
+    return dataset.prefetch(autotune)
+
+
+def iterate_eval_cases(files: Sequence[str]) -> Iterator[EvalCase]:
+    """Yield every case of ``files`` exactly once, in order, as a normalised whole volume.
+
+    Raises DataError naming the case and file when a record is missing or corrupted.
+    """
+    for path in files:
+        record = read_record(path)
+        yield EvalCase(
+            case_id=record["case_id"],
+            image=normalize(record["image"], record["mean"], record["std"]),
+            label=record["label"] if record["has_label"] else None,
+            spacing=tuple(float(s) for s in record["spacing"]),
+            affine=np.asarray(record["affine"], dtype=np.float64),
+        )

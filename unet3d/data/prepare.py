@@ -1,0 +1,107 @@
+"""From config to ready-to-use files: synthetic data if needed, preprocessing, fold split."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unet3d.data._files import short_hash
+from unet3d.data.folds import load_or_create_split
+from unet3d.data.preprocess import preprocess_dataset
+from unet3d.data.synthetic import ensure_synthetic_dataset
+from unet3d.data.tfrecord import case_id_of, record_path
+from unet3d.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """Preprocessed records and the fold's train / evaluation files."""
+
+    preprocessed_dir: Path
+    case_ids: list[str]
+    split: list[dict[str, list[str]]]
+    train_files: list[str]
+    eval_files: list[str]
+    raw_dir: Path | None = None
+    split_file: Path | None = None
+
+
+def _optional(node: Any, key: str) -> Any:
+    """``node[key]``, or None when it is absent, null or the mandatory marker ``???``."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(node) and OmegaConf.is_missing(node, key):
+            return None
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return node.get(key)
+
+
+def resolve_raw_dir(cfg: Any) -> Path:
+    """Return the raw NIfTI folder: generated synthetic data, or ``cfg.data.raw_dir``."""
+    if cfg.data.get("synthetic") is not None:
+        return ensure_synthetic_dataset(cfg)
+    raw_dir = _optional(cfg.data, "raw_dir")
+    if raw_dir is None or str(raw_dir) == "":
+        raise ConfigError("data.raw_dir: must be set to the folder of the BraTS cases")
+    path = Path(str(raw_dir)).expanduser().resolve()
+    if not path.is_dir():
+        raise DataError(f"{path}: data.raw_dir does not exist or is not a folder")
+    return path
+
+
+def resolve_preprocessed_dir(cfg: Any, raw_dir: Path) -> Path:
+    """Return ``data.preprocessed_dir`` or ``<paths.data_dir>/preprocessed/<name>-<raw hash>``."""
+    configured = cfg.data.get("preprocessed_dir")
+    if configured is not None:
+        return Path(str(configured)).expanduser().resolve()
+    key = short_hash(str(Path(raw_dir).resolve()))
+    return (
+        Path(str(cfg.paths.data_dir)).expanduser().resolve()
+        / "preprocessed"
+        / f"{cfg.data.name}-{key}"
+    )
+
+
+def prepare_data(cfg: Any) -> PreparedData:
+    """Generate synthetic data if needed, preprocess it, split it and pick ``cfg.fold``'s files.
+
+    The split is ``<preprocessed_dir>/splits_k{num_folds}_seed{seed}.json`` (``cfg.seed``).
+    """
+    num_folds = int(cfg.num_folds)
+    fold = int(cfg.fold)
+    if num_folds < 2:
+        raise ConfigError(f"num_folds: must be >= 2, got {num_folds}")
+    if not 0 <= fold < num_folds:
+        raise ConfigError(f"fold: must be in [0, {num_folds}), got {fold}")
+    raw_dir = resolve_raw_dir(cfg)
+    preprocessed_dir = resolve_preprocessed_dir(cfg, raw_dir)
+    files = preprocess_dataset(raw_dir, preprocessed_dir)
+    case_ids = [case_id_of(path) for path in files]
+    split_file = preprocessed_dir / f"splits_k{num_folds}_seed{int(cfg.seed)}.json"
+    split = load_or_create_split(split_file, case_ids, num_folds, int(cfg.seed))
+    train_files = [str(record_path(preprocessed_dir, case)) for case in split[fold]["train"]]
+    eval_files = [str(record_path(preprocessed_dir, case)) for case in split[fold]["val"]]
+    logger.info(
+        "Data: %d cases in %s; fold %d/%d: %d train, %d eval",
+        len(case_ids),
+        preprocessed_dir,
+        fold,
+        num_folds,
+        len(train_files),
+        len(eval_files),
+    )
+    return PreparedData(
+        preprocessed_dir=preprocessed_dir,
+        case_ids=case_ids,
+        split=split,
+        train_files=train_files,
+        eval_files=eval_files,
+        raw_dir=raw_dir,
+        split_file=split_file,
+    )

@@ -1,0 +1,163 @@
+"""Reference preprocessing: NIfTI cases to one uint8 TFRecord per case.
+
+Per modality: clip at 0.85 x max, rescale to 0..255 (``255 * x / max`` after clipping, truncated
+to uint8 like the reference), then mean and std over the voxels > 0 of the uint8 data. Labels
+are stored as training classes (BraTS label 4 becomes 3). At load time ``normalize`` maps
+voxels > 0 to ``(x - mean) / (std + 1e-8)`` and the others to 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet3d.data._files import Progress, read_json, remove_stale_tmp_files, write_json
+from unet3d.data.brats import CaseFiles, LoadedCase, find_cases, load_case
+from unet3d.data.labels import to_training_classes
+from unet3d.data.tfrecord import record_path, write_record
+
+logger = logging.getLogger(__name__)
+
+#: Bumped whenever the content of the records changes; older records are then rewritten.
+PREPROCESS_VERSION = 1
+MANIFEST_NAME = "preprocess_manifest.json"
+CLIP_FRACTION = 0.85
+EPSILON = 1e-8
+
+
+def scale_to_uint8(volume: np.ndarray) -> np.ndarray:
+    """Clip one modality at 0.85 x its max and rescale it to 0..255 uint8 (the reference)."""
+    volume = np.asarray(volume)
+    maximum = float(volume.max()) if volume.size else 0.0
+    if maximum <= 0.0:
+        return np.zeros(volume.shape, dtype=np.uint8)
+    ceiling = CLIP_FRACTION * maximum
+    scaled = np.minimum(volume, ceiling, dtype=np.float64)
+    scaled *= 255.0
+    scaled /= ceiling
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def foreground_stats(channel: np.ndarray) -> tuple[float, float]:
+    """Mean and std over the voxels > 0 of one uint8 channel ((0, 1) when there are none)."""
+    values = channel[channel > 0]
+    if values.size == 0:
+        return 0.0, 1.0
+    values = values.astype(np.float64)
+    return float(values.mean()), float(values.std())
+
+
+def preprocess_case(loaded: LoadedCase) -> dict[str, np.ndarray]:
+    """Return ``image`` uint8 (H, W, D, 4), ``label`` uint8 classes or None, ``mean``/``std``
+    float32[4], ``spacing`` float32[3], ``affine`` float64 (4, 4) and ``case_id``."""
+    image = np.empty(loaded.image.shape, dtype=np.uint8)
+    means = np.zeros(image.shape[-1], dtype=np.float32)
+    stds = np.ones(image.shape[-1], dtype=np.float32)
+    for channel in range(image.shape[-1]):
+        image[..., channel] = scale_to_uint8(loaded.image[..., channel])
+        means[channel], stds[channel] = foreground_stats(image[..., channel])
+    label = None if loaded.label is None else to_training_classes(loaded.label)
+    return {
+        "case_id": loaded.case_id,
+        "image": image,
+        "label": label,
+        "mean": means,
+        "std": stds,
+        "spacing": np.asarray(loaded.spacing, dtype=np.float32),
+        "affine": np.asarray(loaded.affine, dtype=np.float64),
+    }
+
+
+def normalize(image_uint8: np.ndarray, mean: Any, std: Any) -> np.ndarray:
+    """Z-score a (…, 4) uint8 image per channel: voxels > 0 -> (x - mean) / (std + 1e-8), else 0."""
+    image = np.asarray(image_uint8, dtype=np.float32)
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    normalised = (image - mean) / (std + np.float32(EPSILON))
+    return np.where(image > 0, normalised, np.float32(0.0)).astype(np.float32)
+
+
+def _source_signature(case: CaseFiles) -> dict[str, list[int]]:
+    paths = dict(case.modalities)
+    if case.label is not None:
+        paths["seg"] = case.label
+    signature = {}
+    for name, path in sorted(paths.items()):
+        stat = Path(path).stat()
+        signature[name] = [str(path), int(stat.st_size), int(stat.st_mtime_ns)]
+    return signature
+
+
+def preprocess_dataset(
+    raw_dir: str | Path, out_dir: str | Path, require_label: bool = True
+) -> list[str]:
+    """Preprocess every case of ``raw_dir`` into ``<out_dir>/<case_id>.tfrecord``.
+
+    Returns the record paths sorted by case id. Cases whose record is up to date (same source
+    files, sizes and mtimes, same preprocessing version: see ``preprocess_manifest.json``) are
+    skipped. A bad case raises DataError naming the case and file; records already written
+    stay intact and no temporary file is left behind.
+    """
+    raw_dir = Path(raw_dir)
+    out_dir = Path(out_dir)
+    cases = find_cases(raw_dir, require_label=require_label)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp_files(out_dir)
+    manifest_path = out_dir / MANIFEST_NAME
+    manifest = read_json(manifest_path)
+    if not isinstance(manifest, dict) or manifest.get("version") != PREPROCESS_VERSION:
+        manifest = {"version": PREPROCESS_VERSION, "cases": {}}
+    entries: dict[str, Any] = manifest.setdefault("cases", {})
+
+    pending: list[tuple[CaseFiles, dict]] = []
+    for case in cases:
+        signature = _source_signature(case)
+        entry = entries.get(case.case_id)
+        path = record_path(out_dir, case.case_id)
+        up_to_date = (
+            isinstance(entry, dict)
+            and entry.get("sources") == signature
+            and path.is_file()
+            and entry.get("record_size") == path.stat().st_size
+        )
+        if not up_to_date:
+            pending.append((case, signature))
+    files = [str(record_path(out_dir, case.case_id)) for case in cases]
+    if not pending:
+        logger.info("Preprocessed data in %s is up to date (%d cases)", out_dir, len(cases))
+        return files
+
+    logger.info(
+        "Preprocessing %d of %d case(s) from %s into %s", len(pending), len(cases), raw_dir, out_dir
+    )
+    start = time.perf_counter()
+    progress = Progress(len(pending), "Preprocessing", logger)
+    try:
+        for case, signature in pending:
+            entries.pop(case.case_id, None)
+            record = preprocess_case(load_case(case))
+            path = record_path(out_dir, case.case_id)
+            write_record(path, record)
+            entries[case.case_id] = {
+                "sources": signature,
+                "record_size": path.stat().st_size,
+                "shape": list(record["image"].shape[:3]),
+                "has_label": record["label"] is not None,
+            }
+            write_json(manifest_path, manifest)
+            progress.update()
+    finally:
+        progress.close()
+    elapsed = time.perf_counter() - start
+    logger.info(
+        "Preprocessed %d case(s) in %.1f s (%.2f s per case)",
+        len(pending),
+        elapsed,
+        elapsed / len(pending),
+    )
+    return files

@@ -1,0 +1,245 @@
+"""BraTS segmentation metrics: Dice and 95th-percentile Hausdorff distance (NumPy/SciPy only).
+
+Conventions:
+
+- ``dice``: ``2 |A n B| / (|A| + |B|)``; both masks empty scores 1.0 (BraTS), not 0.
+- ``hausdorff95``: symmetric 95th-percentile Hausdorff distance in mm between the surfaces of
+  the two masks (surface voxel = a mask voxel with a 6-neighbour outside the mask or on the
+  volume border), computed with ``scipy.ndimage.distance_transform_edt(sampling=spacing)``;
+  it is ``max(p95(d(pred -> ref)), p95(d(ref -> pred)))`` (the MedPy / MONAI convention).
+  Both empty scores 0.0; exactly one empty scores the BraTS penalty ``373.1287`` mm (the
+  diagonal of a 240x240x155 1 mm volume) rather than nan, so that case means stay finite.
+- Regions (BraTS labels): WT = {1, 2, 4}, TC = {1, 4}, ET = {4}. The seed's per-label names
+  are kept too: ``TumorCore`` is label 1 alone (not the TC region), ``PeritumoralEdema`` label 2,
+  ``EnhancingTumor`` label 4, ``WholeTumor`` the union {1, 2, 4}.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+#: HD95 (mm) scored when exactly one of prediction and reference is empty (BraTS penalty).
+HD95_EMPTY_PENALTY = 373.1287
+#: BraTS evaluation regions as sets of BraTS labels.
+REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+#: The seed's per-label Dice names (BraTS label values).
+SEED_LABELS: dict[str, tuple[int, ...]] = {
+    "TumorCore": (1,),
+    "PeritumoralEdema": (2,),
+    "EnhancingTumor": (4,),
+}
+#: Keys of ``case_metrics``, in order.
+METRIC_KEYS: tuple[str, ...] = (
+    "TumorCore",
+    "PeritumoralEdema",
+    "EnhancingTumor",
+    "MeanDice",
+    "WholeTumor",
+    "Dice_WT",
+    "Dice_TC",
+    "Dice_ET",
+    "HD95_WT",
+    "HD95_TC",
+    "HD95_ET",
+)
+
+
+def _as_bool(mask: np.ndarray) -> np.ndarray:
+    return np.asarray(mask).astype(bool, copy=False)
+
+
+def _check_same_shape(pred: np.ndarray, ref: np.ndarray) -> None:
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from reference {ref.shape}")
+
+
+def dice(pred_mask: np.ndarray, ref_mask: np.ndarray) -> float:
+    """Dice coefficient of two binary masks; 1.0 when both are empty (BraTS convention)."""
+    pred = _as_bool(pred_mask)
+    ref = _as_bool(ref_mask)
+    _check_same_shape(pred, ref)
+    total = int(pred.sum()) + int(ref.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(pred, ref).sum()) / total
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    eroded = ndimage.binary_erosion(mask, structure=structure, border_value=0)
+    return mask & ~eroded
+
+
+def _normalise_spacing(spacing: Sequence[float] | float | None, ndim: int) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * ndim
+    if np.isscalar(spacing):
+        values = (float(spacing),) * ndim  # type: ignore[arg-type]
+    else:
+        values = tuple(float(value) for value in spacing)  # type: ignore[union-attr]
+    if len(values) != ndim or any(not value > 0 for value in values):
+        raise ValueError(f"spacing must give {ndim} positive values, got {spacing!r}")
+    return values
+
+
+def hausdorff95(
+    pred_mask: np.ndarray,
+    ref_mask: np.ndarray,
+    spacing: Sequence[float] | float | None = (1.0, 1.0, 1.0),
+    empty_penalty: float = HD95_EMPTY_PENALTY,
+) -> float:
+    """Symmetric 95th-percentile Hausdorff distance between mask surfaces, in mm.
+
+    Args:
+        pred_mask: binary prediction mask.
+        ref_mask: binary reference mask of the same shape.
+        spacing: voxel size per axis in mm (a scalar applies to every axis; None = 1 mm).
+        empty_penalty: value returned when exactly one mask is empty (BraTS: 373.1287 mm;
+            pass ``float("nan")`` to leave such cases out of nan-aware means).
+
+    Returns:
+        ``max(p95 of pred->ref surface distances, p95 of ref->pred)``; 0.0 when both masks
+        are empty, ``empty_penalty`` when exactly one is.
+    """
+    pred = _as_bool(pred_mask)
+    ref = _as_bool(ref_mask)
+    _check_same_shape(pred, ref)
+    sampling = _normalise_spacing(spacing, pred.ndim)
+    pred_any = bool(pred.any())
+    ref_any = bool(ref.any())
+    if not pred_any and not ref_any:
+        return 0.0
+    if not pred_any or not ref_any:
+        return float(empty_penalty)
+    pred_surface = _surface(pred)
+    ref_surface = _surface(ref)
+    # Every surface voxel lies in the bounding box of the union: the distance transforms
+    # restricted to it are exact and much cheaper than over a whole 240x240x155 volume.
+    box = ndimage.find_objects((pred_surface | ref_surface).astype(np.uint8))[0]
+    pred_surface = pred_surface[box]
+    ref_surface = ref_surface[box]
+    distance_to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=sampling)
+    distance_to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=sampling)
+    forward = distance_to_ref[pred_surface]
+    backward = distance_to_pred[ref_surface]
+    return float(max(np.percentile(forward, 95), np.percentile(backward, 95)))
+
+
+def _region_mask(labels: np.ndarray, values: Iterable[int]) -> np.ndarray:
+    return np.isin(labels, tuple(values))
+
+
+def case_metrics(
+    pred_labels: np.ndarray,
+    ref_labels: np.ndarray,
+    spacing: Sequence[float] | float | None = (1.0, 1.0, 1.0),
+    labels: str = "brats",
+) -> dict[str, float]:
+    """Per-case Dice and HD95 of a predicted label volume against the reference.
+
+    Args:
+        pred_labels: predicted label volume.
+        ref_labels: reference label volume of the same shape.
+        spacing: voxel size in mm per axis (for HD95).
+        labels: ``"brats"`` for BraTS labels {0, 1, 2, 4}, or ``"training"`` for training
+            classes {0, 1, 2, 3} (class 3 is read as label 4).
+
+    Returns:
+        A dict with exactly the keys of ``METRIC_KEYS``: the seed's per-label Dice
+        ``TumorCore`` (label 1), ``PeritumoralEdema`` (2), ``EnhancingTumor`` (4), their mean
+        ``MeanDice``, ``WholeTumor`` (Dice of {1, 2, 4}), and the BraTS regions'
+        ``Dice_WT``/``Dice_TC``/``Dice_ET`` and ``HD95_WT``/``HD95_TC``/``HD95_ET`` (mm).
+    """
+    pred = np.asarray(pred_labels)
+    ref = np.asarray(ref_labels)
+    _check_same_shape(pred, ref)
+    if labels == "training":
+        pred = np.where(pred == 3, 4, pred)
+        ref = np.where(ref == 3, 4, ref)
+    elif labels != "brats":
+        raise ValueError(f"labels must be 'brats' or 'training', got {labels!r}")
+
+    result: dict[str, float] = {}
+    for name, values in SEED_LABELS.items():
+        result[name] = dice(_region_mask(pred, values), _region_mask(ref, values))
+    result["MeanDice"] = float(np.mean([result[name] for name in SEED_LABELS]))
+    region_dice: dict[str, float] = {}
+    region_hd95: dict[str, float] = {}
+    for region, values in REGIONS.items():
+        pred_mask = _region_mask(pred, values)
+        ref_mask = _region_mask(ref, values)
+        region_dice[region] = dice(pred_mask, ref_mask)
+        region_hd95[region] = hausdorff95(pred_mask, ref_mask, spacing)
+    result["WholeTumor"] = region_dice["WT"]
+    for region in REGIONS:
+        result[f"Dice_{region}"] = region_dice[region]
+    for region in REGIONS:
+        result[f"HD95_{region}"] = region_hd95[region]
+    return {key: float(result[key]) for key in METRIC_KEYS}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def summarize(cases: Sequence[Mapping[str, object]]) -> dict[str, float]:
+    """Mean of every numeric metric over cases, ignoring nan values (nan when all are nan).
+
+    Non-numeric entries (e.g. a ``case_id`` column) are skipped. Keys follow the first case's
+    order, then any key only later cases have; an empty list gives an empty dict.
+    """
+    keys: list[str] = []
+    for case in cases:
+        for key, value in case.items():
+            if key not in keys and _is_number(value):
+                keys.append(key)
+    summary: dict[str, float] = {}
+    for key in keys:
+        values = np.array(
+            [float(case[key]) for case in cases if _is_number(case.get(key))],  # type: ignore[arg-type]
+            dtype=np.float64,
+        )
+        finite = values[~np.isnan(values)]
+        summary[key] = float(finite.mean()) if finite.size else float("nan")
+    return summary
+
+
+def _format_value(value: float | None, digits: int) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return f"{value:.{digits}f}"
+
+
+def format_table(summary: Mapping[str, float]) -> str:
+    """Render a summary (or one case's metrics) as a per-region table for the log.
+
+    Rows: the BraTS regions WT, TC, ET (Dice and HD95 in mm), then the seed's per-label Dice
+    (TumorCore = label 1, PeritumoralEdema = 2, EnhancingTumor = 4) and MeanDice. Rows whose
+    keys are missing are left out.
+    """
+    rows: list[tuple[str, float | None, float | None]] = []
+    for region, values in REGIONS.items():
+        dice_key, hd_key = f"Dice_{region}", f"HD95_{region}"
+        if dice_key in summary or hd_key in summary:
+            label_list = ",".join(str(value) for value in values)
+            rows.append((f"{region} {{{label_list}}}", summary.get(dice_key), summary.get(hd_key)))
+    for name, values in SEED_LABELS.items():
+        if name in summary:
+            rows.append((f"{name} (label {values[0]})", summary[name], None))
+    if "MeanDice" in summary:
+        rows.append(("MeanDice (labels 1,2,4)", summary["MeanDice"], None))
+    header = ("region / label", "Dice", "HD95 mm")
+    width = max([len(header[0])] + [len(row[0]) for row in rows])
+    lines = [f"{header[0]:<{width}}  {header[1]:>8}  {header[2]:>8}"]
+    lines.append("-" * len(lines[0]))
+    for name, dice_value, hd_value in rows:
+        lines.append(
+            f"{name:<{width}}  {_format_value(dice_value, 4):>8}  {_format_value(hd_value, 2):>8}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,352 @@
+"""Which trained models to run, and how an ensemble of them segments one volume.
+
+``resolve_model_checkpoints`` turns ``predict.checkpoint`` into checkpoint prefixes. Accepted
+forms (and lists of them, which make an ensemble):
+
+- a checkpoint prefix (``.../checkpoints/ckpt-600``, the ``.index`` file must exist);
+- a ``checkpoints/`` folder or a training run's output dir (the newest checkpoint in it);
+- the sweep dir of a Hydra cross-validation run (``python -m unet3d.run -m fold=0,1,2,3,4``):
+  every job subfolder with a checkpoint is one fold model, and its fold is read from the job's
+  ``.hydra/config.yaml``. With ``fold`` given only that fold's job is taken, else all folds
+  (an ensemble).
+
+``load_ensemble`` builds one model per prefix from ``cfg.model`` and restores its weights.
+``EnsemblePredictor`` is the one sliding-window code path of ``mode=predict`` and of the
+evaluate modes: it maps a normalised volume (H, W, D, 4) to class probabilities (H, W, D, K),
+the mean of the members' softmax outputs. The mean is taken per window batch, inside the
+sliding window; since blending and flip TTA are linear, this equals the mean of the members'
+whole-volume probability maps, with one accumulator instead of one per member.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet3d.data.labels import to_brats_labels
+from unet3d.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Config key named in the errors of ``resolve_model_checkpoints``.
+CHECKPOINT_KEY = "predict.checkpoint"
+CHECKPOINT_FOLDER = "checkpoints"
+HYDRA_CONFIG = Path(".hydra") / "config.yaml"
+_NUMBER = re.compile(r"(\d+)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint resolution
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_list(spec: Any) -> list[Any]:
+    if spec is None:
+        return []
+    if isinstance(spec, str | Path):
+        return [spec]
+    try:
+        from omegaconf import ListConfig, OmegaConf
+
+        if isinstance(spec, ListConfig):
+            return list(OmegaConf.to_container(spec, resolve=True))
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(spec, Iterable):
+        return list(spec)
+    return [spec]
+
+
+def _latest_in_folder(folder: Path) -> str | None:
+    """Newest checkpoint prefix in ``folder``: the ``checkpoint`` state file, else ``*.index``."""
+    if not folder.is_dir():
+        return None
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(folder))
+    if latest and Path(f"{latest}.index").exists():
+        return str(latest)
+    numbered: list[tuple[int, str]] = []
+    for index_file in folder.glob("*.index"):
+        prefix = index_file.with_suffix("")
+        match = _NUMBER.search(prefix.name)
+        numbered.append((int(match.group(1)) if match else -1, str(prefix)))
+    return max(numbered)[1] if numbered else None
+
+
+def checkpoint_of(path: Path) -> str | None:
+    """The checkpoint prefix named by ``path`` (prefix, ``checkpoints/`` folder or run dir)."""
+    if Path(f"{path}.index").is_file():
+        return str(path)
+    if path.is_dir():
+        return _latest_in_folder(path) or _latest_in_folder(path / CHECKPOINT_FOLDER)
+    return None
+
+
+def run_dir_of(prefix: str | Path) -> Path:
+    """The training run dir of a checkpoint prefix (the parent of its ``checkpoints/``)."""
+    folder = Path(prefix).parent
+    return folder.parent if folder.name == CHECKPOINT_FOLDER else folder
+
+
+def run_config(run_dir: Path) -> Any | None:
+    """The run's composed config (``.hydra/config.yaml``) or None when absent or unreadable."""
+    path = Path(run_dir) / HYDRA_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.load(path)
+    except Exception as error:  # a damaged file only loses the fold information
+        log.warning("%s: cannot read the run's config (%s)", path, error)
+        return None
+
+
+def _run_fold(run_dir: Path) -> int | None:
+    config = run_config(run_dir)
+    if config is None:
+        return None
+    try:
+        value = config.get("fold")
+    except Exception:  # interpolation errors and the like
+        return None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _sweep_members(
+    sweep_dir: Path, fold: int | None, key: str
+) -> list[str]:
+    """Checkpoints of the job subfolders of a Hydra sweep dir (one fold, or all)."""
+    jobs: list[tuple[Path, str | None, int | None]] = []
+    for child in sorted(path for path in sweep_dir.iterdir() if path.is_dir()):
+        if child.name.startswith("."):
+            continue
+        prefix = checkpoint_of(child)
+        is_job = prefix is not None or (child / HYDRA_CONFIG).is_file()
+        if is_job:
+            jobs.append((child, prefix, _run_fold(child)))
+    trained = [(child, prefix, job_fold) for child, prefix, job_fold in jobs if prefix]
+    if not trained:
+        raise CheckpointError(
+            f"{key}: {sweep_dir}: no checkpoint found (expected a checkpoint prefix such as "
+            f"ckpt-600, a {CHECKPOINT_FOLDER}/ folder, a training run dir, or a sweep dir whose "
+            f"job folders hold {CHECKPOINT_FOLDER}/)"
+        )
+    untrained = [child.name for child, prefix, _ in jobs if not prefix]
+    if fold is not None:
+        chosen = [(child, prefix) for child, prefix, job_fold in trained if job_fold == fold]
+        if not chosen:
+            known = sorted({job_fold for _, _, job_fold in trained if job_fold is not None})
+            missing = [child.name for child, _, job_fold in jobs if job_fold == fold]
+            detail = (
+                f"its job {missing[0]} has no checkpoint" if missing
+                else f"checkpointed folds: {known}"
+            )
+            raise CheckpointError(
+                f"{key}: sweep {sweep_dir} has no checkpoint for fold {fold} ({detail})"
+            )
+        if len(chosen) > 1:
+            raise ConfigError(
+                f"{key}: sweep {sweep_dir} has {len(chosen)} jobs for fold {fold} "
+                f"({', '.join(child.name for child, _ in chosen)}); name one job folder instead"
+            )
+        log.info("fold %d of sweep %s: %s", fold, sweep_dir, chosen[0][1])
+        return [chosen[0][1]]
+    if untrained:
+        log.warning(
+            "sweep %s: job folder(s) without a checkpoint left out of the ensemble: %s",
+            sweep_dir, ", ".join(untrained),
+        )
+    folds = [job_fold for _, _, job_fold in trained]
+    repeated = sorted({value for value in folds if value is not None and folds.count(value) > 1})
+    if repeated:
+        log.warning(
+            "sweep %s: several jobs share fold(s) %s; all %d of them join the ensemble",
+            sweep_dir, repeated, len(trained),
+        )
+    trained.sort(key=lambda job: (job[2] is None, job[2] if job[2] is not None else 0, job[0].name))
+    log.info(
+        "sweep %s: ensemble of %d model(s) (folds %s)", sweep_dir, len(trained),
+        [job_fold for _, _, job_fold in trained],
+    )
+    return [prefix for _, prefix, _ in trained]  # type: ignore[misc]
+
+
+def resolve_model_checkpoints(
+    spec: Any, fold: int | None = None, key: str = CHECKPOINT_KEY
+) -> list[str]:
+    """Turn a checkpoint spec into the checkpoint prefixes of the model(s) to run.
+
+    Args:
+        spec: a checkpoint prefix, a ``checkpoints/`` folder, a training run dir, a Hydra
+            sweep dir of a cross-validation run, or a list of any of these (an ensemble).
+        fold: with a sweep dir, take only the job of this fold (read from the job's
+            ``.hydra/config.yaml``); None takes every fold. A single run's fold is only
+            checked (a warning when it differs).
+        key: the config key named in errors.
+
+    Returns:
+        Checkpoint prefixes (without ``.index``), duplicates removed, in spec order.
+
+    Raises:
+        ConfigError: the spec is empty, or a sweep has several jobs for ``fold``.
+        CheckpointError: a path does not exist or holds no checkpoint, or a sweep has no
+            checkpoint for ``fold``.
+    """
+    items = [item for item in _as_list(spec) if item is not None and str(item) != ""]
+    if not items:
+        raise ConfigError(
+            f"{key}: missing; pass {key}=PATH (a checkpoint, a training run dir, a sweep dir "
+            f"of a cross-validation run, or a list of them: {key}=[RUN_A,RUN_B])"
+        )
+    prefixes: list[str] = []
+    for item in items:
+        path = Path(str(item)).expanduser()
+        prefix = checkpoint_of(path)
+        if prefix is not None:
+            if fold is not None:
+                run_fold = _run_fold(run_dir_of(prefix))
+                if run_fold is not None and run_fold != fold:
+                    log.warning(
+                        "%s: %s was trained as fold %d, not fold %d", key, prefix, run_fold, fold
+                    )
+            found = [prefix]
+        elif path.is_dir():
+            found = _sweep_members(path, fold, key)
+        elif not path.exists() and not Path(f"{path}.index").exists():
+            raise CheckpointError(f"{key}: {path}: path does not exist")
+        else:
+            raise CheckpointError(
+                f"{key}: {path}: no TensorFlow checkpoint (expected a checkpoint prefix such as "
+                f"ckpt-600, a {CHECKPOINT_FOLDER}/ folder, a run dir or a sweep dir)"
+            )
+        for prefix in found:
+            if prefix not in prefixes:
+                prefixes.append(prefix)
+    return prefixes
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_mismatch_hint(cfg: Any, prefix: str) -> str:
+    """Name the model keys where the run that wrote ``prefix`` differs from ``cfg.model``."""
+    config = run_config(run_dir_of(prefix))
+    if config is None or config.get("model") is None:
+        return ""
+    try:
+        from omegaconf import OmegaConf
+
+        trained = OmegaConf.to_container(config.model, resolve=False)
+        current = OmegaConf.to_container(cfg.model, resolve=True)
+    except Exception:
+        return ""
+    differing = sorted(
+        name for name in set(trained) | set(current) if trained.get(name) != current.get(name)
+    )
+    if not differing:
+        return ""
+    details = ", ".join(
+        f"model.{name}={trained.get(name)!r} (now {current.get(name)!r})" for name in differing
+    )
+    return f"; the run was trained with {details}: pass the same model settings"
+
+
+def load_ensemble(cfg: Any, prefixes: Sequence[str], runtime: Any = None) -> list[Any]:
+    """Build one model per checkpoint prefix from ``cfg.model`` and restore its weights.
+
+    Models are created in the runtime's strategy scope (one process) so that they run on the
+    configured device with the configured precision policy. Raises CheckpointError naming the
+    checkpoint (and the model settings of its run when they differ from ``cfg.model``).
+    """
+    from unet3d.model.unet3d import build_model_from_config
+    from unet3d.training.checkpoint import restore_weights
+
+    if not prefixes:
+        raise ConfigError(f"{CHECKPOINT_KEY}: no checkpoint to load")
+    context = getattr(runtime, "context", None)
+    use_scope = context is not None and int(getattr(context, "world_size", 1)) <= 1
+    models = []
+    for prefix in prefixes:
+        if use_scope:
+            with context.scope():
+                model = build_model_from_config(cfg.model)
+        else:
+            model = build_model_from_config(cfg.model)
+        try:
+            restore_weights(model, prefix)
+        except CheckpointError as error:
+            raise CheckpointError(f"{error}{_model_mismatch_hint(cfg, prefix)}") from None
+        models.append(model)
+    log.info(
+        "loaded %d model(s) %s (%s parameters each): %s", len(models), cfg.model.get("name", ""),
+        f"{models[0].count_params():,}", ", ".join(prefixes),
+    )
+    return models
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference shared by predict and evaluate
+# ---------------------------------------------------------------------------------------------
+
+
+class EnsemblePredictor:
+    """Whole-volume sliding-window probabilities of one model or the mean of an ensemble.
+
+    Window size (``inference.window_size`` or ``data.crop_size``), overlap, blend, window
+    batch size and flip TTA come from ``cfg.inference``; the class count from
+    ``cfg.model.num_classes``. Volumes of any size work: volumes smaller than the window are
+    padded by the sliding window.
+    """
+
+    def __init__(self, models: Any, cfg: Any, jit_compile: bool = False) -> None:
+        from unet3d.evaluation.evaluate import window_size
+        from unet3d.inference.sliding_window import make_keras_predict_fn
+
+        members = list(models) if isinstance(models, list | tuple) else [models]
+        if not members:
+            raise ValueError("EnsemblePredictor needs at least one model")
+        self.window_size = window_size(cfg)
+        self.num_classes = int(cfg.model.num_classes)
+        self.overlap = float(cfg.inference.overlap)
+        self.blend = str(cfg.inference.blend)
+        self.batch_size = int(cfg.inference.batch_size)
+        self.tta = bool(cfg.inference.tta)
+        self.num_members = len(members)
+        self._member_fns = [
+            make_keras_predict_fn(member, jit_compile=jit_compile, window_size=self.window_size)
+            for member in members
+        ]
+
+    def predict_windows(self, batch: np.ndarray) -> np.ndarray:
+        """Mean softmax of the members on a window batch ``[n, h, w, d, C]``."""
+        total = np.array(self._member_fns[0](batch), dtype=np.float32, copy=True)
+        for member_fn in self._member_fns[1:]:
+            total += member_fn(batch)
+        if self.num_members > 1:
+            total /= np.float32(self.num_members)
+        return total
+
+    def probabilities(self, image: np.ndarray, progress: Any = None) -> np.ndarray:
+        """Class probabilities (H, W, D, K) float32 of a normalised volume (H, W, D, C)."""
+        from unet3d.inference.sliding_window import sliding_window_predict
+
+        return sliding_window_predict(
+            self.predict_windows, image, self.window_size, self.num_classes,
+            overlap=self.overlap, blend=self.blend, batch_size=self.batch_size, tta=self.tta,
+            progress=progress,
+        )
+
+
+def probabilities_to_labels(probabilities: np.ndarray) -> np.ndarray:
+    """Argmax over classes, mapped to BraTS labels {0, 1, 2, 4}, as uint8 (H, W, D)."""
+    classes = np.argmax(probabilities, axis=-1).astype(np.uint8)
+    return to_brats_labels(classes)

@@ -1,0 +1,278 @@
+"""The reference 3D U-Net (channels last) and analytic counts of its size and work.
+
+Architecture (the NVIDIA / Cambricon reference, see ``/work/shared/REFERENCE.md``):
+
+- conv unit: Conv3D 3x3x3 ``same`` (no bias when normalised) -> norm -> LeakyReLU(0.01);
+- input block: two conv units at ``base_filters``;
+- ``num_levels - 1`` down blocks: a stride-2 conv unit then a conv unit, with
+  ``min(base_filters * 2**level, max_filters)`` filters;
+- up blocks mirror them: Conv3DTranspose (kernel 2, stride 2, with bias) -> concat skip ->
+  two conv units;
+- head: Conv3D (kernel ``output_kernel_size``, with bias) to ``num_classes`` then a softmax
+  ``Activation`` whose dtype is float32, so mixed precision still returns float32 probabilities.
+
+Every spatial side of the input must be divisible by ``2 ** (num_levels - 1)`` (32 for the
+reference 6 levels) so that the transposed convolutions restore the skip shapes.
+
+TensorFlow / Keras are imported inside the functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+logger = logging.getLogger(__name__)
+
+#: Normalisations accepted by ``build_unet3d``.
+NORMS: tuple[str, ...] = ("instance", "group", "batch", "none")
+#: Target number of groups of group normalisation (fewer when the width needs it).
+GROUP_NORM_GROUPS = 16
+#: Epsilon of instance and group normalisation (the reference's instance norm uses 1e-6).
+NORM_EPSILON = 1e-6
+#: Negative slope of the LeakyReLU activations.
+LEAKY_SLOPE = 0.01
+
+
+def level_filters(base_filters: int, max_filters: int, num_levels: int) -> list[int]:
+    """Return the filter count of each resolution level, full resolution first."""
+    _check_widths(base_filters, max_filters, num_levels)
+    return [min(base_filters * 2**level, max_filters) for level in range(num_levels)]
+
+
+def group_count(channels: int, target: int = GROUP_NORM_GROUPS) -> int:
+    """Return the largest number of groups <= ``target`` that divides ``channels``."""
+    if channels <= 0:
+        raise ValueError(f"channels must be > 0, got {channels}")
+    for groups in range(min(target, channels), 0, -1):
+        if channels % groups == 0:
+            return groups
+    return 1  # pragma: no cover - 1 always divides
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_widths(base_filters: int, max_filters: int, num_levels: int) -> None:
+    _check_int("base_filters", base_filters, 1)
+    _check_int("max_filters", max_filters, 1)
+    _check_int("num_levels", num_levels, 1)
+    if max_filters < base_filters:
+        raise ValueError(f"max_filters ({max_filters}) must be >= base_filters ({base_filters})")
+
+
+def _spatial_input_shape(
+    input_shape: Sequence[int | None] | None, in_channels: int, num_levels: int
+) -> tuple[int | None, ...]:
+    """Validate ``input_shape`` (3 spatial sides, optionally + channels) -> 4-tuple."""
+    if input_shape is None:
+        return (None, None, None, in_channels)
+    shape = tuple(input_shape)
+    if len(shape) == 4:
+        if shape[3] != in_channels:
+            raise ValueError(f"input_shape {shape}: last axis must be in_channels={in_channels}")
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ValueError(f"input_shape must give 3 spatial sides (channels last), got {shape}")
+    divisor = 2 ** (num_levels - 1)
+    for side in shape:
+        if side is None:
+            continue
+        if isinstance(side, bool) or not isinstance(side, int) or side <= 0:
+            raise ValueError(f"input_shape sides must be positive integers, got {shape}")
+        if side % divisor:
+            raise ValueError(
+                f"input_shape {shape}: every spatial side must be divisible by "
+                f"2**(num_levels-1) = {divisor}"
+            )
+    return (*shape, in_channels)
+
+
+def _norm_layer(norm: str, channels: int, name: str) -> Any:
+    import keras
+
+    if norm == "instance":
+        # groups=-1: one group per channel = instance norm with learnable per-channel affine.
+        return keras.layers.GroupNormalization(groups=-1, epsilon=NORM_EPSILON, name=name)
+    if norm == "group":
+        return keras.layers.GroupNormalization(
+            groups=group_count(channels), epsilon=NORM_EPSILON, name=name
+        )
+    if norm == "batch":
+        return keras.layers.BatchNormalization(name=name)
+    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")  # pragma: no cover
+
+
+def _conv_unit(x: Any, filters: int, norm: str, name: str, strides: int = 1) -> Any:
+    import keras
+
+    normalised = norm != "none"
+    x = keras.layers.Conv3D(
+        filters,
+        kernel_size=3,
+        strides=strides,
+        padding="same",
+        use_bias=not normalised,
+        name=f"{name}_conv",
+    )(x)
+    if normalised:
+        x = _norm_layer(norm, filters, f"{name}_norm")(x)
+    return keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{name}_act")(x)
+
+
+def build_unet3d(
+    in_channels: int = 4,
+    num_classes: int = 4,
+    base_filters: int = 32,
+    max_filters: int = 320,
+    num_levels: int = 6,
+    norm: str = "instance",
+    input_shape: Sequence[int | None] | None = None,
+    name: str = "unet3d",
+    output_kernel_size: int = 1,
+) -> keras.Model:
+    """Build the 3D U-Net as a Keras 3 functional model (channels last).
+
+    Args:
+        in_channels: input channels (4 MRI modalities).
+        num_classes: output classes (softmax over the last axis).
+        base_filters: filters of the full-resolution level.
+        max_filters: cap on the filters of the deeper levels.
+        num_levels: resolution levels including the bottleneck (``num_levels - 1`` stride-2
+            down blocks); spatial sides must be divisible by ``2 ** (num_levels - 1)``.
+        norm: ``instance`` (default), ``group`` (16 groups, or the largest divisor of the width
+            below 16), ``batch`` or ``none`` (conv units then carry a bias).
+        input_shape: ``None`` for ``(None, None, None, in_channels)``, or the 3 spatial sides
+            (optionally followed by ``in_channels``); ``None`` sides stay dynamic.
+        name: model name.
+        output_kernel_size: kernel of the head convolution; 1 (default) is a 1x1x1 head, 3 is
+            the 3x3x3 head of the reference's published parameter count (31,196,196).
+
+    Returns:
+        A ``keras.Model`` mapping ``[B, H, W, D, in_channels]`` to float32 softmax
+        probabilities ``[B, H, W, D, num_classes]``.
+
+    Raises:
+        ValueError: unknown ``norm``, non-positive or inconsistent widths, or an input shape
+            whose sides are not divisible by ``2 ** (num_levels - 1)``.
+    """
+    import keras
+
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    _check_int("in_channels", in_channels, 1)
+    _check_int("num_classes", num_classes, 1)
+    _check_int("output_kernel_size", output_kernel_size, 1)
+    filters = level_filters(base_filters, max_filters, num_levels)
+    shape = _spatial_input_shape(input_shape, in_channels, num_levels)
+
+    inputs = keras.Input(shape=shape, name="image")
+    x = _conv_unit(inputs, filters[0], norm, "input_block_1")
+    x = _conv_unit(x, filters[0], norm, "input_block_2")
+    skips = [x]
+    for level in range(1, num_levels):
+        x = _conv_unit(x, filters[level], norm, f"down{level}_1", strides=2)
+        x = _conv_unit(x, filters[level], norm, f"down{level}_2")
+        skips.append(x)
+    for level in range(num_levels - 2, -1, -1):
+        x = keras.layers.Conv3DTranspose(
+            filters[level], kernel_size=2, strides=2, padding="same", name=f"up{level}_transpose"
+        )(x)
+        x = keras.layers.Concatenate(axis=-1, name=f"up{level}_concat")([x, skips[level]])
+        x = _conv_unit(x, filters[level], norm, f"up{level}_1")
+        x = _conv_unit(x, filters[level], norm, f"up{level}_2")
+    x = keras.layers.Conv3D(
+        num_classes, kernel_size=output_kernel_size, padding="same", name="head_conv"
+    )(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    logger.debug(
+        "built %s: levels %d, filters %s, norm %s, %d parameters",
+        name,
+        num_levels,
+        filters,
+        norm,
+        model.count_params(),
+    )
+    return model
+
+
+def _cfg_get(model_cfg: Any, key: str, default: Any) -> Any:
+    if isinstance(model_cfg, Mapping) or hasattr(model_cfg, "get"):
+        value = model_cfg.get(key, default)
+    else:
+        value = getattr(model_cfg, key, default)
+    return default if value is None else value
+
+
+def _model_kwargs(model_cfg: Any) -> dict[str, Any]:
+    return {
+        "in_channels": int(_cfg_get(model_cfg, "in_channels", 4)),
+        "num_classes": int(_cfg_get(model_cfg, "num_classes", 4)),
+        "base_filters": int(_cfg_get(model_cfg, "base_filters", 32)),
+        "max_filters": int(_cfg_get(model_cfg, "max_filters", 320)),
+        "num_levels": int(_cfg_get(model_cfg, "num_levels", 6)),
+        "output_kernel_size": int(_cfg_get(model_cfg, "output_kernel_size", 1)),
+    }
+
+
+def build_model_from_config(model_cfg: Any) -> keras.Model:
+    """Build the model from the ``model`` config group (``conf/model/*.yaml`` keys).
+
+    Reads ``in_channels``, ``num_classes``, ``base_filters``, ``max_filters``, ``num_levels``,
+    ``norm``, ``name`` and the optional ``output_kernel_size`` (default 1); spatial dims stay
+    dynamic.
+    """
+    return build_unet3d(
+        norm=str(_cfg_get(model_cfg, "norm", "instance")),
+        name=str(_cfg_get(model_cfg, "name", "unet3d")),
+        **_model_kwargs(model_cfg),
+    )
+
+
+def _spatial_sides(spatial_shape: int | Sequence[int]) -> tuple[int, int, int]:
+    if isinstance(spatial_shape, int):
+        return (spatial_shape,) * 3
+    sides = tuple(int(side) for side in spatial_shape)
+    if len(sides) != 3:
+        raise ValueError(f"spatial_shape must have 3 sides, got {spatial_shape!r}")
+    return sides  # type: ignore[return-value]
+
+
+def count_forward_flops(model_cfg: Any, spatial_shape: int | Sequence[int]) -> float:
+    """Analytic FLOPs of one forward pass of one volume (2 FLOPs per multiply-add).
+
+    Counts the convolutions and transposed convolutions only (no norms, activations, biases),
+    for a volume of ``spatial_shape`` (an int for a cube, or 3 sides, each divisible by
+    ``2 ** (num_levels - 1)``). Multiply by the batch size for a batch; training is roughly
+    3x the forward pass.
+    """
+    kwargs = _model_kwargs(model_cfg)
+    num_levels = kwargs["num_levels"]
+    filters = level_filters(kwargs["base_filters"], kwargs["max_filters"], num_levels)
+    sides = _spatial_sides(spatial_shape)
+    divisor = 2 ** (num_levels - 1)
+    if any(side <= 0 or side % divisor for side in sides):
+        raise ValueError(
+            f"spatial_shape {sides}: every side must be a positive multiple of {divisor}"
+        )
+    full = sides[0] * sides[1] * sides[2]
+    voxels = [full // 8**level for level in range(num_levels)]
+    macs = voxels[0] * 27 * (kwargs["in_channels"] * filters[0] + filters[0] * filters[0])
+    for level in range(1, num_levels):
+        macs += voxels[level] * 27 * (filters[level - 1] + filters[level]) * filters[level]
+    for level in range(num_levels - 2, -1, -1):
+        # transposed conv: every output voxel receives one tap per input channel
+        macs += voxels[level] * filters[level + 1] * filters[level]
+        macs += voxels[level] * 27 * (2 * filters[level] + filters[level]) * filters[level]
+    macs += voxels[0] * kwargs["output_kernel_size"] ** 3 * filters[0] * kwargs["num_classes"]
+    return 2.0 * float(macs)

@@ -1,0 +1,121 @@
+"""The task runner's command line: ``python -m unet3d.run [group=option ...] [key=value ...]``.
+
+Hydra composes ``conf/`` into one config; :func:`unet3d.config.validate` checks it without
+importing TensorFlow; :func:`unet3d.runner.run_task` does the work. A user error (bad value,
+bad data, missing device) ends the job with one ERROR line and exit status 1. Inside a
+``--multirun`` sweep a failed job is recorded (results.json, MLflow run FAILED) and the sweep
+goes on; the sweep callback summarises the folds and makes the sweep exit non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import datetime
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from unet3d.config import validate
+from unet3d.errors import Unet3dError
+
+log = logging.getLogger("unet3d")
+
+#: Environment variable holding the launch time that every process of one job shares.
+LAUNCH_TIME_VARIABLE = "UNET3D_LAUNCH_TIME"
+_LAUNCH_TIME_FORMAT = "%Y-%m-%d_%H-%M-%S"
+
+
+def _launch_time() -> datetime:
+    """The job's launch time: shared by every rank of a multi-process launch.
+
+    A launcher may export ``UNET3D_LAUNCH_TIME`` (``YYYY-mm-dd_HH-MM-SS``) for all processes;
+    under Horovod rank 0's clock is broadcast (see :mod:`unet3d.runtime.launch`).
+    """
+    shared = os.environ.get(LAUNCH_TIME_VARIABLE)
+    if shared:
+        try:
+            return datetime.strptime(shared, _LAUNCH_TIME_FORMAT)
+        except ValueError:
+            raise SystemExit(
+                f"{LAUNCH_TIME_VARIABLE}: expected format YYYY-mm-dd_HH-MM-SS, got {shared!r}"
+            ) from None
+    return datetime.now()
+
+
+_started: datetime | None = None
+
+
+def _launch(time_format: str) -> str:
+    """``${launch:FORMAT}``: the shared-clock twin of Hydra's ``${now:FORMAT}``."""
+    global _started
+    if _started is None:
+        _started = _launch_time()
+    return _started.strftime(time_format)
+
+
+def register_resolvers() -> None:
+    """Register the resolvers that conf/ uses (idempotent; also used by tests)."""
+    if not OmegaConf.has_resolver("launch"):
+        OmegaConf.register_new_resolver("launch", _launch, use_cache=True)
+
+
+register_resolvers()
+
+
+def _in_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> Any:
+    """Validate the composed config and run the selected mode."""
+    multirun = _in_multirun()
+    try:
+        validate(cfg)
+        from unet3d.runner import run_task  # deferred: imports TensorFlow
+
+        return run_task(cfg)
+    except Exception as error:
+        if isinstance(error, Unet3dError):
+            log.error("%s", error)
+        else:
+            log.exception("job failed: %s", error)
+        if not multirun:
+            sys.exit(1)
+        # In a sweep, record the failure and let the other jobs run; the sweep callback
+        # summarises every fold and makes the sweep exit non-zero.
+        from unet3d.tracking.mlflow_logger import read_run_id_file
+        from unet3d.tracking.summary import write_job_result
+
+        output_dir = HydraConfig.get().runtime.output_dir
+        write_job_result(
+            output_dir, status="FAILED", fold=cfg.get("fold"),
+            overrides=list(HydraConfig.get().overrides.task), error=str(error),
+            mlflow_run_id=read_run_id_file(os.path.join(output_dir, "mlflow_run_id")),
+        )
+        return None
+
+
+def _prepare_launch() -> None:
+    """Set up what must exist before Hydra creates the output directory."""
+    from unet3d.runtime.launch import share_launch_time
+
+    share_launch_time(LAUNCH_TIME_VARIABLE, _LAUNCH_TIME_FORMAT)
+
+
+def cli() -> None:
+    """Console entry point (``unet3d ...``), the same as ``python -m unet3d.run``."""
+    _prepare_launch()
+    main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,237 @@
+"""The task runner: one validated config in, one mode run, everything tracked.
+
+``run_task`` sets devices, precision and the distribution strategy once, opens the MLflow run,
+then runs the mode: ``train``, ``evaluate``, ``train_and_evaluate``, ``predict`` or
+``benchmark``. Each mode is a small function below; the work lives in the packages
+``data``, ``model``, ``training``, ``inference``, ``evaluation``, ``runtime`` and ``tracking``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Devices, precision and strategy, configured once per process before any model exists."""
+
+    device: Any
+    precision: Any
+    context: Any
+
+
+def setup_runtime(cfg: DictConfig) -> Runtime:
+    """Configure devices, the Keras dtype policy and the distribution context."""
+    from unet3d.runtime.devices import configure_devices
+    from unet3d.runtime.launch import local_rank_and_size
+    from unet3d.runtime.precision import configure_precision
+    from unet3d.runtime.strategy import create_context
+
+    local_rank, local_size = local_rank_and_size(cfg.strategy.name)
+    device = configure_devices(cfg.device, local_rank=local_rank, local_size=local_size)
+    precision = configure_precision(cfg.precision, device.type)
+    context = create_context(cfg.strategy, device)
+    log.info("device %s (%s), precision %s (compute %s, variables %s%s), strategy %s with "
+             "%d replica(s) in %d process(es)", device.type, ", ".join(device.names),
+             precision.policy_name, precision.compute_dtype, precision.variable_dtype,
+             ", XLA" if precision.xla else "", context.name,
+             context.strategy.num_replicas_in_sync, context.world_size)
+    return Runtime(device, precision, context)
+
+
+def _sweep_dir() -> Path | None:
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return None
+    return Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def _overrides() -> list[str]:
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def run_task(cfg: DictConfig) -> dict[str, float]:
+    """Run ``cfg.mode.name`` and return its final metrics (also logged and in results.json)."""
+    from unet3d.tracking.mlflow_logger import Tracker, git_tags, tracked_run
+    from unet3d.tracking.summary import write_job_result
+
+    output_dir = Path(cfg.paths.output_dir)
+    root_dir = Path(cfg.paths.root_dir)
+    runtime = setup_runtime(cfg)
+    context = runtime.context
+    mode = cfg.mode.name
+    tracker = Tracker(cfg.tracking, root_dir, enabled=bool(cfg.tracking.enabled),
+                      is_chief=context.is_chief)
+    sweep_dir = _sweep_dir()
+    parent = None
+    if sweep_dir is not None:
+        from unet3d.tracking.sweep_callback import read_parent_run_id
+
+        parent = read_parent_run_id(sweep_dir)
+    tags = {
+        "mode": mode,
+        "fold": str(cfg.fold),
+        "num_folds": str(cfg.num_folds),
+        "device": runtime.device.type,
+        "precision": runtime.precision.policy_name,
+        "strategy": context.name,
+        "replicas": str(context.strategy.num_replicas_in_sync * max(context.world_size, 1)
+                        if context.uses_horovod else context.strategy.num_replicas_in_sync),
+        "output_dir": str(output_dir),
+        "overrides": " ".join(_overrides()),
+        **git_tags(root_dir),
+    }
+    tracker.start(cfg, output_dir, run_name=f"{mode}-fold{cfg.fold}", tags=tags,
+                  parent_run_id=parent)
+    with tracked_run(tracker):
+        tracker.log_config(cfg)
+        metrics = MODES[mode](cfg, runtime, tracker, output_dir)
+        if context.is_chief:
+            write_job_result(output_dir, status="FINISHED", fold=int(cfg.fold),
+                             overrides=_overrides(), metrics=metrics,
+                             mlflow_run_id=tracker.run_id)
+    return metrics
+
+
+def _prepare(cfg: DictConfig, context: Any) -> Any:
+    """Generate/preprocess/split on the chief first, then let the other ranks read."""
+    from unet3d.data.prepare import prepare_data
+
+    if context.is_chief:
+        prepared = prepare_data(cfg)
+        context.barrier()
+    else:
+        context.barrier()
+        prepared = prepare_data(cfg)
+    log.info("fold %d of %d: %d training and %d held-out case(s) from %s", cfg.fold,
+             cfg.num_folds, len(prepared.train_files), len(prepared.eval_files),
+             prepared.preprocessed_dir)
+    return prepared
+
+
+def _build_model(cfg: DictConfig, runtime: Runtime) -> Any:
+    from unet3d.model.unet3d import build_model_from_config
+
+    with runtime.context.scope():
+        model = build_model_from_config(cfg.model)
+    log.info("model %s: %s parameters", cfg.model.name, f"{model.count_params():,}")
+    return model
+
+
+def _train(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path,
+           prepared: Any) -> tuple[Any, dict[str, float]]:
+    from unet3d.runtime.precision import wrap_optimizer
+    from unet3d.training.loop import total_steps, train
+    from unet3d.training.optimizer import build_optimizer
+
+    context = runtime.context
+    model = _build_model(cfg, runtime)
+    with context.scope():
+        optimizer = wrap_optimizer(
+            build_optimizer(cfg.training, total_steps(cfg, context.world_size)),
+            runtime.precision,
+        )
+    result = train(cfg, context, model, optimizer, prepared.train_files, output_dir, tracker,
+                   jit_compile=runtime.precision.xla)
+    metrics = {"train_steps": float(result.last_step)}
+    if result.history.get("loss"):
+        metrics["final_loss"] = result.history["loss"][-1][1]
+        metrics["train_volumes_per_second"] = result.volumes_per_second
+    if context.is_chief:
+        _log_training_artifacts(cfg, model, result, tracker, output_dir)
+    return model, metrics
+
+
+def _log_training_artifacts(cfg: DictConfig, model: Any, result: Any, tracker: Any,
+                            output_dir: Path) -> None:
+    from unet3d.tracking.figures import plot_training_curves
+
+    if result.history:
+        path = plot_training_curves(result.history, output_dir / "figures" / "training_curves.png")
+        tracker.log_artifact(path, "figures")
+    if cfg.tracking.log_model:
+        crop = [int(side) for side in cfg.data.crop_size]
+        example = np.zeros((1, *crop, int(cfg.model.in_channels)), dtype=np.float32)
+        tracker.log_model(model, example)
+
+
+def _evaluate(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path,
+              model: Any, prepared: Any) -> dict[str, float]:
+    from unet3d.evaluation.evaluate import evaluate_cases
+    from unet3d.tracking.case_figures import CaseFigureCollector
+
+    if not runtime.context.is_chief:
+        return {}
+    figures = CaseFigureCollector(output_dir / "figures")
+    result = evaluate_cases(model, prepared.eval_files, cfg, output_dir, figures.add)
+    tracker.log_metrics(result.summary, step=int(cfg.training.max_steps))
+    if result.csv_path is not None:
+        tracker.log_artifact(result.csv_path, "metrics")
+    for path in figures.write(result.per_case):
+        tracker.log_artifact(path, "figures")
+    return dict(result.summary)
+
+
+def run_train(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path) -> dict:
+    """mode=train: fit on the training folds, checkpoint under the run dir."""
+    prepared = _prepare(cfg, runtime.context)
+    _, metrics = _train(cfg, runtime, tracker, output_dir, prepared)
+    return metrics
+
+
+def run_evaluate(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path) -> dict:
+    """mode=evaluate: score ``checkpoint`` on every held-out case of ``fold``."""
+    from unet3d.training.checkpoint import restore_weights
+
+    prepared = _prepare(cfg, runtime.context)
+    model = _build_model(cfg, runtime)
+    prefix = restore_weights(model, cfg.checkpoint)
+    tracker.set_tags({"checkpoint": prefix})
+    return _evaluate(cfg, runtime, tracker, output_dir, model, prepared)
+
+
+def run_train_and_evaluate(cfg: DictConfig, runtime: Runtime, tracker: Any,
+                           output_dir: Path) -> dict:
+    """mode=train_and_evaluate: train, then evaluate the trained model on the held-out fold."""
+    prepared = _prepare(cfg, runtime.context)
+    model, metrics = _train(cfg, runtime, tracker, output_dir, prepared)
+    metrics.update(_evaluate(cfg, runtime, tracker, output_dir, model, prepared))
+    return metrics
+
+
+def run_predict(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path) -> dict:
+    """mode=predict: segment new cases to BraTS-ready NIfTI."""
+    from unet3d.inference.predict import predict
+
+    return predict(cfg, runtime, tracker, output_dir)
+
+
+def run_benchmark(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path) -> dict:
+    """mode=benchmark: throughput and latency of training, prediction or the input pipeline."""
+    from unet3d.benchmark import run_benchmark as benchmark
+
+    return benchmark(cfg, runtime, tracker, output_dir)
+
+
+MODES = {
+    "train": run_train,
+    "evaluate": run_evaluate,
+    "train_and_evaluate": run_train_and_evaluate,
+    "predict": run_predict,
+    "benchmark": run_benchmark,
+}
+
