@@ -139,6 +139,11 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "device.inter_op_threads", minimum=0)
     _integer(cfg, "device.mlu_thread_count", minimum=1)
     strategy = _choice(cfg, "strategy.name", STRATEGIES)
+    if strategy == "horovod" and get(cfg, "precision.xla"):
+        raise ConfigError(
+            "precision.xla: XLA cannot compile Horovod's collective ops; use "
+            "precision.xla=false or strategy=mirrored/multi_worker"
+        )
     if strategy == "multi_worker":
         _choice(cfg, "strategy.cluster_resolver", CLUSTER_RESOLVERS)
     _boolean(cfg, "tracking.enabled")

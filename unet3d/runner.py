@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
@@ -32,29 +31,22 @@ class Runtime:
 
 def setup_runtime(cfg: DictConfig) -> Runtime:
     """Configure devices, the Keras dtype policy and the distribution context."""
+    logging.getLogger("absl").setLevel(logging.WARNING)  # per-save "Sharding callback" lines
     from unet3d.runtime.devices import configure_devices
-    from unet3d.runtime.launch import local_rank_and_size
     from unet3d.runtime.precision import configure_precision
-    from unet3d.runtime.strategy import create_context
+    from unet3d.runtime.strategy import create_context, process_env
 
-    local_rank, local_size = local_rank_and_size(cfg.strategy.name)
-    device = configure_devices(cfg.device, local_rank=local_rank, local_size=local_size)
+    process = process_env(cfg.strategy)
+    device = configure_devices(cfg.device, local_rank=process.local_rank,
+                               local_size=process.local_size)
     precision = configure_precision(cfg.precision, device.type)
     context = create_context(cfg.strategy, device)
     log.info("device %s (%s), precision %s (compute %s, variables %s%s), strategy %s with "
              "%d replica(s) in %d process(es)", device.type, ", ".join(device.names),
              precision.policy_name, precision.compute_dtype, precision.variable_dtype,
              ", XLA" if precision.xla else "", context.name,
-             context.strategy.num_replicas_in_sync, context.world_size)
+             context.num_replicas, context.world_size)
     return Runtime(device, precision, context)
-
-
-def _sweep_dir() -> Path | None:
-    try:
-        hydra_cfg = HydraConfig.get()
-    except ValueError:
-        return None
-    return Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
 def _overrides() -> list[str]:
@@ -76,12 +68,8 @@ def run_task(cfg: DictConfig) -> dict[str, float]:
     mode = cfg.mode.name
     tracker = Tracker(cfg.tracking, root_dir, enabled=bool(cfg.tracking.enabled),
                       is_chief=context.is_chief)
-    sweep_dir = _sweep_dir()
-    parent = None
-    if sweep_dir is not None:
-        from unet3d.tracking.sweep_callback import read_parent_run_id
+    from unet3d.tracking.sweep_callback import current_parent_run_id
 
-        parent = read_parent_run_id(sweep_dir)
     tags = {
         "mode": mode,
         "fold": str(cfg.fold),
@@ -89,16 +77,14 @@ def run_task(cfg: DictConfig) -> dict[str, float]:
         "device": runtime.device.type,
         "precision": runtime.precision.policy_name,
         "strategy": context.name,
-        "replicas": str(context.strategy.num_replicas_in_sync * max(context.world_size, 1)
-                        if context.uses_horovod else context.strategy.num_replicas_in_sync),
+        "replicas": str(context.num_replicas),
         "output_dir": str(output_dir),
         "overrides": " ".join(_overrides()),
         **git_tags(root_dir),
     }
     tracker.start(cfg, output_dir, run_name=f"{mode}-fold{cfg.fold}", tags=tags,
-                  parent_run_id=parent)
+                  parent_run_id=current_parent_run_id())
     with tracked_run(tracker):
-        tracker.log_config(cfg)
         metrics = MODES[mode](cfg, runtime, tracker, output_dir)
         if context.is_chief:
             write_job_result(output_dir, status="FINISHED", fold=int(cfg.fold),
@@ -110,6 +96,7 @@ def run_task(cfg: DictConfig) -> dict[str, float]:
 def _prepare(cfg: DictConfig, context: Any) -> Any:
     """Generate/preprocess/split on the chief first, then let the other ranks read."""
     from unet3d.data.prepare import prepare_data
+    from unet3d.data.tfrecord import validate_records
 
     if context.is_chief:
         prepared = prepare_data(cfg)
@@ -117,6 +104,7 @@ def _prepare(cfg: DictConfig, context: Any) -> Any:
     else:
         context.barrier()
         prepared = prepare_data(cfg)
+    validate_records(prepared.train_files + prepared.eval_files)
     log.info("fold %d of %d: %d training and %d held-out case(s) from %s", cfg.fold,
              cfg.num_folds, len(prepared.train_files), len(prepared.eval_files),
              prepared.preprocessed_dir)
@@ -164,8 +152,9 @@ def _log_training_artifacts(cfg: DictConfig, model: Any, result: Any, tracker: A
         path = plot_training_curves(result.history, output_dir / "figures" / "training_curves.png")
         tracker.log_artifact(path, "figures")
     if cfg.tracking.log_model:
-        crop = [int(side) for side in cfg.data.crop_size]
-        example = np.zeros((1, *crop, int(cfg.model.in_channels)), dtype=np.float32)
+        # The smallest valid input: the signature leaves spatial sides open anyway.
+        side = 2 ** (int(cfg.model.num_levels) - 1)
+        example = np.zeros((1, side, side, side, int(cfg.model.in_channels)), np.float32)
         tracker.log_model(model, example)
 
 

@@ -1,4 +1,4 @@
-"""NIfTI writer: the output sits on the reference grid, is uint8 BraTS labels, written atomically."""
+"""NIfTI writer: outputs on the reference grid, uint8 BraTS labels, written atomically."""
 
 import os
 

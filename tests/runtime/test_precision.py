@@ -58,7 +58,10 @@ def test_fp16_wraps_optimizer_and_trains_one_step(caplog):
         info = configure_precision({"name": "fp16", "policy": "mixed_float16", "xla": False}, "CPU")
     assert "slow" in caplog.text
     assert info.loss_scale and info.compute_dtype == "float16"
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    # Fixed small weights: with random ones the scaled float16 gradients can overflow and
+    # the (correctly) skipped step would leave the weights unchanged.
+    dense = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant(0.1))
+    model = keras.Sequential([keras.Input((3,)), dense])
     optimizer = wrap_optimizer(keras.optimizers.SGD(0.1), info)
     assert isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
     assert wrap_optimizer(optimizer, info) is optimizer
@@ -72,6 +75,7 @@ def test_fp16_wraps_optimizer_and_trains_one_step(caplog):
     grads = tape.gradient(scaled, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
     after = model.get_weights()
+    assert float(optimizer.dynamic_scale.numpy()) == optimizer.initial_scale  # step not skipped
     assert all(w.dtype == np.float32 for w in after)
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
     assert all(np.isfinite(w).all() for w in after)

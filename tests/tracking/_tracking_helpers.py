@@ -16,9 +16,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for child processes: no inherited tracking URI, quiet TensorFlow."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), env.get("PYTHONPATH", "")]
-    ).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
     env.update(extra)
     return env
 

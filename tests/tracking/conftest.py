@@ -44,4 +44,3 @@ def client(tracking_cfg: dict):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_cfg["uri"])
-

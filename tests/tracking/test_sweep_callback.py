@@ -155,8 +155,8 @@ def test_sigterm_of_the_sweep_kills_job_and_parent_runs(store_root, client) -> N
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        sleeping = store_root / "sweep" / "0_fold=0" / "sleeping"
-        assert wait_for_file(sleeping, 60), process.communicate(timeout=5)[0]
+        sleeping = store_root / "sweep" / "0_fold=0,sleep_seconds=60" / "sleeping"
+        assert wait_for_file(sleeping, 60), list((store_root / "sweep").iterdir())
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=60)[0].decode()
     finally:
@@ -169,4 +169,4 @@ def test_sigterm_of_the_sweep_kills_job_and_parent_runs(store_root, client) -> N
     assert parent.info.status == "KILLED", output
     (job,) = runs_by_kind(client, parent_id)[0]
     assert job.info.status == "KILLED" and "SIGTERM" in job.data.tags["error"]
-    assert not (store_root / "sweep" / "1_fold=1").exists()
+    assert not (store_root / "sweep" / "1_fold=1,sleep_seconds=60").exists()

@@ -382,14 +382,19 @@ def generate_dataset(
             )
         )
     ]
-    manifest["cases"].update(
-        {
-            case_ids[i]: str(_case_dir(Path("."), case_ids[i], grades[i], layout))
-            for i in range(num_cases)
-        }
-    )
-    manifest["num_cases"] = max(int(manifest.get("num_cases", 0)), num_cases)
-    write_json(manifest_path, manifest)
+    updated = {
+        "settings": settings,
+        "num_cases": max(int(manifest.get("num_cases", 0)), num_cases),
+        "cases": {
+            **manifest.get("cases", {}),
+            **{
+                case_ids[i]: str(_case_dir(Path("."), case_ids[i], grades[i], layout))
+                for i in range(num_cases)
+            },
+        },
+    }
+    if updated != manifest or not manifest_path.exists():
+        write_json(manifest_path, updated)
     if not pending:
         logger.info("Synthetic data set in %s is complete (%d cases)", out_dir, num_cases)
         return case_ids

@@ -134,7 +134,8 @@ def find_input_cases(input_dir: str | Path) -> list[Any]:
         if not input_dir.is_dir():
             raise
         cases = _tolerant_find_cases(input_dir)
-        if not cases:
+        ids = [case.case_id for case in cases]
+        if not cases or len(set(ids)) != len(ids):
             raise
         log.debug("find_cases failed (%s); listing the cases one by one", error)
         return cases

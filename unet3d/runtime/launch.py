@@ -36,19 +36,3 @@ def share_launch_time(variable: str, time_format: str) -> None:
         os.environ[variable] = stamp
         log.debug("rank %d uses launch time %s", hvd.rank(), stamp)
 
-
-def local_rank_and_size(strategy_name: str) -> tuple[int, int]:
-    """This process's rank among the processes on its node, and their number.
-
-    Under Horovod each process drives one local GPU/MLU; other strategies use one process
-    per node that sees every local device.
-    """
-    if strategy_name != "horovod":
-        return 0, 1
-    for rank_name, size_name in (
-        ("HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE"),
-        ("OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
-    ):
-        if os.environ.get(rank_name) is not None:
-            return int(os.environ[rank_name]), int(os.environ.get(size_name, "1"))
-    return 0, 1

@@ -108,8 +108,8 @@ def train(cfg: DictConfig, context: Any, model: keras.Model,
         return TrainResult(first_step, first_step, checkpointer.latest())
 
     per_replica_batch = int(cfg.data.batch_size)
-    global_batch = per_replica_batch * context.strategy.num_replicas_in_sync
-    volumes_per_step = global_batch * (context.world_size if context.uses_horovod else 1)
+    global_batch = context.global_batch_size(per_replica_batch)
+    volumes_per_step = global_batch
 
     def dataset_fn(input_context: Any = None) -> tf.data.Dataset:
         return train_dataset(
@@ -132,7 +132,7 @@ def train(cfg: DictConfig, context: Any, model: keras.Model,
     window = _Window()
     started = time.perf_counter()
     log.info("training steps %d..%d (global batch %d, %d replica(s), %d process(es))",
-             first_step + 1, steps, volumes_per_step, context.strategy.num_replicas_in_sync,
+             first_step + 1, steps, volumes_per_step, context.num_replicas,
              context.world_size)
     last_saved = None
     for step in range(first_step + 1, steps + 1):
