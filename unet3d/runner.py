@@ -85,12 +85,33 @@ def run_task(cfg: DictConfig) -> dict[str, float]:
     tracker.start(cfg, output_dir, run_name=f"{mode}-fold{cfg.fold}", tags=tags,
                   parent_run_id=current_parent_run_id())
     with tracked_run(tracker):
-        metrics = MODES[mode](cfg, runtime, tracker, output_dir)
-        if context.is_chief:
-            write_job_result(output_dir, status="FINISHED", fold=int(cfg.fold),
-                             overrides=_overrides(), metrics=metrics,
-                             mlflow_run_id=tracker.run_id)
+        try:
+            metrics = MODES[mode](cfg, runtime, tracker, output_dir)
+            if context.is_chief:
+                write_job_result(output_dir, status="FINISHED", fold=int(cfg.fold),
+                                 overrides=_overrides(), metrics=metrics,
+                                 mlflow_run_id=tracker.run_id)
+        finally:
+            # Also for a failed or interrupted job: its log says why.
+            _log_job_files(tracker, output_dir)
     return metrics
+
+
+def _log_job_files(tracker: Any, output_dir: Path) -> None:
+    """Log Hydra's ``.hydra/`` folder and the job's log file (``run.log``) on the job's run."""
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not under Hydra (tests calling run_task directly)
+        return
+    if hydra_cfg.output_subdir:
+        hydra_dir = output_dir / str(hydra_cfg.output_subdir)
+        if hydra_dir.is_dir():
+            tracker.log_artifacts(hydra_dir, hydra_dir.name)
+    log_file = output_dir / f"{hydra_cfg.job.name}.log"
+    if log_file.is_file():
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        tracker.log_artifact(log_file, "logs")
 
 
 def _prepare(cfg: DictConfig, context: Any) -> Any:
@@ -183,14 +204,18 @@ def run_train(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path)
 
 
 def run_evaluate(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path) -> dict:
-    """mode=evaluate: score ``checkpoint`` on every held-out case of ``fold``."""
-    from unet3d.training.checkpoint import restore_weights
+    """mode=evaluate: score ``checkpoint`` on every held-out case of ``fold``.
+
+    ``checkpoint`` is a checkpoint, a run dir, or a sweep dir (its job of this fold is used);
+    a list of them is evaluated as an ensemble.
+    """
+    from unet3d.inference.models import load_ensemble, resolve_model_checkpoints
 
     prepared = _prepare(cfg, runtime.context)
-    model = _build_model(cfg, runtime)
-    prefix = restore_weights(model, cfg.checkpoint)
-    tracker.set_tags({"checkpoint": prefix})
-    return _evaluate(cfg, runtime, tracker, output_dir, model, prepared)
+    prefixes = resolve_model_checkpoints(cfg.checkpoint, fold=int(cfg.fold), key="checkpoint")
+    models = load_ensemble(cfg, prefixes, runtime)
+    tracker.set_tags({"checkpoint": ", ".join(prefixes)})
+    return _evaluate(cfg, runtime, tracker, output_dir, models, prepared)
 
 
 def run_train_and_evaluate(cfg: DictConfig, runtime: Runtime, tracker: Any,

@@ -75,13 +75,16 @@ def _case_folders(raw_dir: Path) -> list[Path]:
     return folders
 
 
-def find_cases(raw_dir: str | Path, require_label: bool = True) -> list[CaseFiles]:
+def find_cases(raw_dir: str | Path, require_label: bool = True,
+               allow_missing: bool = False) -> list[CaseFiles]:
     """List the cases under ``raw_dir`` (a flat folder of case folders, or HGG/ and LGG/).
 
     Each case folder ``<case>`` holds ``<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` (``.nii`` also
     accepted). Returns the cases sorted by id. Raises DataError naming the folder when it does
     not exist, is empty or has no case folder, and naming the case and file when a modality (or,
-    with ``require_label``, the segmentation) is missing.
+    with ``require_label``, the segmentation) is missing. With ``allow_missing`` a missing
+    modality keeps its expected path instead, so that ``load_case`` fails for that case alone
+    (prediction goes on with the other cases).
     """
     raw_dir = Path(raw_dir).expanduser()
     if not raw_dir.exists():
@@ -101,7 +104,9 @@ def find_cases(raw_dir: str | Path, require_label: bool = True) -> list[CaseFile
         modalities: dict[str, Path] = {}
         for name in MODALITIES:
             path = _find_volume(folder, case_id, name)
-            if path is None:
+            if path is None and allow_missing:
+                path = folder / f"{case_id}_{name}.nii.gz"
+            elif path is None:
                 raise DataError(
                     f"case {case_id}: missing file {folder / f'{case_id}_{name}.nii.gz'}"
                 )

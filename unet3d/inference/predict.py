@@ -96,49 +96,15 @@ def safe_output_path(output_dir: Path, case_id: str, suffix: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def _tolerant_find_cases(input_dir: Path) -> list[Any]:
-    """Like ``find_cases(require_label=False)`` but a case with a missing modality is kept.
-
-    The missing modality gets its expected path, so ``load_case`` reports that case (naming
-    the file) and the other cases still run. ``find_cases`` raises for the whole folder instead.
-    """
-    from unet3d.data import brats
-    from unet3d.data.labels import MODALITIES
-
-    cases = []
-    for folder in brats._case_folders(input_dir):
-        if not brats._looks_like_case(folder):
-            continue
-        case_id = folder.name
-        modalities = {
-            name: brats._find_volume(folder, case_id, name)
-            or folder / f"{case_id}_{name}.nii.gz"
-            for name in MODALITIES
-        }
-        label = brats._find_volume(folder, case_id, brats.LABEL_NAME)
-        cases.append(brats.CaseFiles(case_id=case_id, modalities=modalities, label=label))
-    return sorted(cases, key=lambda case: case.case_id)
-
-
 def find_input_cases(input_dir: str | Path) -> list[Any]:
     """Cases under ``input_dir`` (BraTS layout, ``seg`` optional), sorted by id.
 
-    Raises DataError when the folder is missing, empty or holds no case.
+    A case with a missing modality is listed (and fails alone when loaded); DataError when the
+    folder is missing, empty or holds no case.
     """
     from unet3d.data.brats import find_cases
 
-    input_dir = Path(input_dir).expanduser()
-    try:
-        return find_cases(input_dir, require_label=False)
-    except DataError as error:
-        if not input_dir.is_dir():
-            raise
-        cases = _tolerant_find_cases(input_dir)
-        ids = [case.case_id for case in cases]
-        if not cases or len(set(ids)) != len(ids):
-            raise
-        log.debug("find_cases failed (%s); listing the cases one by one", error)
-        return cases
+    return find_cases(Path(input_dir).expanduser(), require_label=False, allow_missing=True)
 
 
 def _load_raw_case(case: Any) -> InputCase:

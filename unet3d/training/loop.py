@@ -52,6 +52,29 @@ def total_steps(cfg: DictConfig, world_size: int) -> int:
     return steps
 
 
+def make_dataset_fn(cfg: DictConfig, train_files: list[str],
+                    seed: int) -> Callable[[Any], tf.data.Dataset]:
+    """``dataset_fn(input_context)`` of the training input (per-replica batches, sharded).
+
+    Shared by ``train`` and ``mode=benchmark`` so that both measure the same pipeline.
+    """
+
+    def dataset_fn(input_context: Any = None) -> tf.data.Dataset:
+        return train_dataset(
+            train_files,
+            crop_size=tuple(cfg.data.crop_size),
+            batch_size=int(cfg.data.batch_size),
+            augment=bool(cfg.data.augment),
+            seed=seed,
+            foreground_probability=float(cfg.data.foreground_probability),
+            shuffle_buffer=int(cfg.data.shuffle_buffer),
+            cache=bool(cfg.data.cache),
+            input_context=input_context,
+        )
+
+    return dataset_fn
+
+
 def make_train_step(context: Any, model: keras.Model, optimizer: keras.optimizers.Optimizer,
                     loss_fn: Callable, global_batch: int, jit_compile: bool = False) -> Callable:
     """A compiled distributed step: returns (loss, dice_loss, ce_loss) averaged globally."""
@@ -111,19 +134,7 @@ def train(cfg: DictConfig, context: Any, model: keras.Model,
     global_batch = context.global_batch_size(per_replica_batch)
     volumes_per_step = global_batch
 
-    def dataset_fn(input_context: Any = None) -> tf.data.Dataset:
-        return train_dataset(
-            train_files,
-            crop_size=tuple(cfg.data.crop_size),
-            batch_size=per_replica_batch,
-            augment=bool(cfg.data.augment),
-            seed=int(cfg.seed) + first_step,
-            foreground_probability=float(cfg.data.foreground_probability),
-            shuffle_buffer=int(cfg.data.shuffle_buffer),
-            cache=bool(cfg.data.cache),
-            input_context=input_context,
-        )
-
+    dataset_fn = make_dataset_fn(cfg, train_files, seed=int(cfg.seed) + first_step)
     iterator = iter(context.distribute_dataset(dataset_fn))
     loss_fn = make_loss_fn(cfg.training, int(cfg.model.num_classes))
     step_fn = make_train_step(context, model, optimizer, loss_fn, global_batch, jit_compile)
