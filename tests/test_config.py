@@ -135,3 +135,26 @@ def test_cli_help_and_cfg_job(tmp_path: Path) -> None:
     assert job.returncode == 0
     loaded = OmegaConf.create(job.stdout)
     assert loaded.precision.name == "amp" and loaded.fold == 3
+
+
+def test_shell_completion_of_the_console_script(tmp_path: Path) -> None:
+    """`eval "$(unet3d -sc install=bash)"` completes groups, options and keys from any folder."""
+    import os
+    import shutil
+
+    executable = shutil.which("unet3d") or str(Path(sys.executable).parent / "unet3d")
+    if not Path(executable).exists():
+        pytest.skip("the unet3d console script is not installed (pip install -e .)")
+
+    def query(line: str) -> str:
+        environment = {**os.environ, "COMP_LINE": line}
+        result = subprocess.run([executable, "-sc", "query=bash"], cwd=tmp_path, env=environment,
+                                capture_output=True, text=True, timeout=60, check=True)
+        return result.stdout
+
+    assert "precision=" in query("unet3d prec").split()
+    assert "precision=amp" in query("unet3d precision=").split()
+    assert "training.max_steps=" in query("unet3d training.max").split()
+    install = subprocess.run([executable, "-sc", "install=bash"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60, check=True)
+    assert "complete" in install.stdout

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -74,7 +75,12 @@ def _in_multirun() -> bool:
         return False
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+#: conf/ beside the package (an editable install or a source checkout). An absolute path keeps
+#: the console script `unet3d`, `python -m unet3d.run` and shell completion on the same files.
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> Any:
     """Validate the composed config and run the selected mode."""
     multirun = _in_multirun()
@@ -105,10 +111,16 @@ def main(cfg: DictConfig) -> Any:
 
 
 def _prepare_launch() -> None:
-    """Set up what must exist before Hydra creates the output directory."""
-    from unet3d.runtime.launch import share_launch_time
+    """Set up what must exist before Hydra creates the output directory.
+
+    Every rank of a multi-process launch agrees on rank 0's launch time (hence one output
+    directory); ranks other than 0 write neither ``.hydra/`` nor the log file there.
+    """
+    from unet3d.runtime.launch import launch_rank, non_chief_overrides, share_launch_time
 
     share_launch_time(LAUNCH_TIME_VARIABLE, _LAUNCH_TIME_FORMAT)
+    if launch_rank() > 0:
+        sys.argv.extend(non_chief_overrides(sys.argv[1:]))
 
 
 def cli() -> None:

@@ -2,16 +2,19 @@
 
 Reading order, top to bottom:
 1. the model and optimizer exist (built by the runner inside ``context.scope()``);
-2. the optimizer's variables are built and the newest checkpoint is restored when resuming;
-3. Horovod broadcasts rank 0's variables;
+2. the optimizer's variables are built and the newest checkpoint is restored when resuming
+   (under Horovod by rank 0 only);
+3. Horovod broadcasts rank 0's variables and step (after the build and after a restore);
 4. the input pipeline starts, seeded with (seed, first step) so a resumed run sees new crops;
 5. each step: forward, loss / global batch, gradients (all-reduced by the strategy or by
    Horovod's tape), optimizer update; every ``log_every`` steps a progress line and metrics;
-   every ``checkpoint_every`` steps and at the end a checkpoint.
+   every ``checkpoint_every`` steps and at the end a checkpoint; finally every rank logs a
+   checksum of its weights (equal on all ranks when gradients were averaged).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -117,15 +120,20 @@ def train(cfg: DictConfig, context: Any, model: keras.Model,
         keep=int(cfg.training.keep_checkpoints), is_chief=context.is_chief,
         must_participate=context.name == "multi_worker", worker_index=context.rank,
     )
-    if cfg.resume:
+    # Under Horovod rank 0 restores and broadcasts everything, the step included (the other
+    # ranks need not see its files); tf.distribute workers each restore the same checkpoint.
+    if cfg.resume and (context.is_chief or not context.uses_horovod):
         latest = checkpointer.latest()
         if latest:
             checkpointer.restore(latest)
         else:
             log.warning("resume=true but no checkpoint in %s: starting at step 0",
                         checkpointer.directory)
-    context.broadcast_variables(model.variables + optimizer.variables)
+    context.broadcast_variables([step_variable, *model.variables, *optimizer.variables])
     first_step = int(step_variable.numpy())
+    if steps != int(cfg.training.max_steps) and context.is_chief:
+        log.info("training.max_steps=%d divided by %d Horovod processes: %d steps per process",
+                 int(cfg.training.max_steps), context.world_size, steps)
     if first_step >= steps:
         log.info("checkpoint is at step %d >= %d steps: nothing to train", first_step, steps)
         return TrainResult(first_step, first_step, checkpointer.latest())
@@ -174,6 +182,9 @@ def train(cfg: DictConfig, context: Any, model: keras.Model,
                 )
         if step % int(cfg.training.checkpoint_every) == 0 or step == steps:
             last_saved = checkpointer.save() or last_saved
+    # Every rank logs it: equal lines prove the replicas stayed in sync.
+    log.info("weights checksum %s after step %d (rank %d of %d)", weights_checksum(model),
+             steps, context.rank, context.world_size)
     speeds = [value for _, value in history.get("volumes_per_second", [])]
     return TrainResult(
         first_step=first_step,
@@ -182,6 +193,16 @@ def train(cfg: DictConfig, context: Any, model: keras.Model,
         history=history,
         volumes_per_second=float(np.median(speeds)) if speeds else float("nan"),
     )
+
+
+def weights_checksum(model: keras.Model) -> str:
+    """SHA-256 (16 hex digits) of the model's weights, bit-exact: equal on ranks in sync."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        array = np.ascontiguousarray(weight)
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
 
 
 class _Window:

@@ -1,0 +1,147 @@
+"""Helpers shared by the benchmark scripts: result files, subprocess runs of the runner.
+
+Not a test module and not part of the package: the scripts import it as ``_common`` (they put
+their own folder on ``sys.path``). TensorFlow is never imported here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+#: Working folder of runner subprocesses (MLflow store, outputs, synthetic data cache).
+DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "unet3d-benchmarks"
+
+#: The reference 3D U-Net (REFERENCE.md: 31,196,196 parameters) and the small default model.
+MODELS: dict[str, dict[str, Any]] = {
+    "reference": {"base_filters": 32, "max_filters": 320, "num_levels": 6,
+                  "output_kernel_size": 3, "norm": "instance"},
+    "small": {"base_filters": 8, "max_filters": 64, "num_levels": 4,
+              "output_kernel_size": 3, "norm": "instance"},
+}
+#: Runner overrides selecting each model above.
+MODEL_OVERRIDES: dict[str, list[str]] = {"reference": ["model=unet3d"],
+                                         "small": ["model=unet3d_small"]}
+PRECISION_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+
+
+def environment() -> dict[str, Any]:
+    """Facts about the machine and its load, stored next to every result."""
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "load_average": load,
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "note": "numbers measured while other processes load the machine are pessimistic; "
+                "compare load_average with cpu_count",
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def write_result(path: Path | str, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (plus ``environment``) as JSON atomically; print where."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**payload, "environment": {**environment(), **payload.get("environment", {})}}
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(temporary, path)
+    print(f"wrote {path}")
+    return path
+
+
+def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of child processes: the repo importable, TensorFlow's C++ logs quiet."""
+    environment_variables = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    environment_variables.pop("MLFLOW_TRACKING_URI", None)
+    environment_variables.update(extra or {})
+    return environment_variables
+
+
+def run_dir_name(label: str) -> str:
+    """A unique run folder name."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{os.getpid()}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)[:80]}"
+
+
+def run_runner(overrides: Sequence[str], workdir: Path, label: str,
+               timeout: float = 3600, env: dict[str, str] | None = None,
+               echo: bool = True) -> tuple[subprocess.CompletedProcess, Path, float]:
+    """Run ``python -m unet3d.run`` with ``overrides`` in ``workdir``.
+
+    The synthetic data cache is ``<workdir>/data`` (shared by every run) and the run dir
+    ``<workdir>/runs/<unique>``. Returns the process, the run dir and the wall seconds.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_dir = workdir / "runs" / run_dir_name(label)
+    command = [sys.executable, "-m", "unet3d.run", *overrides,
+               f"paths.data_dir={workdir / 'data'}", f"hydra.run.dir={run_dir}"]
+    if echo:
+        print("$", " ".join(command[1:]), flush=True)
+    started = time.perf_counter()
+    process = subprocess.run(command, cwd=workdir, capture_output=True, text=True,
+                             timeout=timeout, env=subprocess_env(env))
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        tail = (process.stdout + process.stderr)[-4000:]
+        raise RuntimeError(f"runner failed ({process.returncode}): {' '.join(overrides)}\n{tail}")
+    return process, run_dir, seconds
+
+
+def runner_benchmark(overrides: Sequence[str], workdir: Path, label: str,
+                     timeout: float = 3600) -> dict[str, Any]:
+    """Run ``mode=benchmark`` with ``overrides`` and return its ``benchmark.json``."""
+    _, run_dir, seconds = run_runner(["mode=benchmark", *overrides], workdir, label, timeout)
+    result = json.loads((run_dir / "benchmark.json").read_text())
+    result["process_wall_seconds"] = seconds
+    result["overrides"] = list(overrides)
+    for key in ("step_seconds", "window_batch_seconds"):
+        result.pop(key, None)
+    return result
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a runner benchmark.json."""
+    keys = ("target", "synthetic_input", "devices", "precision", "xla", "batch", "input_shape",
+            "parameters", "throughput", "latency_ms", "achieved_gflops", "step_time_s",
+            "seconds_per_case", "window_latency_ms", "peak_rss_mb", "process_wall_seconds",
+            "overrides")
+    return {key: result[key] for key in keys if key in result}
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's content, or None when it does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def nice_note() -> str:
+    """How to read numbers measured on a shared machine."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"1-minute load average {load:.2f} on {os.cpu_count()} CPUs at the start"
