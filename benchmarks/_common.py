@@ -130,6 +130,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a runner benchmark.json."""
     keys = ("target", "synthetic_input", "devices", "precision", "xla", "batch", "input_shape",
             "parameters", "throughput", "latency_ms", "achieved_gflops", "step_time_s",
+            "cpu_seconds_per_step",
             "seconds_per_case", "window_latency_ms", "peak_rss_mb", "process_wall_seconds",
             "overrides")
     return {key: result[key] for key in keys if key in result}

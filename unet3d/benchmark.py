@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "benchmark.json"
 #: Percentiles reported besides the mean.
 PERCENTILES = (50, 90, 95, 99)
+#: Numbers of a result that describe the setting (in benchmark.json, not logged as metrics).
+SETTINGS_NOT_METRICS = frozenset({"window_batch_size", "ensemble_members", "overlap",
+                                  "train_files"})
 #: Version of the benchmark.json layout.
 SCHEMA_VERSION = 1
 
@@ -80,10 +83,12 @@ def latency_statistics(seconds: Sequence[float]) -> dict[str, float]:
 
 
 def time_steps(step: Callable[[], Any], warmup_steps: int, steps: int,
-               label: str = "step") -> list[float]:
-    """Call ``step`` ``warmup_steps`` times untimed, then ``steps`` times timed (seconds each).
+               label: str = "step") -> tuple[list[float], float]:
+    """Call ``step`` ``warmup_steps`` times untimed, then ``steps`` times timed.
 
     ``step`` must wait for its own work (return only when the results are on the host).
+    Returns the wall seconds of each timed step and the process CPU seconds (all threads)
+    they used together: on a shared machine the CPU time per step is the steadier number.
     """
     for index in range(warmup_steps):
         started = time.perf_counter()
@@ -91,12 +96,13 @@ def time_steps(step: Callable[[], Any], warmup_steps: int, steps: int,
         log.info("benchmark warm-up %s %d/%d: %.1f ms", label, index + 1, warmup_steps,
                  (time.perf_counter() - started) * 1000.0)
     times = []
+    cpu_started = time.process_time()
     for index in range(steps):
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)
         log.debug("benchmark %s %d/%d: %.1f ms", label, index + 1, steps, times[-1] * 1000.0)
-    return times
+    return times, time.process_time() - cpu_started
 
 
 def format_table(target: str, devices: str, batch: int, throughput: float,
@@ -299,7 +305,8 @@ def benchmark_train(cfg: DictConfig, runtime: Any) -> dict[str, Any]:
             loss, _, _ = step_fn(batch_images, batch_labels)
             float(loss)
 
-    times = time_steps(step, int(cfg.benchmark.warmup_steps), int(cfg.benchmark.steps), "step")
+    times, cpu_seconds = time_steps(step, int(cfg.benchmark.warmup_steps),
+                                    int(cfg.benchmark.steps), "step")
     forward_flops = count_forward_flops(cfg.model, crop)
     latency = latency_statistics(times)
     throughput = global_batch / (latency["mean"] / 1000.0)
@@ -313,6 +320,7 @@ def benchmark_train(cfg: DictConfig, runtime: Any) -> dict[str, Any]:
         "latency_ms": latency,
         "step_seconds": times,
         "extra": {
+            "cpu_seconds_per_step": cpu_seconds / len(times),
             "step_time_s": latency["mean"] / 1000.0,
             "step_time_median_s": latency["p50"] / 1000.0,
             "forward_gflop_per_volume": forward_flops / 1e9,
@@ -455,7 +463,8 @@ def benchmark_pipeline(cfg: DictConfig, runtime: Any) -> dict[str, Any]:
     def step() -> None:
         next(iterator)
 
-    times = time_steps(step, int(cfg.benchmark.warmup_steps), int(cfg.benchmark.steps), "batch")
+    times, cpu_seconds = time_steps(step, int(cfg.benchmark.warmup_steps),
+                                    int(cfg.benchmark.steps), "batch")
     latency = latency_statistics(times)
     return {
         "batch": global_batch,
@@ -466,6 +475,7 @@ def benchmark_pipeline(cfg: DictConfig, runtime: Any) -> dict[str, Any]:
         "latency_ms": latency,
         "step_seconds": times,
         "extra": {
+            "cpu_seconds_per_step": cpu_seconds / len(times),
             "augment": bool(cfg.data.augment),
             "cache": bool(cfg.data.cache),
             "train_files": len(prepared.train_files),
@@ -501,7 +511,8 @@ def flat_metrics(target: str, result: dict[str, Any]) -> dict[str, float]:
         for percentile in PERCENTILES:
             metrics[f"window_latency_{target}_p{percentile}"] = window[f"p{percentile}"]
     for key, value in result.get("extra", {}).items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if key in SETTINGS_NOT_METRICS or isinstance(value, bool) \
+                or not isinstance(value, int | float):
             continue
         metrics[f"{key}_{target}" if not key.endswith(target) else key] = float(value)
     metrics["peak_rss_mb"] = float(result["peak_rss_mb"])

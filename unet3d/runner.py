@@ -76,6 +76,11 @@ def run_task(cfg: DictConfig) -> dict[str, float]:
         "num_folds": str(cfg.num_folds),
         "device": runtime.device.type,
         "precision": runtime.precision.policy_name,
+        "precision_policy": runtime.precision.policy_name,
+        "compute_dtype": runtime.precision.compute_dtype,
+        "variable_dtype": runtime.precision.variable_dtype,
+        "loss_scaling": str(runtime.precision.loss_scale).lower(),
+        "xla": str(runtime.precision.xla).lower(),
         "strategy": context.name,
         "replicas": str(context.num_replicas),
         "output_dir": str(output_dir),
@@ -111,7 +116,7 @@ def _log_job_files(tracker: Any, output_dir: Path) -> None:
     if log_file.is_file():
         for handler in logging.getLogger().handlers:
             handler.flush()
-        tracker.log_artifact(log_file, "logs")
+        tracker.log_artifact(log_file)
 
 
 def _prepare(cfg: DictConfig, context: Any) -> Any:
@@ -133,11 +138,21 @@ def _prepare(cfg: DictConfig, context: Any) -> Any:
 
 
 def _build_model(cfg: DictConfig, runtime: Runtime) -> Any:
+    import keras
+
     from unet3d.model.unet3d import build_model_from_config
 
+    # Seeded weights; each rank differs, and rank 0's weights are broadcast (or mirrored).
+    keras.utils.set_random_seed(int(cfg.seed) + int(runtime.context.rank))
     with runtime.context.scope():
         model = build_model_from_config(cfg.model)
     log.info("model %s: %s parameters", cfg.model.name, f"{model.count_params():,}")
+    # The dtypes the built model really uses (not only the policy that was asked for).
+    compute = sorted({layer.compute_dtype for layer in model.layers if layer.weights})
+    variables = sorted({str(variable.dtype) for variable in model.weights})
+    log.info("model dtypes: layers compute in %s, variables %s, output %s (policy %s)",
+             "/".join(compute), "/".join(variables), model.outputs[0].dtype,
+             runtime.precision.policy_name)
     return model
 
 
@@ -154,6 +169,9 @@ def _train(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path,
             build_optimizer(cfg.training, total_steps(cfg, context.world_size)),
             runtime.precision,
         )
+    if runtime.precision.loss_scale:
+        log.info("optimizer %s wrapped in a LossScaleOptimizer (dynamic loss scaling, initial "
+                 "scale %g)", cfg.training.optimizer, optimizer.initial_scale)
     result = train(cfg, context, model, optimizer, prepared.train_files, output_dir, tracker,
                    jit_compile=runtime.precision.xla)
     metrics = {"train_steps": float(result.last_step)}

@@ -233,6 +233,33 @@ def _config_yaml(config: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(config))
 
 
+@contextlib.contextmanager
+def _sqlite_store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on the folder of a `sqlite:///` store (no-op for other stores).
+
+    MLflow creates the tables of a new SQLite store (and migrates an old one) when a client
+    opens it; two processes doing it at once (parallel jobs on a fresh store) fail with "duplicate
+    column" / "table already exists" errors.
+    """
+    prefix = "sqlite:///"
+    path = uri.split("?", 1)[0][len(prefix):] if uri.startswith(prefix) else ""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        fcntl = None  # type: ignore[assignment]
+    if not path or path == ":memory:" or fcntl is None:
+        yield
+        return
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def _retry(operation: Callable[[], _T], description: str, attempts: int = 6) -> _T:
     """Run `operation`, retrying when SQLite reports a lock (parallel jobs on one store)."""
     delay = 0.2
@@ -355,7 +382,11 @@ class Tracker:
 
             if self.tracking_uri is None:
                 self.tracking_uri = resolve_tracking_uri(self.tracking_cfg, self.root_dir)
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            # Opening a SQLite store creates (or migrates) its tables: one process at a time.
+            with _sqlite_store_lock(self.tracking_uri):
+                self._client = _retry(
+                    lambda: MlflowClient(tracking_uri=self.tracking_uri), "open store"
+                )
         return self._client
 
     # ---- lifecycle

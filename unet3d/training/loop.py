@@ -29,6 +29,7 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from unet3d.data.pipeline import train_dataset
+from unet3d.errors import CheckpointError
 from unet3d.model.losses import make_loss_fn
 from unet3d.training.checkpoint import CHECKPOINT_FOLDER, Checkpointer, build_optimizer_variables
 from unet3d.training.optimizer import current_learning_rate
@@ -127,8 +128,10 @@ def train(cfg: DictConfig, context: Any, model: keras.Model,
         if latest:
             checkpointer.restore(latest)
         else:
-            log.warning("resume=true but no checkpoint in %s: starting at step 0",
-                        checkpointer.directory)
+            raise CheckpointError(
+                f"resume: no checkpoint in {checkpointer.directory}; point hydra.run.dir at "
+                "the run to resume, or drop resume=true to start a new run"
+            )
     context.broadcast_variables([step_variable, *model.variables, *optimizer.variables])
     first_step = int(step_variable.numpy())
     if steps != int(cfg.training.max_steps) and context.is_chief:
@@ -167,6 +170,8 @@ def train(cfg: DictConfig, context: Any, model: keras.Model,
         if step % int(cfg.training.log_every) == 0 or step == steps:
             metrics = window.flush(volumes_per_step)
             metrics["learning_rate"] = current_learning_rate(optimizer)
+            if isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
+                metrics["loss_scale"] = float(optimizer.dynamic_scale.numpy())
             for name, value in metrics.items():
                 history.setdefault(name, []).append((step, value))
             tracker.log_metrics(metrics, step=step)

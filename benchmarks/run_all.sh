@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Reproduce every speed figure of README: writes benchmarks/results/*.json.
+#
+#   bash benchmarks/run_all.sh           # the README set (about 30-40 min on an idle 2-core CPU)
+#   QUICK=1 bash benchmarks/run_all.sh   # a smoke run of every script (a few minutes)
+#
+# Run on an otherwise idle machine: numbers measured while other processes use the CPUs are
+# pessimistic (each result records the load average). Extra environment:
+#   RESULTS=dir   where the JSON files go (default benchmarks/results)
+#   WORKDIR=dir   runner working folder: MLflow store, run dirs, synthetic data cache
+#                 (default $TMPDIR/unet3d-benchmarks)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
+    # shellcheck disable=SC1091
+    . .venv/bin/activate
+fi
+RESULTS="${RESULTS:-benchmarks/results}"
+WORKDIR="${WORKDIR:-${TMPDIR:-/tmp}/unet3d-benchmarks}"
+mkdir -p "$RESULTS"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+step() { echo; echo "=== $* ($(date +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null))"; }
+
+if [[ "${QUICK:-0}" == "1" ]]; then
+    step cpu_peak
+    python benchmarks/cpu_peak.py --size 2048 --repeats 3 --out "$RESULTS/cpu_peak.json"
+    step train_step
+    python benchmarks/train_step.py --models small --precisions fp32 --steps 2 \
+        --peak-json "$RESULTS/cpu_peak.json" --out "$RESULTS/train_step.json"
+    step runner_overhead
+    python benchmarks/runner_overhead.py --steps 20 --log-every 5 --checkpoint-every 10 \
+        --bench-steps 5 --skip-real --workdir "$WORKDIR" --out "$RESULTS/runner_overhead.json"
+    step pipeline
+    python benchmarks/pipeline.py --settings default --model-steps 3 1 --skip-real \
+        --workdir "$WORKDIR" --out "$RESULTS/pipeline.json"
+    step inference
+    python benchmarks/inference.py --model small --window 64 --volume 128 128 96 \
+        --workdir "$WORKDIR" --out "$RESULTS/inference.json"
+    step startup
+    python benchmarks/startup.py --repeats 1 --train-repeats 1 --workdir "$WORKDIR" \
+        --out "$RESULTS/startup.json"
+    exit 0
+fi
+
+step "cpu_peak: fp32 and bf16 4096^3 matmul"
+python benchmarks/cpu_peak.py --out "$RESULTS/cpu_peak.json"
+step "train_step: bare step at 64^3 and 128^3, both models, fp32/bf16, XLA off"
+python benchmarks/train_step.py --shapes 64 128 --steps 3 \
+    --peak-json "$RESULTS/cpu_peak.json" --out "$RESULTS/train_step.json"
+step "train_step: XLA on at 64^3 (about 7x slower on CPU)"
+python benchmarks/train_step.py --shapes 64 --xla on --warmup 1 --steps 2 \
+    --peak-json "$RESULTS/cpu_peak.json" --out "$RESULTS/train_step_xla.json"
+step "train_step: thread pools and the per-step loss sync (default job's small model)"
+python benchmarks/train_step.py --models small --precisions fp32 --batch 2 --steps 10 \
+    --threads 0:0 2:1 1:1 --sync-every 1 10 \
+    --peak-json "$RESULTS/cpu_peak.json" --out "$RESULTS/train_step_threads.json"
+step "runner_overhead: the default job through the runner vs its bare step"
+python benchmarks/runner_overhead.py --steps 60 --log-every 10 --checkpoint-every 20 \
+    --repeats 2 --workdir "$WORKDIR" --out "$RESULTS/runner_overhead.json"
+step "pipeline: pipeline-only vs training throughput, default job and 128^3 reference shape"
+python benchmarks/pipeline.py --workdir "$WORKDIR" --out "$RESULTS/pipeline.json"
+step "inference: one 240x240x155 case, reference widths, 128^3 windows, overlap 0.5"
+python benchmarks/inference.py --precisions fp32 bf16 --workdir "$WORKDIR" \
+    --out "$RESULTS/inference.json"
+step "startup: --help, a config error, time to the first training step"
+python benchmarks/startup.py --workdir "$WORKDIR" --out "$RESULTS/startup.json"
+step done
+ls -l "$RESULTS"

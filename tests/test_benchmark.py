@@ -1,0 +1,161 @@
+"""``mode=benchmark``: every target runs through the real runner and reports sane numbers.
+
+No timing thresholds: only that the report exists, is consistent and is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from unet3d.benchmark import flat_metrics, format_table, latency_statistics, write_json_atomic
+from unet3d.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers (no TensorFlow)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_latency_statistics_orders_percentiles_and_counts() -> None:
+    statistics = latency_statistics([0.5, 0.1, 0.2, 0.4, 0.3])
+    assert statistics["count"] == 5
+    assert statistics["mean"] == pytest.approx(300.0)
+    assert statistics["p50"] == pytest.approx(300.0)
+    assert statistics["min"] <= statistics["p50"] <= statistics["p90"] <= statistics["p95"] \
+        <= statistics["p99"] <= statistics["max"]
+    assert statistics["total_s"] == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        latency_statistics([])
+
+
+def test_table_has_the_seeds_columns() -> None:
+    latency = latency_statistics([1.0, 2.0])
+    table = format_table("train", "1 x CPU", 2, 1.33, latency)
+    header, rule, row = table.splitlines()
+    assert "throughput_train [vol/s]" in header and "latency_train_mean [ms]" in header
+    for percentile in (90, 95, 99):
+        assert f"latency_train_{percentile} [ms]" in header
+    assert header.count("|") == rule.count("|") == row.count("|")
+    assert "| 1 x CPU | 2 | 1.33 | 1500.0 |" in row
+
+
+def test_flat_metrics_skip_non_numbers_and_name_the_target() -> None:
+    result = {"throughput": 2.0, "latency_ms": latency_statistics([0.5, 1.0]),
+              "peak_rss_mb": 100.0, "extra": {"achieved_gflops": 3.0, "tta": False,
+                                              "window_size": [1, 2, 3], "nan": float("nan")}}
+    metrics = flat_metrics("train", result)
+    assert metrics["throughput_train"] == 2.0
+    assert metrics["achieved_gflops_train"] == 3.0
+    assert metrics["benchmark_steps_train"] == 2.0
+    assert "tta_train" not in metrics and "window_size_train" not in metrics
+    assert all(math.isfinite(value) for value in metrics.values())
+
+
+def test_json_is_written_atomically(tmp_path: Path) -> None:
+    path = write_json_atomic(tmp_path / "sub" / "benchmark.json", {"a": 1, "b": [1.5]})
+    assert json.loads(path.read_text()) == {"a": 1, "b": [1.5]}
+    assert [item.name for item in path.parent.iterdir()] == ["benchmark.json"]
+
+
+def test_bad_volume_shape_names_the_key() -> None:
+    from unet3d.benchmark import _volume_shape
+
+    cfg = OmegaConf.create({"benchmark": {"volume_shape": [240, 240]}})
+    with pytest.raises(ConfigError, match="benchmark.volume_shape"):
+        _volume_shape(cfg)
+    cfg = OmegaConf.create({"benchmark": {"volume_shape": [40, 40, 32]}})
+    assert _volume_shape(cfg) == (40, 40, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the runner
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder (MLflow store, synthetic debug data) shared by the runs of this module."""
+    return tmp_path_factory.mktemp("benchmark")
+
+
+def _run(workdir: Path, name: str, *overrides: str) -> tuple[Path, str]:
+    run_dir = workdir / "runs" / name
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    process = subprocess.run(
+        [sys.executable, "-m", "unet3d.run", "mode=benchmark", "debug=fast",
+         "benchmark.warmup_steps=1", f"benchmark.steps={STEPS}", *overrides,
+         f"hydra.run.dir={run_dir}"],
+        cwd=workdir, capture_output=True, text=True, timeout=600, env=environment,
+    )
+    output = process.stdout + process.stderr
+    assert process.returncode == 0, output[-4000:]
+    return run_dir, output
+
+
+CASES = {
+    "train_synthetic": ("train", ["benchmark.target=train", "benchmark.synthetic_input=true"]),
+    "train_pipeline": ("train", ["benchmark.target=train", "benchmark.synthetic_input=false"]),
+    "predict_synthetic": ("predict", ["benchmark.target=predict",
+                                      "benchmark.synthetic_input=true",
+                                      "benchmark.volume_shape=[40,40,24]"]),
+    "predict_held_out": ("predict", ["benchmark.target=predict",
+                                     "benchmark.synthetic_input=false"]),
+    "pipeline": ("pipeline", ["benchmark.target=pipeline"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_benchmark_mode_reports_sane_numbers(workdir: Path, name: str) -> None:
+    target, overrides = CASES[name]
+    run_dir, output = _run(workdir, name, *overrides)
+    report = json.loads((run_dir / "benchmark.json").read_text())
+    assert report["target"] == target
+    assert report["steps"] == STEPS and report["warmup_steps"] == 1
+    assert report["synthetic_input"] is ("benchmark.synthetic_input=true" in overrides)
+    throughput = report["throughput"]
+    assert math.isfinite(throughput) and throughput > 0
+    latency = report["latency_ms"]
+    assert latency["count"] == STEPS == len(report["step_seconds"])
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p95"] <= latency["p99"]
+    assert latency["mean"] > 0 and math.isfinite(latency["mean"])
+    assert report["batch"] >= 1 and report["num_replicas"] == 1
+    assert throughput == pytest.approx(report["batch"] * 1000.0 / latency["mean"])
+    assert report["peak_rss_mb"] > 0
+    # The seed-shaped table is printed.
+    assert f"throughput_{target} [vol/s]" in output and f"latency_{target}_99 [ms]" in output
+    if target == "train":
+        assert report["achieved_gflops"] > 0 and report["forward_gflop_per_volume"] > 0
+        assert report["step_time_s"] == pytest.approx(latency["mean"] / 1000.0)
+    if target == "predict":
+        window = report["window_latency_ms"]
+        assert window["count"] == len(report["window_batch_seconds"])
+        assert window["count"] == STEPS * report["window_batches_per_case"]
+        assert 0 < window["p50"] <= window["p90"] <= window["p95"] <= window["p99"]
+        assert report["seconds_per_case"] > 0
+        if "volume_shape=[40,40,24]" in " ".join(overrides):
+            assert report["input_shape"] == [40, 40, 24]
+
+    # The job's results.json and the MLflow run carry the same numbers.
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "FINISHED"
+    assert results["metrics"][f"throughput_{target}"] == pytest.approx(throughput)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    run = client.get_run(results["mlflow_run_id"])
+    assert run.data.tags["benchmark.target"] == target
+    assert run.data.metrics[f"throughput_{target}"] == pytest.approx(throughput)
+    assert run.data.metrics[f"latency_{target}_p99"] == pytest.approx(latency["p99"])
