@@ -152,11 +152,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--predict-shape", default="224,224,160")
     arguments = parser.parse_args()
-    report = {"devices": [str(device) for device in jax.devices()],
-              "jax": jax.__version__, "keras": keras.__version__, "train": [], "predict": []}
+    report = {"devices": [str(device) for device in jax.devices()], "jax": jax.__version__,
+              "keras": keras.__version__, "train": [], "predict": []}
     print(json.dumps(report), flush=True)
     for policy in ("float32", "mixed_float16", "mixed_bfloat16"):
-        entry = train_benchmark(policy, arguments.batch, arguments.crop, arguments.warmup, arguments.steps)
+        entry = train_benchmark(policy, arguments.batch, arguments.crop, arguments.warmup,
+                                arguments.steps)
         report["train"].append(entry)
         print(json.dumps(entry), flush=True)
     shape = tuple(int(side) for side in arguments.predict_shape.split(","))

@@ -45,7 +45,8 @@ def test_default_config_is_valid() -> None:
         ["strategy=mirrored"], ["strategy=multi_worker"], ["strategy=horovod"],
         ["mode=train"], ["mode=benchmark"], ["model=unet3d", "data.crop_size=[128,128,128]"],
         ["debug=fast", "fold=4", "precision=amp", "mode=train"],
-        ["model.norm=batch"], ["model.output_kernel_size=1"], ["model.norm=group", "model.base_filters=16"],
+        ["model.norm=batch"], ["model.output_kernel_size=1"],
+        ["model.norm=group", "model.base_filters=16"],
     ],
 )
 def test_groups_compose_and_validate(overrides: list[str]) -> None:
