@@ -1,24 +1,24 @@
 """Runner overhead: a training step through the full runner vs the bare compiled step.
 
-Three measurements at the same settings (the default CPU job unless ``--overrides`` says
-otherwise), each a ``python -m unet3d.run`` subprocess:
+Measurements at the same settings (the default CPU job unless ``--overrides`` says otherwise),
+each a ``python -m unet3d.run`` subprocess:
 
 1. ``mode=train``: the full runner (tf.data pipeline, per-step loss sync, MLflow logging every
    ``--log-every`` steps, a checkpoint every ``--checkpoint-every`` steps). Its per-step time
    is parsed from the progress lines (``... 1.234 s/step``), leaving out the first window
    (tracing). Windows that start with a checkpoint save give the save's cost, which is then
-   amortised over the default cadence (``training.checkpoint_every`` = 200).
+   amortised over the default cadence (``training.checkpoint_every`` = 200). While it runs,
+   the process's CPU time (all threads, from ``/proc/<pid>/stat``) is sampled at every
+   progress line, giving its CPU seconds per step with startup and tracing left out.
 2. ``mode=benchmark benchmark.target=train benchmark.synthetic_input=true``: the same compiled
-   train step on in-memory tensors (the bare step).
+   train step on in-memory tensors (the bare step): wall and CPU seconds per step.
 3. ``mode=benchmark benchmark.target=train benchmark.synthetic_input=false``: the compiled step
-   fed by the real pipeline (isolates the pipeline's share of the overhead).
+   fed by the real pipeline (isolates the pipeline's share).
 
-Target (issue 6): runner step time <= 1.05 x bare step time. ``--repeats`` interleaves the
-runs. On a shared machine wall times swing with the other processes' load, so the script also
-compares CPU time: the runner's marginal CPU seconds per step (the CPU time of a
-``--steps`` run minus that of a ``--short-steps`` run, divided by the step difference: startup,
-data preparation and tracing cancel out) against the bare step's CPU seconds per step. On an
-idle machine where the step keeps every core busy, the two overheads agree.
+Target (issue 6): runner step time <= 1.05 x bare step time (wall). On a shared machine the
+wall times swing with the other processes' load; the CPU-time comparison does not, and on an
+idle machine where the step keeps every core busy the two overheads agree. ``--repeats``
+interleaves the runs.
 
     python benchmarks/runner_overhead.py --steps 60 --out benchmarks/results/runner_overhead.json
 """
@@ -26,10 +26,12 @@ idle machine where the step keeps every core busy, the two overheads agree.
 from __future__ import annotations
 
 import argparse
+import os
 import re
-import resource
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     DEFAULT_WORKDIR,
     RESULTS_DIR,
-    run_runner,
+    run_dir_name,
     runner_benchmark,
+    subprocess_env,
     summary,
     write_result,
 )
@@ -47,7 +50,6 @@ from _common import (  # noqa: E402
 STEP_LINE = re.compile(r"step (\d+)/(\d+) .*?([0-9.]+) s/step")
 #: The job's default checkpoint cadence (conf/training/default.yaml).
 DEFAULT_CHECKPOINT_EVERY = 200
-DEFAULT_LOG_EVERY = 50
 
 
 def parse_step_times(output: str) -> list[tuple[int, float]]:
@@ -55,27 +57,44 @@ def parse_step_times(output: str) -> list[tuple[int, float]]:
     return [(int(match.group(1)), float(match.group(3))) for match in STEP_LINE.finditer(output)]
 
 
-def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _train(arguments: argparse.Namespace, steps: int, label: str) -> tuple[str, Path, float,
-                                                                           float]:
-    overrides = [
-        "mode=train", f"training.max_steps={steps}",
-        f"training.log_every={arguments.log_every}",
-        f"training.checkpoint_every={arguments.checkpoint_every}",
-        "tracking.log_model=false", *arguments.overrides,
-    ]
-    cpu_before = _children_cpu_seconds()
-    process, run_dir, seconds = run_runner(overrides, arguments.workdir, label)
-    return process.stdout + process.stderr, run_dir, seconds, _children_cpu_seconds() - cpu_before
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (all its threads), or None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based, man proc).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def runner_step_time(arguments: argparse.Namespace, label: str) -> dict[str, Any]:
-    """Full-runner training runs: per-step wall times of the log windows, marginal CPU time."""
-    output, run_dir, seconds, cpu_long = _train(arguments, arguments.steps, label)
+    """One full-runner training run: per-window wall and CPU seconds per step."""
+    workdir = Path(arguments.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_dir = workdir / "runs" / run_dir_name(label)
+    command = [
+        sys.executable, "-m", "unet3d.run", "mode=train",
+        f"training.max_steps={arguments.steps}", f"training.log_every={arguments.log_every}",
+        f"training.checkpoint_every={arguments.checkpoint_every}", "tracking.log_model=false",
+        *arguments.overrides, f"paths.data_dir={workdir / 'data'}", f"hydra.run.dir={run_dir}",
+    ]
+    print("$", " ".join(command[1:]), flush=True)
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+    assert process.stdout is not None
+    lines = []
+    cpu_at_line: list[tuple[int, float | None]] = []
+    for line in process.stdout:
+        lines.append(line)
+        match = STEP_LINE.search(line)
+        if match:
+            cpu_at_line.append((int(match.group(1)), process_cpu_seconds(process.pid)))
+    process.wait()
+    seconds = time.perf_counter() - started
+    output = "".join(lines)
+    if process.returncode != 0:
+        raise RuntimeError(f"runner failed ({process.returncode}):\n{output[-4000:]}")
     windows = parse_step_times(output)
     if len(windows) < 2:
         raise RuntimeError(f"too few progress lines in {run_dir}: {windows}")
@@ -90,33 +109,31 @@ def runner_step_time(arguments: argparse.Namespace, label: str) -> dict[str, Any
         time for _, time in steady)
     save_seconds = (statistics.mean(with_save) - plain) * arguments.log_every \
         if with_save and without_save else None
-    # Logging cost scales with 1/log_every: a window's time already includes one log call.
+    # The windows already pay one MLflow log call per --log-every steps (pessimistic).
     amortised = plain + (max(save_seconds, 0.0) / DEFAULT_CHECKPOINT_EVERY
                          if save_seconds else 0.0)
-    record = {
+    record: dict[str, Any] = {
         "run_dir": str(run_dir),
         "process_wall_seconds": seconds,
-        "process_cpu_seconds": cpu_long,
         "windows": windows,
         "step_time_mean_s": statistics.mean(time for _, time in steady),
         "step_time_without_save_median_s": plain,
         "checkpoint_save_seconds_estimate": save_seconds,
         "step_time_default_cadence_s": amortised,
     }
-    if arguments.short_steps:
-        _, _, short_seconds, cpu_short = _train(arguments, arguments.short_steps, f"{label}-short")
-        record["short_process_cpu_seconds"] = cpu_short
-        record["marginal_cpu_seconds_per_step"] = (cpu_long - cpu_short) / (
-            arguments.steps - arguments.short_steps)
+    samples = [(step, cpu) for step, cpu in cpu_at_line if cpu is not None]
+    if len(samples) >= 2:
+        # From the end of the first window to the last progress line: steps, pipeline,
+        # logging and the checkpoints of that span, without startup and tracing.
+        (first_step, first_cpu), (last_step, last_cpu) = samples[0], samples[-1]
+        record["cpu_seconds_per_step"] = (last_cpu - first_cpu) / (last_step - first_step)
+        record["cpu_samples"] = samples
     return record
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=60, help="training steps of the runner")
-    parser.add_argument("--short-steps", type=int, default=20,
-                        help="steps of the second runner run for the CPU-time difference "
-                             "(0: skip it)")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--checkpoint-every", type=int, default=20)
     parser.add_argument("--bench-steps", type=int, default=20, help="timed bare steps")
@@ -131,8 +148,6 @@ def main() -> None:
     arguments = parser.parse_args()
     if arguments.steps < 2 * arguments.log_every:
         parser.error("--steps must cover at least two --log-every windows")
-    if arguments.short_steps >= arguments.steps:
-        parser.error("--short-steps must be below --steps")
 
     bench = [f"benchmark.steps={arguments.bench_steps}",
              f"benchmark.warmup_steps={arguments.bench_warmup}", "benchmark.target=train",
@@ -149,28 +164,29 @@ def main() -> None:
                 [*bench, "benchmark.synthetic_input=false"], arguments.workdir,
                 f"overhead-real-{repeat}"))
         runs.append(record)
-        bare = record["bare"]["latency_ms"]["p50"] / 1000.0
         runner = record["runner"]
-        line = (f"repeat {repeat}: runner {runner['step_time_without_save_median_s']:.3f} s/step "
-                f"(mean {runner['step_time_mean_s']:.3f}, default cadence "
-                f"{runner['step_time_default_cadence_s']:.3f}); bare step {bare:.3f} s (mean "
-                f"{record['bare']['latency_ms']['mean'] / 1000:.3f})")
+        line = (f"repeat {repeat}: wall s/step: runner "
+                f"{runner['step_time_without_save_median_s']:.3f} (default cadence "
+                f"{runner['step_time_default_cadence_s']:.3f}), bare "
+                f"{record['bare']['latency_ms']['p50'] / 1000:.3f}")
         if "step_with_pipeline" in record:
-            line += (f"; step+pipeline "
-                     f"{record['step_with_pipeline']['latency_ms']['p50'] / 1000:.3f} s")
-        if "marginal_cpu_seconds_per_step" in runner:
-            line += (f"; CPU s/step: runner {runner['marginal_cpu_seconds_per_step']:.3f}, bare "
+            with_pipeline = record["step_with_pipeline"]["latency_ms"]["p50"] / 1000
+            line += f", step+pipeline {with_pipeline:.3f}"
+        if "cpu_seconds_per_step" in runner:
+            line += (f"; CPU s/step: runner {runner['cpu_seconds_per_step']:.3f}, bare "
                      f"{record['bare']['cpu_seconds_per_step']:.3f}")
+            if "step_with_pipeline" in record:
+                line += (f", step+pipeline "
+                         f"{record['step_with_pipeline']['cpu_seconds_per_step']:.3f}")
         print(line, flush=True)
 
     runner_time = statistics.median(r["runner"]["step_time_default_cadence_s"] for r in runs)
     bare_time = statistics.median(r["bare"]["latency_ms"]["p50"] / 1000.0 for r in runs)
     overhead = runner_time / bare_time - 1.0
-    result = {
+    result: dict[str, Any] = {
         "benchmark": "runner_overhead",
         "overrides": arguments.overrides,
-        "settings": {"steps": arguments.steps, "short_steps": arguments.short_steps,
-                     "log_every": arguments.log_every,
+        "settings": {"steps": arguments.steps, "log_every": arguments.log_every,
                      "checkpoint_every": arguments.checkpoint_every,
                      "bench_steps": arguments.bench_steps},
         "runner_step_time_s": runner_time,
@@ -178,12 +194,11 @@ def main() -> None:
         "overhead_fraction": overhead,
         "target_fraction": 0.05,
         "meets_target": overhead <= 0.05,
-        "runs": runs,
     }
     print(f"wall: runner {runner_time:.3f} s/step vs bare {bare_time:.3f} s/step: overhead "
           f"{100 * overhead:+.1f}% (target <= 5%)")
-    if arguments.short_steps:
-        runner_cpu = statistics.median(r["runner"]["marginal_cpu_seconds_per_step"] for r in runs)
+    if all("cpu_seconds_per_step" in r["runner"] for r in runs):
+        runner_cpu = statistics.median(r["runner"]["cpu_seconds_per_step"] for r in runs)
         bare_cpu = statistics.median(r["bare"]["cpu_seconds_per_step"] for r in runs)
         result.update({"runner_cpu_seconds_per_step": runner_cpu,
                        "bare_cpu_seconds_per_step": bare_cpu,
@@ -195,6 +210,7 @@ def main() -> None:
             r["step_with_pipeline"]["latency_ms"]["p50"] / 1000.0 for r in runs)
         result["step_with_pipeline_time_s"] = with_pipeline
         result["pipeline_share_fraction"] = with_pipeline / bare_time - 1.0
+    result["runs"] = runs
     write_result(arguments.out, result)
 
 
