@@ -64,19 +64,21 @@ def load_model_cfg(name):
 
 def test_reference_parameter_count_matches_architecture():
     cfg = load_model_cfg("unet3d")
+    assert cfg["output_kernel_size"] == 3  # conf/model/unet3d.yaml: the reference's head
     model = build_model_from_config(cfg)
-    expected = expected_parameters(4, 4, 32, 320, 6)
-    assert expected == 31_192_868  # 1x1x1 head
+    expected = expected_parameters(4, 4, 32, 320, 6, head=3)
+    assert expected == 31_196_196  # REFERENCE.md's bare Keras model
     assert model.count_params() == expected
-    # REFERENCE.md's bare model (31,196,196) differs only by a 3x3x3 head: 27*32*4 - 32*4 more.
-    assert expected_parameters(4, 4, 32, 320, 6, head=3) == 31_196_196
-    assert expected_parameters(4, 4, 32, 320, 6, head=3) - expected == 26 * 32 * 4
+    # A 1x1x1 head has 26*32*4 fewer weights.
+    head1 = build_model_from_config({**cfg, "output_kernel_size": 1})
+    assert head1.count_params() == expected_parameters(4, 4, 32, 320, 6) == 31_192_868
+    assert expected - head1.count_params() == 26 * 32 * 4
 
 
 def test_small_config_and_3x3x3_head_parameter_counts():
     cfg = load_model_cfg("unet3d_small")
     model = build_model_from_config(cfg)
-    assert model.count_params() == expected_parameters(4, 4, 8, 64, 4)
+    assert model.count_params() == expected_parameters(4, 4, 8, 64, 4, head=3)
     head3 = build_unet3d(**TINY, output_kernel_size=3)
     assert head3.count_params() == expected_parameters(**TINY, head=3)
 
@@ -225,9 +227,9 @@ def test_flops_match_the_layers_of_a_built_model(head):
 
 
 def test_reference_flops():
-    cfg = load_model_cfg("unet3d")
+    head3 = load_model_cfg("unet3d")
     # REFERENCE.md: 979.6 GFLOP at 128^3, 122.4 at 64^3 for the bare reference model (3x3x3 head).
-    head3 = {**cfg, "output_kernel_size": 3}
+    cfg = {**head3, "output_kernel_size": 1}
     assert count_forward_flops(head3, 128) == pytest.approx(979.6e9, rel=1e-3)
     assert count_forward_flops(head3, 64) == pytest.approx(122.4e9, rel=1e-3)
     # The default 1x1x1 head saves 2 * 26 * 32 * 4 FLOPs per voxel.
