@@ -428,6 +428,7 @@ def benchmark_predict(cfg: DictConfig, runtime: Any) -> dict[str, Any] | None:
     latency = latency_statistics(case_times)
     window_latency = latency_statistics(window_times)
     return {
+        "devices": f"1 x {runtime.device.type}",  # one process predicts on one device
         "batch": 1,
         "per_replica_batch": 1,
         "input_shape": shapes[0],
@@ -542,7 +543,7 @@ def run_benchmark(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path)
     result["accelerator_peak_mb"] = _accelerator_peak_mb(context.device_info.names, device.type)
     import tensorflow as tf
 
-    devices = f"{context.num_replicas} x {device.type}"
+    devices = result.pop("devices", f"{context.num_replicas} x {device.type}")
     payload: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "target": target,
