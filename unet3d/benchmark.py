@@ -210,16 +210,9 @@ def _thread_settings() -> dict[str, Any]:
 
 def _prepare(cfg: DictConfig, context: Any) -> Any:
     """Prepare the data set on the chief first (the other ranks then read it)."""
-    from unet3d.data.prepare import prepare_data
-    from unet3d.data.tfrecord import validate_records
+    from unet3d.data.prepare import prepare_data_on_chief_first
 
-    if context.is_chief:
-        prepared = prepare_data(cfg)
-        context.barrier()
-    else:
-        context.barrier()
-        prepared = prepare_data(cfg)
-    validate_records(prepared.train_files + prepared.eval_files)
+    prepared = prepare_data_on_chief_first(cfg, context)
     return prepared
 
 

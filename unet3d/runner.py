@@ -121,16 +121,9 @@ def _log_job_files(tracker: Any, output_dir: Path) -> None:
 
 def _prepare(cfg: DictConfig, context: Any) -> Any:
     """Generate/preprocess/split on the chief first, then let the other ranks read."""
-    from unet3d.data.prepare import prepare_data
-    from unet3d.data.tfrecord import validate_records
+    from unet3d.data.prepare import prepare_data_on_chief_first
 
-    if context.is_chief:
-        prepared = prepare_data(cfg)
-        context.barrier()
-    else:
-        context.barrier()
-        prepared = prepare_data(cfg)
-    validate_records(prepared.train_files + prepared.eval_files)
+    prepared = prepare_data_on_chief_first(cfg, context)
     log.info("fold %d of %d: %d training and %d held-out case(s) from %s", cfg.fold,
              cfg.num_folds, len(prepared.train_files), len(prepared.eval_files),
              prepared.preprocessed_dir)

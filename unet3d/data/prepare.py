@@ -105,3 +105,21 @@ def prepare_data(cfg: Any) -> PreparedData:
         raw_dir=raw_dir,
         split_file=split_file,
     )
+
+
+def prepare_data_on_chief_first(cfg: Any, context: Any) -> PreparedData:
+    """Prepare on the chief, then on the other ranks (which find it done), and check records.
+
+    ``context`` is the runtime's distributed context (``is_chief`` and ``barrier``). Every rank
+    then validates the records it will read, so a corrupt file fails with its name.
+    """
+    from unet3d.data.tfrecord import validate_records
+
+    if context.is_chief:
+        prepared = prepare_data(cfg)
+        context.barrier()
+    else:
+        context.barrier()
+        prepared = prepare_data(cfg)
+    validate_records(prepared.train_files + prepared.eval_files)
+    return prepared
