@@ -186,8 +186,7 @@ def _validate_data(cfg: DictConfig, num_folds: int, divisor: int) -> None:
     _boolean(cfg, "data.cache")
     _integer(cfg, "data.shuffle_buffer", minimum=1)
     _number(cfg, "data.foreground_probability", 0.0, 1.0, True, True)
-    synthetic = get(cfg, "data.synthetic")
-    if synthetic is None:
+    if not _boolean(cfg, "data.generate"):
         _existing_path(cfg, "data.raw_dir", must_be_dir=True)
         return
     cases = _integer(cfg, "data.synthetic.num_cases", minimum=1)

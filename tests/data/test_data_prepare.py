@@ -17,6 +17,7 @@ def _cfg(data_dir, **overrides):
             "paths": {"data_dir": str(data_dir)},
             "data": {
                 "name": "synthetic",
+                "generate": True,
                 "raw_dir": None,
                 "preprocessed_dir": None,
                 "synthetic": {
@@ -54,7 +55,7 @@ def test_prepare_real_layout_and_errors(tmp_path, tiny_raw):
         tmp_path,
         fold=0,
         num_folds=2,
-        data={"name": "brats2019", "raw_dir": str(tiny_raw), "synthetic": None},
+        data={"name": "brats2019", "raw_dir": str(tiny_raw), "synthetic": None, "generate": False},
     )
     prepared = prepare_data(cfg)
     assert prepared.preprocessed_dir.name.startswith("brats2019-")
@@ -62,8 +63,8 @@ def test_prepare_real_layout_and_errors(tmp_path, tiny_raw):
     explicit = _cfg(tmp_path, **{"data": {"preprocessed_dir": str(tmp_path / "mine")}})
     assert prepare_data(explicit).preprocessed_dir == (tmp_path / "mine").resolve()
     with pytest.raises(DataError, match="data.raw_dir does not exist"):
-        prepare_data(_cfg(tmp_path, data={"raw_dir": str(tmp_path / "nope"), "synthetic": None}))
+        prepare_data(_cfg(tmp_path, data={"raw_dir": str(tmp_path / "nope"), "synthetic": None, "generate": False}))
     with pytest.raises(ConfigError, match="data.raw_dir"):
-        prepare_data(_cfg(tmp_path, data={"raw_dir": "???", "synthetic": None}))
+        prepare_data(_cfg(tmp_path, data={"raw_dir": "???", "synthetic": None, "generate": False}))
     with pytest.raises(ConfigError, match="fold"):
         prepare_data(_cfg(tmp_path, fold=3))

@@ -44,7 +44,7 @@ def _optional(node: Any, key: str) -> Any:
 
 def resolve_raw_dir(cfg: Any) -> Path:
     """Return the raw NIfTI folder: generated synthetic data, or ``cfg.data.raw_dir``."""
-    if cfg.data.get("synthetic") is not None:
+    if cfg.data.get("generate", False):
         return ensure_synthetic_dataset(cfg)
     raw_dir = _optional(cfg.data, "raw_dir")
     if raw_dir is None or str(raw_dir) == "":
