@@ -63,7 +63,8 @@ def test_prepare_real_layout_and_errors(tmp_path, tiny_raw):
     explicit = _cfg(tmp_path, **{"data": {"preprocessed_dir": str(tmp_path / "mine")}})
     assert prepare_data(explicit).preprocessed_dir == (tmp_path / "mine").resolve()
     with pytest.raises(DataError, match="data.raw_dir does not exist"):
-        prepare_data(_cfg(tmp_path, data={"raw_dir": str(tmp_path / "nope"), "synthetic": None, "generate": False}))
+        prepare_data(_cfg(tmp_path, data={"raw_dir": str(tmp_path / "nope"),
+                                          "synthetic": None, "generate": False}))
     with pytest.raises(ConfigError, match="data.raw_dir"):
         prepare_data(_cfg(tmp_path, data={"raw_dir": "???", "synthetic": None, "generate": False}))
     with pytest.raises(ConfigError, match="fold"):
