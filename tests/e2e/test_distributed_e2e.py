@@ -13,12 +13,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_ports
 
 from .conftest import ROOT, mlflow_client, results, run_cli
 
@@ -172,19 +173,8 @@ def test_horovod_rejects_xla(tmp_path: Path) -> None:
 # ---- tf.distribute -------------------------------------------------------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def test_multi_worker_two_processes(tmp_path: Path, shared_workdir: Path) -> None:
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
     launch_time = "2026-01-02_03-04-05"
     workers = []

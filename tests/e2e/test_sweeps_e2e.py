@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.conftest import ROOT, mlflow_client, results, run_cli
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -413,12 +413,6 @@ def test_sigterm_ends_run_killed_and_sigkill_resumes_same_run(tmp_path: Path) ->
     assert steps[-1] == last + 2 and last in steps
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _rest(base_url: str, endpoint: str, body: dict | None = None) -> dict:
     """GET (no body) or POST (JSON body) a tracking server REST endpoint."""
     data = None if body is None else json.dumps(body).encode()
@@ -436,7 +430,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     test of this file runs, which requests this fixture for that reason only.
     """
     folder = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     environment = {**os.environ}
     environment.pop("MLFLOW_TRACKING_URI", None)
     with open(folder / "server.log", "w") as log_file:

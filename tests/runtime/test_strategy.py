@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.ports import free_ports
 from unet3d.errors import ConfigError, DeviceError
 from unet3d.runtime.devices import DeviceInfo
 from unet3d.runtime.strategy import (
@@ -194,17 +194,6 @@ def test_mirrored_loss_scaling_skips_on_every_replica(tmp_path):
     assert result["scale"] == result["initial_scale"] / 2
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _assert_ranks_agree(out_dir: Path, world_size: int) -> None:
     summaries, weights = [], []
     for rank in range(world_size):
@@ -224,7 +213,7 @@ def _assert_ranks_agree(out_dir: Path, world_size: int) -> None:
 
 @pytest.mark.slow
 def test_multi_worker_two_processes_agree(tmp_path):
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
     processes = []
     for index in range(2):

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _tracking_helpers import PYTHON, REPO_ROOT, free_port, subprocess_env, wait_for_file
+from _tracking_helpers import PYTHON, REPO_ROOT, subprocess_env, wait_for_file
 from omegaconf import OmegaConf
 
+from tests.ports import free_port
 from unet3d.tracking.mlflow_logger import (
     RUN_ID_FILE,
     TerminationRequested,
