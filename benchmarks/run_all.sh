@@ -28,8 +28,8 @@ if [[ "${QUICK:-0}" == "1" ]]; then
     python benchmarks/train_step.py --models small --precisions fp32 --steps 2 \
         --peak-json "$RESULTS/cpu_peak.json" --out "$RESULTS/train_step.json"
     step runner_overhead
-    python benchmarks/runner_overhead.py --steps 20 --log-every 5 --checkpoint-every 10 \
-        --bench-steps 5 --skip-real --workdir "$WORKDIR" --out "$RESULTS/runner_overhead.json"
+    python benchmarks/runner_overhead.py --steps 4 --rounds 2 --log-every 2 \
+        --checkpoint-every 4 --workdir "$WORKDIR" --out "$RESULTS/runner_overhead.json"
     step pipeline
     python benchmarks/pipeline.py --settings default --model-steps 3 1 --skip-real \
         --workdir "$WORKDIR" --out "$RESULTS/pipeline.json"
@@ -54,9 +54,8 @@ step "train_step: thread pools and the per-step loss sync (default job's small m
 python benchmarks/train_step.py --models small --precisions fp32 --batch 2 --steps 10 \
     --threads 0:0 2:1 1:1 --sync-every 1 10 \
     --peak-json "$RESULTS/cpu_peak.json" --out "$RESULTS/train_step_threads.json"
-step "runner_overhead: the default job through the runner vs its bare step"
-python benchmarks/runner_overhead.py --steps 60 --log-every 10 --checkpoint-every 20 \
-    --repeats 2 --workdir "$WORKDIR" --out "$RESULTS/runner_overhead.json"
+step "runner_overhead: the default job's training loop vs its bare step, 7 interleaved rounds"
+python benchmarks/runner_overhead.py --workdir "$WORKDIR" --out "$RESULTS/runner_overhead.json"
 step "pipeline: pipeline-only vs training throughput, default job and 128^3 reference shape"
 python benchmarks/pipeline.py --workdir "$WORKDIR" --out "$RESULTS/pipeline.json"
 step "inference: one 240x240x155 case, reference widths, 128^3 windows, overlap 0.5"

@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from unet3d.benchmark import flat_metrics, format_table, latency_statistics, write_json_atomic
+from unet3d.benchmark import (
+    flat_metrics,
+    format_table,
+    latency_statistics,
+    overhead_summary,
+    runner_loop_steps,
+    write_json_atomic,
+)
 from unet3d.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +73,28 @@ def test_json_is_written_atomically(tmp_path: Path) -> None:
     path = write_json_atomic(tmp_path / "sub" / "benchmark.json", {"a": 1, "b": [1.5]})
     assert json.loads(path.read_text()) == {"a": 1, "b": [1.5]}
     assert [item.name for item in path.parent.iterdir()] == ["benchmark.json"]
+
+
+def test_runner_rounds_cover_the_steps_after_one_untimed_window() -> None:
+    assert runner_loop_steps(10, 30) == 40
+    assert runner_loop_steps(10, 31) == 50
+    assert runner_loop_steps(50, 20) == 100
+    assert runner_loop_steps(1, 1) == 2
+    with pytest.raises(ValueError, match="must be > 0"):
+        runner_loop_steps(0, 5)
+
+
+def test_overhead_is_the_median_of_the_paired_rounds() -> None:
+    # Round 2 ran on a slower machine for both: pairing cancels it, medians alone do not.
+    summary = overhead_summary([1.0, 2.0, 1.0], [1.02, 2.02, 1.1])
+    assert summary["overhead_fraction_per_round"] == pytest.approx([0.02, 0.01, 0.1])
+    assert summary["overhead_fraction"] == pytest.approx(0.02)
+    assert summary["bare_step_time_s"] == 1.0 and summary["loop_step_time_s"] == 1.1
+    assert summary["overhead_fraction_of_medians"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="one bare and one loop"):
+        overhead_summary([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="one bare and one loop"):
+        overhead_summary([], [])
 
 
 def test_bad_volume_shape_names_the_key() -> None:
@@ -159,3 +188,33 @@ def test_benchmark_mode_reports_sane_numbers(workdir: Path, name: str) -> None:
     assert run.data.tags["benchmark.target"] == target
     assert run.data.metrics[f"throughput_{target}"] == pytest.approx(throughput)
     assert run.data.metrics[f"latency_{target}_p99"] == pytest.approx(latency["p99"])
+
+
+@pytest.mark.slow
+def test_runner_target_times_the_training_loop_against_the_bare_step(workdir: Path) -> None:
+    run_dir, output = _run(workdir, "runner", "benchmark.target=runner", "benchmark.rounds=2",
+                           "training.log_every=2", "training.checkpoint_every=2")
+    report = json.loads((run_dir / "benchmark.json").read_text())
+    assert report["target"] == "runner" and report["rounds"] == 2
+    # Per round: one untimed window of 2 steps, then whole windows covering STEPS = 3 steps.
+    assert report["loop_steps_per_round"] == 6
+    assert report["latency_ms"]["count"] == 2 * 2 == len(report["step_seconds"])
+    assert len(report["overhead_fraction_per_round"]) == 2
+    for bare, loop, overhead in zip(report["bare_step_time_per_round_s"],
+                                    report["loop_step_time_per_round_s"],
+                                    report["overhead_fraction_per_round"], strict=True):
+        assert bare > 0 and loop > 0 and overhead == pytest.approx(loop / bare - 1.0)
+    assert report["overhead_fraction"] == pytest.approx(
+        sorted(report["overhead_fraction_per_round"])[0] / 2
+        + sorted(report["overhead_fraction_per_round"])[1] / 2)
+    assert "training loop" in output and "overhead" in output
+    # The loop really ran: MLflow got its per-round curves, and its checkpoints were removed.
+    results = json.loads((run_dir / "results.json").read_text())
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    run = client.get_run(results["mlflow_run_id"])
+    assert "runner_round0_loss" in run.data.metrics and "runner_round1_loss" in run.data.metrics
+    assert run.data.metrics["overhead_fraction_runner"] == pytest.approx(
+        report["overhead_fraction"])
+    assert not (run_dir / "runner_rounds").exists()

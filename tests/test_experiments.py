@@ -8,7 +8,6 @@ that a preset can never rot: one trained run is shared by the fine-tuning and in
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -476,8 +475,6 @@ def test_cross_validation_preset_sweeps_folds(workdir: Path) -> None:
 
 @pytest.mark.slow
 def test_benchmark_preset_runs(workdir: Path) -> None:
-    if importlib.util.find_spec("unet3d.benchmark") is None:
-        pytest.skip("mode=benchmark's module unet3d.benchmark is not written yet")
     before = _run_dirs(workdir)
     _run_cli(workdir, "experiment=benchmark_train", *TINY)
     _results(_new_run_dir(workdir, before))

@@ -17,6 +17,10 @@ each waited for (a host sync), so that the per-step latencies are real:
   random weights unless ``predict.checkpoint`` names trained ones (an ensemble is timed then).
 - ``pipeline``: one step = one batch from the training ``tf.data`` pipeline (augmentation on
   as configured), no model.
+- ``runner``: the overhead of the training loop of ``mode=train`` (pipeline, host sync,
+  MLflow metrics, checkpoint cadence) over the bare compiled step on in-memory tensors, in
+  ``benchmark.rounds`` interleaved rounds within one process (see ``benchmark_runner``); its
+  latencies are the loop's per-window mean step times.
 
 Throughput is global: ``global batch / mean step time`` (volumes/s over all replicas and
 processes; for ``predict``, volumes/s of the chief, the only process that predicts). Latency
@@ -27,6 +31,7 @@ artifact) and writes ``<output_dir>/benchmark.json`` atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -53,7 +58,8 @@ RESULT_FILE = "benchmark.json"
 PERCENTILES = (50, 90, 95, 99)
 #: Numbers of a result that describe the setting (in benchmark.json, not logged as metrics).
 SETTINGS_NOT_METRICS = frozenset({"window_batch_size", "ensemble_members", "overlap",
-                                  "train_files"})
+                                  "train_files", "rounds", "loop_steps_per_round",
+                                  "log_every", "checkpoint_every"})
 #: Version of the benchmark.json layout.
 SCHEMA_VERSION = 1
 
@@ -249,27 +255,16 @@ def _synthetic_batch(context: Any, per_replica_batch: int, crop: Sequence[int],
     return images, labels
 
 
-# ---------------------------------------------------------------------------------------------
-# Targets
-# ---------------------------------------------------------------------------------------------
-
-
-def benchmark_train(cfg: DictConfig, runtime: Any) -> dict[str, Any]:
-    """Time the compiled train step of the training loop (synthetic or real input)."""
+def _train_step(cfg: DictConfig, runtime: Any, global_batch: int) -> tuple[Any, Any, Any]:
+    """Model, optimizer and compiled train step, built as ``mode=train`` builds them."""
     from unet3d.model.losses import make_loss_fn
-    from unet3d.model.unet3d import build_model_from_config, count_forward_flops
+    from unet3d.model.unet3d import build_model_from_config
     from unet3d.runtime.precision import wrap_optimizer
     from unet3d.training.checkpoint import build_optimizer_variables
     from unet3d.training.loop import make_train_step, total_steps
     from unet3d.training.optimizer import build_optimizer
 
     context = runtime.context
-    synthetic = bool(cfg.benchmark.synthetic_input)
-    crop = tuple(int(side) for side in cfg.data.crop_size)
-    per_replica_batch = int(cfg.data.batch_size)
-    global_batch = context.global_batch_size(per_replica_batch)
-    prepared = None if synthetic else _prepare(cfg, context)
-
     with context.scope():
         model = build_model_from_config(cfg.model)
         optimizer = wrap_optimizer(
@@ -278,9 +273,29 @@ def benchmark_train(cfg: DictConfig, runtime: Any) -> dict[str, Any]:
         )
         build_optimizer_variables(model, optimizer)
     context.broadcast_variables(model.variables + optimizer.variables)
-    loss_fn = make_loss_fn(cfg.training, int(cfg.model.num_classes))
-    step_fn = make_train_step(context, model, optimizer, loss_fn, global_batch,
-                              jit_compile=bool(runtime.precision.xla))
+    step_fn = make_train_step(context, model, optimizer,
+                              make_loss_fn(cfg.training, int(cfg.model.num_classes)),
+                              global_batch, jit_compile=bool(runtime.precision.xla))
+    return model, optimizer, step_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+# ---------------------------------------------------------------------------------------------
+
+
+def benchmark_train(cfg: DictConfig, runtime: Any) -> dict[str, Any]:
+    """Time the compiled train step of the training loop (synthetic or real input)."""
+    from unet3d.model.unet3d import count_forward_flops
+
+    context = runtime.context
+    synthetic = bool(cfg.benchmark.synthetic_input)
+    crop = tuple(int(side) for side in cfg.data.crop_size)
+    per_replica_batch = int(cfg.data.batch_size)
+    global_batch = context.global_batch_size(per_replica_batch)
+    prepared = None if synthetic else _prepare(cfg, context)
+
+    model, optimizer, step_fn = _train_step(cfg, runtime, global_batch)
 
     if synthetic:
         images, labels = _synthetic_batch(context, per_replica_batch, crop,
@@ -329,9 +344,9 @@ def benchmark_predict(cfg: DictConfig, runtime: Any) -> dict[str, Any] | None:
     """Time whole-volume sliding-window prediction (the chief predicts; others return None)."""
     from unet3d.inference.models import (
         EnsemblePredictor,
+        job_model_checkpoints,
         load_ensemble,
         probabilities_to_labels,
-        resolve_model_checkpoints,
     )
     from unet3d.model.unet3d import build_model_from_config
 
@@ -345,7 +360,7 @@ def benchmark_predict(cfg: DictConfig, runtime: Any) -> dict[str, Any] | None:
     checkpoint = cfg.get("predict", {}).get("checkpoint") if cfg.get("predict") else None
     single_process = int(context.world_size) <= 1
     if checkpoint:
-        prefixes = resolve_model_checkpoints(checkpoint, fold=cfg.predict.get("fold"))
+        prefixes = job_model_checkpoints(cfg, checkpoint, fold=cfg.predict.get("fold"))
         models = load_ensemble(cfg, prefixes, runtime)
     elif single_process:
         with context.scope():
@@ -477,10 +492,152 @@ def benchmark_pipeline(cfg: DictConfig, runtime: Any) -> dict[str, Any]:
     }
 
 
+class _PrefixedMetrics:
+    """Forwards the training loop's ``log_metrics`` calls under prefixed names (a curve per
+    round of ``target=runner``), so that the MLflow calls the loop makes are real."""
+
+    def __init__(self, tracker: Any, prefix: str) -> None:
+        self._tracker = tracker
+        self._prefix = prefix
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._tracker.log_metrics({f"{self._prefix}{name}": value
+                                   for name, value in metrics.items()}, step=step)
+
+
+def runner_loop_steps(log_every: int, steps: int) -> int:
+    """Steps of one loop round: one untimed window plus whole windows covering ``steps``."""
+    if log_every < 1 or steps < 1:
+        raise ValueError(f"log_every and steps must be > 0, got {log_every} and {steps}")
+    return log_every * (1 + math.ceil(steps / log_every))
+
+
+def overhead_summary(bare_seconds: Sequence[float],
+                     loop_seconds: Sequence[float]) -> dict[str, Any]:
+    """Per-round and overall overhead of the loop's step time over the bare step time.
+
+    ``bare_seconds[i]`` and ``loop_seconds[i]`` are the mean step times of round ``i``; the
+    headline ``overhead_fraction`` is the median over rounds of ``loop / bare - 1`` (each
+    round's pair ran back to back, so slow drifts of the machine cancel).
+    """
+    if not bare_seconds or len(bare_seconds) != len(loop_seconds):
+        raise ValueError("need one bare and one loop step time per round")
+    per_round = [loop / bare - 1.0 for bare, loop in zip(bare_seconds, loop_seconds,
+                                                          strict=True)]
+    bare_median = float(np.median(bare_seconds))
+    loop_median = float(np.median(loop_seconds))
+    return {
+        "bare_step_time_s": bare_median,
+        "loop_step_time_s": loop_median,
+        "overhead_fraction": float(np.median(per_round)),
+        "overhead_fraction_of_medians": loop_median / bare_median - 1.0,
+        "overhead_fraction_per_round": per_round,
+        "bare_step_time_per_round_s": list(bare_seconds),
+        "loop_step_time_per_round_s": list(loop_seconds),
+    }
+
+
+def benchmark_runner(cfg: DictConfig, runtime: Any, tracker: Any,
+                     output_dir: Path) -> dict[str, Any]:
+    """Runner overhead: the training loop's step time vs the bare compiled step, interleaved.
+
+    Each of ``benchmark.rounds`` rounds times ``benchmark.steps`` bare steps (the compiled
+    train step on in-memory tensors, as ``target=train`` with synthetic input) and then runs
+    the training loop of ``mode=train`` (``unet3d.training.loop.train``: the tf.data pipeline,
+    the per-step host sync and NaN check, MLflow metrics every ``training.log_every`` steps,
+    a checkpoint every ``training.checkpoint_every`` steps) on the same model: one untimed
+    window (tracing, pipeline start, cache fill), then whole windows covering
+    ``benchmark.steps``. Each window's time includes the MLflow call and any checkpoint save
+    that ended the window before it. The rounds' checkpoints are deleted afterwards.
+    """
+    import shutil
+
+    from omegaconf import open_dict
+
+    from unet3d.training.loop import total_steps, train
+
+    context = runtime.context
+    rounds = int(cfg.benchmark.get("rounds", 3))
+    steps = int(cfg.benchmark.steps)
+    log_every = int(cfg.training.log_every)
+    loop_steps = runner_loop_steps(log_every, steps)
+    crop = tuple(int(side) for side in cfg.data.crop_size)
+    per_replica_batch = int(cfg.data.batch_size)
+    global_batch = context.global_batch_size(per_replica_batch)
+    prepared = _prepare(cfg, context)
+
+    round_cfg = cfg.copy()
+    with open_dict(round_cfg):
+        round_cfg.resume = False
+        round_cfg.training.max_steps = loop_steps
+        if total_steps(round_cfg, context.world_size) != loop_steps:  # Horovod divides
+            round_cfg.training.max_steps = loop_steps * context.world_size
+    model, optimizer, step_fn = _train_step(cfg, runtime, global_batch)
+    images, labels = _synthetic_batch(context, per_replica_batch, crop,
+                                      int(cfg.model.in_channels), int(cfg.model.num_classes),
+                                      int(cfg.seed))
+
+    def bare_step() -> None:
+        loss, _, _ = step_fn(images, labels)
+        float(loss)
+
+    bare_means: list[float] = []
+    loop_means: list[float] = []
+    windows: list[float] = []
+    bare_cpu = 0.0
+    warmup = int(cfg.benchmark.warmup_steps)
+    for index in range(rounds):
+        times, cpu_seconds = time_steps(bare_step, warmup if index == 0 else 0, steps, "step")
+        bare_cpu += cpu_seconds
+        bare_means.append(float(np.mean(times)))
+        round_dir = Path(output_dir) / "runner_rounds" / f"round{index}"
+        result = train(round_cfg, context, model, optimizer, prepared.train_files, round_dir,
+                       _PrefixedMetrics(tracker, f"runner_round{index}_"),
+                       jit_compile=bool(runtime.precision.xla))
+        round_windows = [seconds for _, seconds in result.history.get("step_time", [])][1:]
+        if not round_windows:
+            raise RuntimeError(f"benchmark.target=runner: round {index} timed no window")
+        windows.extend(round_windows)
+        loop_means.append(float(np.mean(round_windows)))
+        log.info("benchmark runner round %d/%d: bare step %.1f ms, training loop %.1f ms "
+                 "(%+.1f%%)", index + 1, rounds, bare_means[-1] * 1000.0,
+                 loop_means[-1] * 1000.0, (loop_means[-1] / bare_means[-1] - 1.0) * 100.0)
+        context.barrier()
+        if context.is_chief:
+            shutil.rmtree(round_dir, ignore_errors=True)
+    if context.is_chief:
+        with contextlib.suppress(OSError):
+            (Path(output_dir) / "runner_rounds").rmdir()
+    summary = overhead_summary(bare_means, loop_means)
+    latency = latency_statistics(windows)
+    return {
+        "batch": global_batch,
+        "per_replica_batch": per_replica_batch,
+        "input_shape": list(crop),
+        "parameters": int(model.count_params()),
+        "throughput": global_batch / (latency["mean"] / 1000.0),
+        "latency_ms": latency,
+        "step_seconds": windows,
+        "extra": {
+            **summary,
+            "bare_cpu_seconds_per_step": bare_cpu / (steps * rounds),
+            "rounds": rounds,
+            "loop_steps_per_round": loop_steps,
+            "log_every": log_every,
+            "checkpoint_every": int(cfg.training.checkpoint_every),
+            "train_files": len(prepared.train_files),
+        },
+    }
+
+
 TARGETS: dict[str, Callable[[DictConfig, Any], dict[str, Any] | None]] = {
     "train": benchmark_train,
     "predict": benchmark_predict,
     "pipeline": benchmark_pipeline,
+}
+#: Targets that also need the job's tracker and output dir.
+JOB_TARGETS: dict[str, Callable[[DictConfig, Any, Any, Path], dict[str, Any]]] = {
+    "runner": benchmark_runner,
 }
 
 
@@ -518,8 +675,9 @@ def flat_metrics(target: str, result: dict[str, Any]) -> dict[str, float]:
 def run_benchmark(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> dict:
     """Run ``cfg.benchmark.target`` and report it; returns the flat metrics (chief) or {}."""
     target = str(cfg.benchmark.target)
-    if target not in TARGETS:
-        raise ConfigError(f"benchmark.target: must be one of {', '.join(TARGETS)}, got {target!r}")
+    if target not in TARGETS and target not in JOB_TARGETS:
+        names = ", ".join([*TARGETS, *JOB_TARGETS])
+        raise ConfigError(f"benchmark.target: must be one of {names}, got {target!r}")
     if target == "predict" and bool(cfg.benchmark.synthetic_input):
         _volume_shape(cfg)  # fail on a bad shape before any model is built
     context = runtime.context
@@ -529,7 +687,10 @@ def run_benchmark(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path)
     log.info("benchmark %s: %s input, %d warm-up + %d timed step(s)", target,
              "synthetic" if cfg.benchmark.synthetic_input else "real", cfg.benchmark.warmup_steps,
              cfg.benchmark.steps)
-    result = TARGETS[target](cfg, runtime)
+    if target in JOB_TARGETS:
+        result = JOB_TARGETS[target](cfg, runtime, tracker, output_dir)
+    else:
+        result = TARGETS[target](cfg, runtime)
     if result is None or not context.is_chief:
         return {}
     result["peak_rss_mb"] = peak_rss_mb()
@@ -577,9 +738,13 @@ def run_benchmark(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path)
                          result["latency_ms"])
     payload["table"] = table
     path = write_json_atomic(Path(output_dir) / RESULT_FILE, payload)
-    summary = [f"benchmark {target} ({'synthetic' if payload['synthetic_input'] else 'real'} "
-               f"input, {payload['precision']}{', XLA' if payload['xla'] else ''}, "
-               f"{latency_count(result)} timed step(s)):", table]
+    if target == "runner":
+        what = f"training loop windows of {result['extra']['log_every']} steps"
+    else:
+        what = f"{'synthetic' if payload['synthetic_input'] else 'real'} input"
+    summary = [f"benchmark {target} ({what}, {payload['precision']}"
+               f"{', XLA' if payload['xla'] else ''}, {latency_count(result)} timed "
+               f"{'window(s)' if target == 'runner' else 'step(s)'}):", table]
     if target == "train":
         summary.append(
             f"train step {result['extra']['step_time_s']:.3f} s (median "
@@ -594,6 +759,17 @@ def run_benchmark(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path)
             f"({result['extra']['window_batches_per_case']:.0f} window batches of "
             f"{result['extra']['window_batch_size']}: mean {window['mean']:.1f} ms, p90 "
             f"{window['p90']:.1f} ms, p99 {window['p99']:.1f} ms)"
+        )
+    if target == "runner":
+        extra = result["extra"]
+        summary.append(
+            f"training loop {extra['loop_step_time_s'] * 1000.0:.1f} ms/step vs bare step "
+            f"{extra['bare_step_time_s'] * 1000.0:.1f} ms/step: overhead "
+            f"{extra['overhead_fraction'] * 100.0:+.1f}% (median of {extra['rounds']} "
+            f"interleaved rounds; per round "
+            + ", ".join(f"{value * 100.0:+.1f}%" for value in extra["overhead_fraction_per_round"])
+            + f"; MLflow every {extra['log_every']} steps, checkpoint every "
+            f"{extra['checkpoint_every']} steps)"
         )
     summary.append(f"peak RSS {result['peak_rss_mb']:.0f} MiB; written {path}")
     log.info("%s", "\n".join(summary))

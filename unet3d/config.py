@@ -26,7 +26,7 @@ NORMS = ("instance", "group", "batch")
 LOSSES = ("dice+ce", "dice", "ce")
 LR_SCHEDULES = ("constant", "cosine")
 BLENDS = ("gaussian", "constant")
-BENCHMARK_TARGETS = ("train", "predict", "pipeline")
+BENCHMARK_TARGETS = ("train", "predict", "pipeline", "runner")
 CLUSTER_RESOLVERS = ("tf_config", "slurm")
 
 _MISSING_HINTS = {
@@ -109,6 +109,8 @@ def _existing_path(cfg: DictConfig, key: str, must_be_dir: bool = False) -> Path
         raise ConfigError(f"{key}: missing; {hint}")
     paths = value if isinstance(value, list) else [value]
     for item in paths:
+        if str(item).startswith("runs:/"):
+            continue  # an MLflow run reference, looked up when the job resolves its models
         path = Path(str(item)).expanduser()
         if not path.exists():
             raise ConfigError(f"{key}: path does not exist: {path}")
@@ -158,6 +160,8 @@ def validate(cfg: DictConfig) -> None:
         _choice(cfg, "benchmark.target", BENCHMARK_TARGETS)
         _integer(cfg, "benchmark.warmup_steps", minimum=0)
         _integer(cfg, "benchmark.steps", minimum=1)
+        if get(cfg, "benchmark.target") == "runner":
+            _integer(cfg, "benchmark.rounds", minimum=1)
 
 
 def _validate_model(cfg: DictConfig) -> None:

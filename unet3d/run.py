@@ -2,7 +2,8 @@
 
 Hydra composes ``conf/`` into one config; :func:`unet3d.config.validate` checks it without
 importing TensorFlow; :func:`unet3d.runner.run_task` does the work. A user error (bad value,
-bad data, missing device) ends the job with one ERROR line and exit status 1. Inside a
+bad data, missing device) ends the job with one ERROR line and exit status 1; SIGTERM and Ctrl-C
+end it with one ERROR line and status 143 or 130 (its MLflow run KILLED). Inside a
 ``--multirun`` sweep a failed job is recorded (results.json, MLflow run FAILED) and the sweep
 goes on; the sweep callback summarises the folds and makes the sweep exit non-zero.
 """
@@ -29,6 +30,9 @@ log = logging.getLogger("unet3d")
 #: Environment variable holding the launch time that every process of one job shares.
 LAUNCH_TIME_VARIABLE = "UNET3D_LAUNCH_TIME"
 _LAUNCH_TIME_FORMAT = "%Y-%m-%d_%H-%M-%S"
+#: Exit statuses of a job stopped by SIGTERM and by Ctrl-C (128 + the signal's number).
+EXIT_TERMINATED = 143
+EXIT_INTERRUPTED = 130
 
 
 def _launch_time() -> datetime:
@@ -89,6 +93,16 @@ def main(cfg: DictConfig) -> Any:
         from unet3d.runner import run_task  # deferred: imports TensorFlow
 
         return run_task(cfg)
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM as TerminationRequested
+        if multirun:
+            raise  # stops the sweep; the sweep callback ends its parent run KILLED
+        from unet3d.tracking.mlflow_logger import TerminationRequested
+
+        terminated = isinstance(error, TerminationRequested)
+        log.error("job stopped: %s; its MLflow run is KILLED (resume=true with the same "
+                  "hydra.run.dir continues from the last checkpoint)",
+                  error if terminated else "interrupted (Ctrl-C)")
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     except Exception as error:
         if isinstance(error, Unet3dError):
             log.error("%s", error)

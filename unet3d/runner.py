@@ -217,13 +217,13 @@ def run_train(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path)
 def run_evaluate(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path) -> dict:
     """mode=evaluate: score ``checkpoint`` on every held-out case of ``fold``.
 
-    ``checkpoint`` is a checkpoint, a run dir, or a sweep dir (its job of this fold is used);
-    a list of them is evaluated as an ensemble.
+    ``checkpoint`` is a checkpoint, a run dir, a sweep dir (its job of this fold is used) or
+    an MLflow run reference ``runs:/<run id>``; a list of them is evaluated as an ensemble.
     """
-    from unet3d.inference.models import load_ensemble, resolve_model_checkpoints
+    from unet3d.inference.models import job_model_checkpoints, load_ensemble
 
     prepared = _prepare(cfg, runtime.context)
-    prefixes = resolve_model_checkpoints(cfg.checkpoint, fold=int(cfg.fold), key="checkpoint")
+    prefixes = job_model_checkpoints(cfg, cfg.checkpoint, fold=int(cfg.fold), key="checkpoint")
     models = load_ensemble(cfg, prefixes, runtime)
     tracker.set_tags({"checkpoint": ", ".join(prefixes)})
     return _evaluate(cfg, runtime, tracker, output_dir, models, prepared)

@@ -231,6 +231,44 @@ def test_mirrored_over_two_logical_cpus(tmp_path: Path, shared_workdir: Path) ->
     assert (run_dir / "checkpoints" / "ckpt-3.index").exists()
 
 
+# ---- benchmark mode under each strategy ------------------------------------------------------
+
+
+def _benchmark_report(cwd: Path) -> dict:
+    (run_dir,) = _output_dirs(cwd)
+    report = json.loads((run_dir / "benchmark.json").read_text())
+    latency = report["latency_ms"]
+    # Global throughput: the global batch (all replicas, all processes) per mean step time.
+    assert report["throughput"] == pytest.approx(report["batch"] * 1000.0 / latency["mean"])
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p95"] <= latency["p99"]
+    return report
+
+
+@pytest.mark.horovod
+def test_horovodrun_benchmark_reports_global_throughput(horovodrun: str, tmp_path: Path,
+                                                        shared_workdir: Path) -> None:
+    _, ranks = _horovodrun(horovodrun, tmp_path, "strategy=horovod", "debug=fast",
+                           "mode=benchmark", "benchmark.target=train",
+                           "benchmark.synthetic_input=false", _data_dir(shared_workdir))
+    report = _benchmark_report(tmp_path)
+    assert (report["strategy"], report["world_size"], report["num_replicas"]) == ("horovod", 2, 2)
+    assert (report["per_replica_batch"], report["batch"]) == (1, 2)
+    assert report["devices"] == "2 x CPU"
+    # Only rank 0 reports.
+    assert "throughput_train [vol/s]" in ranks[0] and "throughput_train" not in ranks[1]
+
+
+def test_mirrored_runner_benchmark_over_two_logical_cpus(tmp_path: Path,
+                                                          shared_workdir: Path) -> None:
+    result = run_cli("strategy=mirrored", "+device.logical_cpus=2", "debug=fast",
+                     "mode=benchmark", "benchmark.target=runner", "benchmark.rounds=1",
+                     _data_dir(shared_workdir), cwd=tmp_path)
+    _assert_ok(result.stdout + result.stderr, result.returncode)
+    report = _benchmark_report(tmp_path)
+    assert (report["strategy"], report["num_replicas"], report["batch"]) == ("mirrored", 2, 2)
+    assert report["loop_step_time_s"] > 0 and report["bare_step_time_s"] > 0
+
+
 # ---- precision ------------------------------------------------------------------------------
 
 

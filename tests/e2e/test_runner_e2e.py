@@ -44,11 +44,15 @@ def test_debug_train_and_evaluate_then_evaluate_and_resume(tmp_path: Path) -> No
     assert abs(run.data.metrics["Dice_WT"] - record["metrics"]["Dice_WT"]) < 1e-9
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 3
 
-    # Evaluate the checkpoint: same held-out cases, same numbers as at the end of training.
-    evaluated = run_cli("debug=fast", "mode=evaluate", f"checkpoint={run_dir}", cwd=tmp_path)
+    # Evaluate the model named by its MLflow run (runs:/<id> -> the run's output dir): same
+    # held-out cases, same numbers as at the end of training.
+    evaluated = run_cli("debug=fast", "mode=evaluate",
+                        f"checkpoint=runs:/{record['mlflow_run_id']}", cwd=tmp_path)
     _assert_ok(evaluated)
     eval_dir = [path for path in run_dirs(tmp_path) if path != run_dir][0]
     eval_record = results(eval_dir)
+    eval_run = client.get_run(eval_record["mlflow_run_id"])
+    assert eval_run.data.tags["checkpoint"] == str(run_dir / "checkpoints" / "ckpt-6")
     for key in ("Dice_WT", "Dice_TC", "Dice_ET", "HD95_WT"):
         np.testing.assert_allclose(eval_record["metrics"][key], record["metrics"][key],
                                    rtol=1e-5)

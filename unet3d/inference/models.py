@@ -8,7 +8,9 @@ forms (and lists of them, which make an ensemble):
 - the sweep dir of a Hydra cross-validation run (``python -m unet3d.run -m fold=0,1,2,3,4``):
   every job subfolder with a checkpoint is one fold model, and its fold is read from the job's
   ``.hydra/config.yaml``. With ``fold`` given only that fold's job is taken, else all folds
-  (an ensemble).
+  (an ensemble);
+- ``runs:/<MLflow run id>``: the output dir recorded on that run (a sweep's parent run: its
+  sweep dir), which must exist on this machine (``unet3d.tracking.run_reference``).
 
 ``load_ensemble`` builds one model per prefix from ``cfg.model`` and restores its weights.
 ``EnsemblePredictor`` is the one sliding-window code path of ``mode=predict`` and of the
@@ -179,17 +181,21 @@ def _sweep_members(
 
 
 def resolve_model_checkpoints(
-    spec: Any, fold: int | None = None, key: str = CHECKPOINT_KEY
+    spec: Any, fold: int | None = None, key: str = CHECKPOINT_KEY,
+    tracking_uri: str | None = None,
 ) -> list[str]:
     """Turn a checkpoint spec into the checkpoint prefixes of the model(s) to run.
 
     Args:
         spec: a checkpoint prefix, a ``checkpoints/`` folder, a training run dir, a Hydra
-            sweep dir of a cross-validation run, or a list of any of these (an ensemble).
+            sweep dir of a cross-validation run, an MLflow run reference ``runs:/<run id>``
+            (a job's run or a sweep's parent run, looked up in ``tracking_uri``), or a list of
+            any of these (an ensemble).
         fold: with a sweep dir, take only the job of this fold (read from the job's
             ``.hydra/config.yaml``); None takes every fold. A single run's fold is only
             checked (a warning when it differs).
         key: the config key named in errors.
+        tracking_uri: the MLflow store of ``runs:/`` references.
 
     Returns:
         Checkpoint prefixes (without ``.index``), duplicates removed, in spec order.
@@ -199,7 +205,10 @@ def resolve_model_checkpoints(
         CheckpointError: a path does not exist or holds no checkpoint, or a sweep has no
             checkpoint for ``fold``.
     """
+    from unet3d.tracking.run_reference import resolve_run_references
+
     items = [item for item in _as_list(spec) if item is not None and str(item) != ""]
+    items = resolve_run_references(items, tracking_uri, key)
     if not items:
         raise ConfigError(
             f"{key}: missing; pass {key}=PATH (a checkpoint, a training run dir, a sweep dir "
@@ -230,6 +239,20 @@ def resolve_model_checkpoints(
             if prefix not in prefixes:
                 prefixes.append(prefix)
     return prefixes
+
+
+def job_model_checkpoints(cfg: Any, spec: Any, fold: int | None = None,
+                          key: str = CHECKPOINT_KEY) -> list[str]:
+    """``resolve_model_checkpoints`` for a job: ``runs:/`` references are looked up in the
+    job's own MLflow store (``tracking.uri``, ``MLFLOW_TRACKING_URI`` or the local default)."""
+    from unet3d.tracking.run_reference import is_run_reference
+
+    tracking_uri = None
+    if any(is_run_reference(str(item)) for item in _as_list(spec)):
+        from unet3d.tracking.mlflow_logger import resolve_tracking_uri
+
+        tracking_uri = resolve_tracking_uri(cfg.get("tracking"), cfg.paths.root_dir)
+    return resolve_model_checkpoints(spec, fold, key, tracking_uri)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -283,8 +283,8 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     from unet3d.evaluation.metrics import case_metrics, format_table, summarize
     from unet3d.inference.models import (
         EnsemblePredictor,
+        job_model_checkpoints,
         load_ensemble,
-        resolve_model_checkpoints,
     )
 
     output_dir = Path(output_dir)
@@ -296,7 +296,7 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     pending, source = _pending_cases(cfg)
     output_folder = Path(cfg.predict.get("output_dir") or output_dir / "predictions").expanduser()
     output_folder.mkdir(parents=True, exist_ok=True)
-    prefixes = resolve_model_checkpoints(cfg.predict.checkpoint, fold=selected_fold(cfg))
+    prefixes = job_model_checkpoints(cfg, cfg.predict.checkpoint, fold=selected_fold(cfg))
     models = load_ensemble(cfg, prefixes, runtime)
     precision = getattr(runtime, "precision", None)
     predictor = EnsemblePredictor(models, cfg, jit_compile=bool(getattr(precision, "xla", False)))

@@ -359,10 +359,20 @@ class DistributedContext:
         `input_context.get_per_replica_batch_size(global_batch)` (or the per-replica batch).
         Under tf.distribute the result is a distributed dataset whose elements feed
         `run`; under Horovod it is the plain dataset of this rank.
+
+        A single CPU replica in a single process also gets the plain dataset: there the
+        distributed dataset only adds a per-batch copy to the same host memory and a Python
+        generator around the iterator (about 2% of a training step of the default CPU job,
+        measured by ``mode=benchmark benchmark.target=overhead``). Accelerators keep the
+        distributed dataset, which prefetches each batch onto the device.
         """
-        if self._hvd is not None:
+        if self._hvd is not None or self._single_host_replica():
             return dataset_fn(self.input_context())
         return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _single_host_replica(self) -> bool:
+        return (self.world_size == 1 and self.num_replicas == 1
+                and self.device_info.type == "CPU" and self.name != "multi_worker")
 
     # ---- the step ------------------------------------------------------------------------------
 
