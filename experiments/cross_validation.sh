@@ -4,6 +4,8 @@
 #   python -m unet3d.run --multirun experiment=cross_validation_5fold ...
 # The sweep exits non-zero when a fold failed.
 set -euo pipefail
+# shellcheck source=experiments/_common.sh
+. "$(dirname "$0")/_common.sh"
 
 usage() {
     cat >&2 <<USAGE
@@ -29,8 +31,7 @@ while getopts ":k:j:e:h" option; do
         j) parallel_jobs="$OPTARG" ;;
         e) experiment="$OPTARG" ;;
         h) usage; exit 0 ;;
-        :) echo "error: -$OPTARG needs a value" >&2; usage; exit 2 ;;
-        *) echo "error: unknown option -$OPTARG" >&2; usage; exit 2 ;;
+        *) bad_option "$option" "$OPTARG" ;;
     esac
 done
 shift $((OPTIND - 1))
@@ -38,19 +39,13 @@ shift $((OPTIND - 1))
 overrides=("experiment=$experiment")
 if [[ -n "$num_folds" ]]; then
     if ! [[ "$num_folds" =~ ^[0-9]+$ ]] || (( num_folds < 2 )); then
-        echo "error: -k NUM_FOLDS must be an integer >= 2, got '$num_folds'" >&2
-        usage
-        exit 2
+        fail_usage "-k NUM_FOLDS must be an integer >= 2, got '$num_folds'"
     fi
     # A fold sweep on the command line replaces the preset's hydra.sweeper.params.fold.
     overrides+=("num_folds=$num_folds" "fold=range($num_folds)")
 fi
 if [[ -n "$parallel_jobs" ]]; then
-    if ! [[ "$parallel_jobs" =~ ^[1-9][0-9]*$ ]]; then
-        echo "error: -j PARALLEL_JOBS must be a positive integer, got '$parallel_jobs'" >&2
-        usage
-        exit 2
-    fi
+    require_positive_integer "-j PARALLEL_JOBS" "$parallel_jobs"
     overrides+=("hydra/launcher=joblib" "hydra.launcher.n_jobs=$parallel_jobs")
 fi
 

@@ -6,6 +6,8 @@
 # Horovod (which divides max_steps by the processes). With -n the job runs through
 # horovod_train.sh.
 set -euo pipefail
+# shellcheck source=experiments/_common.sh
+. "$(dirname "$0")/_common.sh"
 
 usage() {
     cat >&2 <<USAGE
@@ -35,11 +37,11 @@ while getopts ":n:H:d:h" option; do
         H) hosts="$OPTARG" ;;
         d) device="$OPTARG" ;;
         h) usage; exit 0 ;;
-        :) echo "error: -$OPTARG needs a value" >&2; usage; exit 2 ;;
-        *) echo "error: unknown option -$OPTARG" >&2; usage; exit 2 ;;
+        *) bad_option "$option" "$OPTARG" ;;
     esac
 done
 shift $((OPTIND - 1))
+check_device "$device"
 
 if [[ $# -lt 2 ]]; then
     usage
@@ -48,15 +50,9 @@ fi
 run_dir="$1"
 extra_steps="$2"
 shift 2
-if ! [[ "$extra_steps" =~ ^[1-9][0-9]*$ ]]; then
-    echo "error: EXTRA_STEPS must be a positive integer, got '$extra_steps'" >&2
-    usage
-    exit 2
-fi
-if [[ -n "$num_processes" ]] && ! [[ "$num_processes" =~ ^[1-9][0-9]*$ ]]; then
-    echo "error: -n NUM_PROCESSES must be a positive integer, got '$num_processes'" >&2
-    usage
-    exit 2
+require_positive_integer EXTRA_STEPS "$extra_steps"
+if [[ -n "$num_processes" ]]; then
+    require_positive_integer "-n NUM_PROCESSES" "$num_processes"
 fi
 # TensorFlow's index file names the newest checkpoint: model_checkpoint_path: "ckpt-2000".
 index="$run_dir/checkpoints/checkpoint"

@@ -4,6 +4,8 @@
 # Every rank gets the same UNET3D_LAUNCH_TIME, so all of them agree on one Hydra output dir.
 # Run it from the folder that should hold outputs/, data/ and mlflow.db (shared by all hosts).
 set -euo pipefail
+# shellcheck source=experiments/_common.sh
+. "$(dirname "$0")/_common.sh"
 
 usage() {
     cat >&2 <<USAGE
@@ -29,8 +31,7 @@ while getopts ":d:h" option; do
     case "$option" in
         d) device="$OPTARG" ;;
         h) usage; exit 0 ;;
-        :) echo "error: -$OPTARG needs a value" >&2; usage; exit 2 ;;
-        *) echo "error: unknown option -$OPTARG" >&2; usage; exit 2 ;;
+        *) bad_option "$option" "$OPTARG" ;;
     esac
 done
 shift $((OPTIND - 1))
@@ -41,11 +42,7 @@ if [[ $# -lt 2 ]]; then
 fi
 num_processes="$1"
 shift
-if ! [[ "$num_processes" =~ ^[1-9][0-9]*$ ]]; then
-    echo "error: NUM_PROCESSES must be a positive integer, got '$num_processes'" >&2
-    usage
-    exit 2
-fi
+require_positive_integer NUM_PROCESSES "$num_processes"
 # HOSTS is optional: a host list has HOST:SLOTS entries, an experiment name has no ':'.
 hosts="localhost:$num_processes"
 if [[ "$1" =~ ^[^=,:]+:[0-9]+(,[^=,:]+:[0-9]+)*$ ]]; then
@@ -53,16 +50,11 @@ if [[ "$1" =~ ^[^=,:]+:[0-9]+(,[^=,:]+:[0-9]+)*$ ]]; then
     shift
 fi
 if [[ $# -lt 1 || "$1" == *=* ]]; then
-    echo "error: EXPERIMENT is missing" >&2
-    usage
-    exit 2
+    fail_usage "EXPERIMENT is missing"
 fi
 experiment="$1"
 shift
-case "$device" in
-    "" | mlu | gpu | cpu | auto) ;;
-    *) echo "error: -d must be mlu, gpu, cpu or auto, got '$device'" >&2; usage; exit 2 ;;
-esac
+check_device "$device"
 
 if ! command -v horovodrun >/dev/null 2>&1; then
     echo "error: horovodrun not found; build Horovod with 'bash .ci/install_horovod.sh'" >&2

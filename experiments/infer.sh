@@ -3,6 +3,8 @@
 # seed's Infer_UNet_3D_Medical_Float32_Bsz_2.sh): scores every held-out case of the fold and
 # prints the seed's Dice table plus the BraTS regions.
 set -euo pipefail
+# shellcheck source=experiments/_common.sh
+. "$(dirname "$0")/_common.sh"
 
 usage() {
     cat >&2 <<USAGE
@@ -23,11 +25,11 @@ while getopts ":d:h" option; do
     case "$option" in
         d) device="$OPTARG" ;;
         h) usage; exit 0 ;;
-        :) echo "error: -$OPTARG needs a value" >&2; usage; exit 2 ;;
-        *) echo "error: unknown option -$OPTARG" >&2; usage; exit 2 ;;
+        *) bad_option "$option" "$OPTARG" ;;
     esac
 done
 shift $((OPTIND - 1))
+check_device "$device"
 
 if [[ $# -lt 1 ]]; then
     usage

@@ -317,6 +317,38 @@ def test_infer_and_slurm_launchers_command_lines(tmp_path: Path) -> None:
                             "experiment=brats2019_reference", "data.raw_dir=/brats"]
 
 
+@pytest.mark.parametrize(
+    ("script", "arguments", "message"),
+    [
+        ("horovod_train.sh", ["-d", "tpu", "2", "seed_8mlu_horovod_fp32"],
+         "error: -d must be mlu, gpu, cpu or auto, got 'tpu'"),
+        ("horovod_train.sh", ["0", "seed_8mlu_horovod_fp32"],
+         "error: NUM_PROCESSES must be a positive integer, got '0'"),
+        ("horovod_train.sh", ["2", "data.batch_size=1"], "error: EXPERIMENT is missing"),
+        ("horovod_train.sh", ["-d"], "error: -d needs a value"),
+        ("infer.sh", ["-d", "tpu", "ckpt"], "error: -d must be mlu, gpu, cpu or auto, got 'tpu'"),
+        ("infer.sh", ["-q", "ckpt"], "error: unknown option -q"),
+        ("finetune.sh", ["run_dir", "ten"], "error: EXTRA_STEPS must be a positive integer"),
+        ("finetune.sh", ["-n", "x", "run_dir", "5"],
+         "error: -n NUM_PROCESSES must be a positive integer, got 'x'"),
+        ("finetune.sh", ["-d", "npu", "run_dir", "5"], "error: -d must be mlu, gpu, cpu or auto"),
+        ("cross_validation.sh", ["-k", "1"], "error: -k NUM_FOLDS must be an integer >= 2"),
+        ("cross_validation.sh", ["-j", "0"],
+         "error: -j PARALLEL_JOBS must be a positive integer, got '0'"),
+    ],
+)
+def test_launchers_reject_bad_arguments_with_one_line_and_usage(
+        tmp_path: Path, script: str, arguments: list[str], message: str) -> None:
+    # Run from elsewhere: the launchers find their shared helpers beside themselves.
+    result = subprocess.run(["bash", str(EXPERIMENTS / script), *arguments], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    first, *rest = result.stderr.splitlines()
+    assert first.startswith(message), result.stderr
+    assert rest and rest[0].startswith("Usage:"), result.stderr
+    assert result.stdout == ""
+
+
 # ---- every preset runs: two steps through the real CLI -----------------------------------------
 
 #: Tiny settings: the debug preset's small model and synthetic volumes, two steps, no model
