@@ -136,6 +136,8 @@ def _run(workdir: Path, name: str, *overrides: str) -> tuple[Path, str]:
 CASES = {
     "train_synthetic": ("train", ["benchmark.target=train", "benchmark.synthetic_input=true"]),
     "train_pipeline": ("train", ["benchmark.target=train", "benchmark.synthetic_input=false"]),
+    "train_amp": ("train", ["benchmark.target=train", "benchmark.synthetic_input=true",
+                            "precision=amp"]),
     "predict_synthetic": ("predict", ["benchmark.target=predict",
                                       "benchmark.synthetic_input=true",
                                       "benchmark.volume_shape=[40,40,24]"]),
@@ -165,6 +167,10 @@ def test_benchmark_mode_reports_sane_numbers(workdir: Path, name: str) -> None:
     assert report["peak_rss_mb"] > 0
     # The seed-shaped table is printed.
     assert f"throughput_{target} [vol/s]" in output and f"latency_{target}_99 [ms]" in output
+    # amp on a CPU is mixed_bfloat16, and the report says so.
+    amp = "precision=amp" in overrides
+    assert (report["precision"], report["compute_dtype"]) == (
+        ("mixed_bfloat16", "bfloat16") if amp else ("float32", "float32"))
     if target == "train":
         assert report["achieved_gflops"] > 0 and report["forward_gflop_per_volume"] > 0
         assert report["step_time_s"] == pytest.approx(latency["mean"] / 1000.0)
