@@ -417,6 +417,27 @@ def test_sigterm_ends_run_killed_and_sigkill_resumes_same_run(tmp_path: Path) ->
     assert steps[-1] == last + 2 and last in steps
 
 
+def test_ctrl_c_ends_run_killed_with_one_line_and_status_130(tmp_path: Path) -> None:
+    run_dir = tmp_path / "interrupted"
+    job = _start_cli("debug=fast", "mode=train", "training.max_steps=200",
+                     "tracking.log_model=false", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+                     log_path=tmp_path / "job.out")
+    try:
+        _wait_for(lambda: "training steps" in _read(run_dir / "run.log"), job, 240,
+                  "training to start")
+        job.send_signal(signal.SIGINT)
+        assert job.wait(timeout=120) == 130
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    output = _read(tmp_path / "job.out")
+    assert "job stopped: interrupted (Ctrl-C); its MLflow run is KILLED" in output
+    assert "Traceback" not in output
+    run = mlflow_client(tmp_path).get_run((run_dir / "mlflow_run_id").read_text().strip())
+    assert run.info.status == "KILLED"
+
+
 def _rest(base_url: str, endpoint: str, body: dict | None = None) -> dict:
     """GET (no body) or POST (JSON body) a tracking server REST endpoint."""
     data = None if body is None else json.dumps(body).encode()
