@@ -557,7 +557,7 @@ def benchmark_runner(cfg: DictConfig, runtime: Any, tracker: Any,
     from unet3d.training.loop import total_steps, train
 
     context = runtime.context
-    rounds = int(cfg.benchmark.get("rounds", 3))
+    rounds = int(cfg.benchmark.rounds)
     steps = int(cfg.benchmark.steps)
     log_every = int(cfg.training.log_every)
     loop_steps = runner_loop_steps(log_every, steps)

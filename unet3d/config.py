@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from unet3d.errors import ConfigError
+from unet3d.tracking.run_reference import is_run_reference
 
 MODES = ("train", "evaluate", "train_and_evaluate", "predict", "benchmark")
 TRAINING_MODES = ("train", "train_and_evaluate")
@@ -109,8 +110,8 @@ def _existing_path(cfg: DictConfig, key: str, must_be_dir: bool = False) -> Path
         raise ConfigError(f"{key}: missing; {hint}")
     paths = value if isinstance(value, list) else [value]
     for item in paths:
-        if str(item).startswith("runs:/"):
-            continue  # an MLflow run reference, looked up when the job resolves its models
+        if is_run_reference(str(item)):
+            continue  # looked up in MLflow when the job resolves its models
         path = Path(str(item)).expanduser()
         if not path.exists():
             raise ConfigError(f"{key}: path does not exist: {path}")

@@ -363,7 +363,7 @@ class DistributedContext:
         A single CPU replica in a single process also gets the plain dataset: there the
         distributed dataset only adds a per-batch copy to the same host memory and a Python
         generator around the iterator (about 2% of a training step of the default CPU job,
-        measured by ``mode=benchmark benchmark.target=overhead``). Accelerators keep the
+        measured by ``mode=benchmark benchmark.target=runner``). Accelerators keep the
         distributed dataset, which prefetches each batch onto the device.
         """
         if self._hvd is not None or self._single_host_replica():
