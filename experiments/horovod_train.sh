@@ -19,7 +19,8 @@ Usage: $(basename "$0") [-d DEVICE] NUM_PROCESSES [HOSTS] EXPERIMENT [OVERRIDE .
   -d DEVICE      mlu | gpu | cpu | auto: overrides the preset's device (seed presets: mlu)
 
 Environment: PYTHON (default python), HOROVODRUN_ARGS (extra horovodrun flags, e.g. --gloo),
-UNET3D_LAUNCH_TIME (YYYY-mm-dd_HH-MM-SS; default now), TF_MLU_THREAD_MODE / TF_MLU_THREAD_COUNT
+UNET3D_LAUNCH_TIME (YYYY-mm-dd_HH-MM-SS; default now), UNET3D_LAUNCH_ID (run folder
+suffix; default 6 random hex digits), TF_MLU_THREAD_MODE / TF_MLU_THREAD_COUNT
 (default mlu_private / 8, exported unless -d gpu|cpu; stock TensorFlow ignores them).
 
 Example: $(basename "$0") 8 localhost:8 seed_8mlu_horovod_fp32 data.raw_dir=/data/BraTS2019
@@ -63,6 +64,8 @@ fi
 
 # One launch time for every rank (Hydra's run dir is named after it).
 export UNET3D_LAUNCH_TIME="${UNET3D_LAUNCH_TIME:-$(date +%Y-%m-%d_%H-%M-%S)}"
+# The run folder suffix, the same for every process of this launch.
+export UNET3D_LAUNCH_ID="${UNET3D_LAUNCH_ID:-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')}"
 # Cambricon's TensorFlow reads these when it enumerates MLUs (the seed's run scripts set them).
 if [[ "$device" != gpu && "$device" != cpu ]]; then
     export TF_MLU_THREAD_MODE="${TF_MLU_THREAD_MODE:-mlu_private}"

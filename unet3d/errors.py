@@ -19,3 +19,7 @@ class DeviceError(Unet3dError):
 
 class CheckpointError(Unet3dError):
     """A checkpoint is missing or does not match the model."""
+
+
+class RunFolderError(Unet3dError):
+    """A run folder cannot be used by this job (it holds another run, or a resume differs)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,9 @@ log = logging.getLogger("unet3d")
 
 #: Environment variable holding the launch time that every process of one job shares.
 LAUNCH_TIME_VARIABLE = "UNET3D_LAUNCH_TIME"
+#: Environment variable holding the launch id (run folder suffix) every process shares.
+LAUNCH_ID_VARIABLE = "UNET3D_LAUNCH_ID"
+_LAUNCH_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 _LAUNCH_TIME_FORMAT = "%Y-%m-%d_%H-%M-%S"
 #: Exit statuses of a job stopped by SIGTERM and by Ctrl-C (128 + the signal's number).
 EXIT_TERMINATED = 143
@@ -63,10 +67,37 @@ def _launch(time_format: str) -> str:
     return _started.strftime(time_format)
 
 
+_launch_id_value: str | None = None
+
+
+def _launch_id() -> str:
+    """``${launch_id:}``: a short id of this launch, the suffix of its run / sweep folder.
+
+    ``UNET3D_LAUNCH_ID`` when exported (every rank of a multi-process launch gets the same one,
+    see :func:`unet3d.runtime.launch.share_launch_time`), else 6 random hex digits: two jobs
+    started in the same second by different processes get different folders.
+    """
+    global _launch_id_value
+    if _launch_id_value is None:
+        shared = os.environ.get(LAUNCH_ID_VARIABLE)
+        if shared:
+            if not _LAUNCH_ID_PATTERN.fullmatch(shared):
+                raise SystemExit(f"{LAUNCH_ID_VARIABLE}: expected 1-32 letters, digits, '-' or "
+                                 f"'_', got {shared!r}")
+            _launch_id_value = shared
+        else:
+            from unet3d.runtime.launch import derived_launch_id
+
+            _launch_id_value = derived_launch_id()
+    return _launch_id_value
+
+
 def register_resolvers() -> None:
     """Register the resolvers that conf/ uses (idempotent; also used by tests)."""
     if not OmegaConf.has_resolver("launch"):
         OmegaConf.register_new_resolver("launch", _launch, use_cache=True)
+    if not OmegaConf.has_resolver("launch_id"):
+        OmegaConf.register_new_resolver("launch_id", _launch_id, use_cache=True)
 
 
 register_resolvers()
@@ -86,13 +117,22 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> Any:
-    """Validate the composed config and run the selected mode."""
+    """Claim the run folder, validate the composed config and run the selected mode."""
+    from unet3d.runs.folder import RunFolder
+
     multirun = _in_multirun()
+    hydra_cfg = HydraConfig.get()
+    output_dir = hydra_cfg.runtime.output_dir
+    folder = RunFolder(output_dir, resume=bool(cfg.get("resume", False)),
+                       is_chief=_launch_rank() == 0)
     try:
+        folder.claim()
+        if not folder.resume:
+            _commit(folder, cfg)
         validate(cfg)
         from unet3d.runner import run_task  # deferred: imports TensorFlow
 
-        return run_task(cfg)
+        return run_task(cfg, commit=lambda: _commit(folder, cfg))
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM as TerminationRequested
         if multirun:
             raise  # stops the sweep; the sweep callback ends its parent run KILLED
@@ -110,18 +150,36 @@ def main(cfg: DictConfig) -> Any:
             log.exception("job failed: %s", error)
         if not multirun:
             sys.exit(1)
+        if not folder.committed:
+            # A refused folder or a refused / failed resume: the folder stays as it was.
+            from unet3d.tracking.sweep_callback import record_uncommitted_failure
+
+            record_uncommitted_failure(output_dir, str(error))
+            return None
         # In a sweep, record the failure and let the other jobs run; the sweep callback
         # summarises every fold and makes the sweep exit non-zero.
         from unet3d.tracking.mlflow_logger import read_run_id_file
         from unet3d.tracking.summary import write_job_result
 
-        output_dir = HydraConfig.get().runtime.output_dir
         write_job_result(
             output_dir, status="FAILED", fold=cfg.get("fold"),
-            overrides=list(HydraConfig.get().overrides.task), error=str(error),
+            overrides=list(hydra_cfg.overrides.task), error=str(error),
             mlflow_run_id=read_run_id_file(os.path.join(output_dir, "mlflow_run_id")),
         )
         return None
+    finally:
+        folder.close()
+
+
+def _commit(folder: Any, cfg: DictConfig) -> None:
+    """Write the job's ``.hydra/`` files and open its ``run.log`` (see unet3d.runs.folder)."""
+    folder.commit(cfg, HydraConfig.instance().cfg, list(HydraConfig.get().overrides.task))
+
+
+def _launch_rank() -> int:
+    from unet3d.runtime.launch import launch_rank
+
+    return launch_rank()
 
 
 def _prepare_launch() -> None:

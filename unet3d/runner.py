@@ -9,6 +9,7 @@ then runs the mode: ``train``, ``evaluate``, ``train_and_evaluate``, ``predict``
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,16 +57,36 @@ def _overrides() -> list[str]:
         return []
 
 
-def run_task(cfg: DictConfig) -> dict[str, float]:
-    """Run ``cfg.mode.name`` and return its final metrics (also logged and in results.json)."""
+#: Modes that train (and so can resume from a checkpoint in their own folder).
+TRAINING_MODES = ("train", "train_and_evaluate")
+
+
+def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[str, float]:
+    """Run ``cfg.mode.name`` and return its final metrics (also logged and in results.json).
+
+    Args:
+        cfg: the validated, composed config.
+        commit: writes the job's ``.hydra/`` files and opens its ``run.log`` (see
+            :mod:`unet3d.runs.folder`); called before anything is written into the run folder.
+            A resume of a training mode calls it only once the resume is accepted: the
+            recorded identity matches and the checkpoint is restored.
+
+    Raises:
+        RunFolderError: ``resume=true`` and the run in the folder is another experiment.
+    """
+    from unet3d.runs.identity import RunIdentity
     from unet3d.tracking.mlflow_logger import Tracker, git_tags, tracked_run
     from unet3d.tracking.summary import write_job_result
 
     output_dir = Path(cfg.paths.output_dir)
     root_dir = Path(cfg.paths.root_dir)
+    mode = cfg.mode.name
+    resuming = bool(cfg.resume) and mode in TRAINING_MODES
+    identity = RunIdentity.from_config(cfg)
+    if resuming:
+        check_resume(output_dir, identity)
     runtime = setup_runtime(cfg)
     context = runtime.context
-    mode = cfg.mode.name
     tracker = Tracker(cfg.tracking, root_dir, enabled=bool(cfg.tracking.enabled),
                       is_chief=context.is_chief)
     from unet3d.tracking.sweep_callback import current_parent_run_id
@@ -87,11 +108,31 @@ def run_task(cfg: DictConfig) -> dict[str, float]:
         "overrides": " ".join(_overrides()),
         **git_tags(root_dir),
     }
-    tracker.start(cfg, output_dir, run_name=f"{mode}-fold{cfg.fold}", tags=tags,
-                  parent_run_id=current_parent_run_id())
+
+    begun: list[bool] = []
+
+    def begin() -> None:
+        """The job takes the folder: .hydra/, run.log, the identity record, the MLflow run.
+
+        Called once: at the start, or by a resumed training once its checkpoint is restored.
+        """
+        if begun:
+            return
+        begun.append(True)
+        if resuming:
+            log.info("resume accepted: %s continues from its checkpoint", output_dir)
+        if commit is not None:
+            commit()
+        if context.is_chief:
+            write_identity(output_dir, identity, resuming)
+        tracker.start(cfg, output_dir, run_name=f"{mode}-fold{cfg.fold}", tags=tags,
+                      parent_run_id=current_parent_run_id())
+
+    if not resuming:
+        begin()
     with tracked_run(tracker):
         try:
-            metrics = MODES[mode](cfg, runtime, tracker, output_dir)
+            metrics = MODES[mode](cfg, runtime, tracker, output_dir, begin)
             if context.is_chief:
                 write_job_result(output_dir, status="FINISHED", fold=int(cfg.fold),
                                  overrides=_overrides(), metrics=metrics,
@@ -102,17 +143,72 @@ def run_task(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _log_job_files(tracker: Any, output_dir: Path) -> None:
-    """Log Hydra's ``.hydra/`` folder and the job's log file (``run.log``) on the job's run."""
-    try:
-        hydra_cfg = HydraConfig.get()
-    except ValueError:  # not under Hydra (tests calling run_task directly)
+def check_resume(output_dir: Path, identity: Any) -> None:
+    """Refuse a resume whose experiment differs from the run recorded in ``output_dir``.
+
+    Raises:
+        RunFolderError: one line naming every differing key (fold, num_folds, seed, data set,
+            model settings).
+    """
+    from unet3d.errors import RunFolderError
+    from unet3d.runs.identity import read_identity
+
+    recorded = read_identity(output_dir)
+    if recorded is None:
+        log.warning("resume: %s has no run identity record; cannot check that it is the same "
+                    "experiment", output_dir)
         return
-    if hydra_cfg.output_subdir:
-        hydra_dir = output_dir / str(hydra_cfg.output_subdir)
-        if hydra_dir.is_dir():
-            tracker.log_artifacts(hydra_dir, hydra_dir.name)
-    log_file = output_dir / f"{hydra_cfg.job.name}.log"
+    differences = recorded.differences(identity)
+    if differences:
+        raise RunFolderError(
+            f"resume: the run in {output_dir} {'; '.join(_describe(d) for d in differences)}"
+            "; resume it with its own settings, or drop resume=true to start a new run in "
+            "another folder"
+        )
+
+
+def _describe(difference: str) -> str:
+    return f"is {difference}" if difference.startswith("fold ") else f"was trained with {difference}"
+
+
+def write_identity(output_dir: Path, identity: Any, resuming: bool) -> None:
+    """Record the run's identity: a new job always, a resume only when none is recorded."""
+    from unet3d.runs.identity import IDENTITY_FILE
+
+    if resuming and (output_dir / IDENTITY_FILE).is_file():
+        return
+    identity.write(output_dir)
+
+
+def _check_data(cfg: DictConfig, output_dir: Path, prepared: Any, is_chief: bool) -> None:
+    """A resume refuses another case list; a new run records its case-list fingerprint."""
+    from unet3d.errors import RunFolderError
+    from unet3d.runs.identity import cases_fingerprint, read_identity, record_cases
+
+    if not is_chief:
+        return
+    if bool(cfg.resume) and cfg.mode.name in TRAINING_MODES:
+        recorded = read_identity(output_dir)
+        known = recorded.data.get("cases") if recorded is not None else None
+        found = cases_fingerprint(prepared.case_ids)
+        if known is not None and known != found:
+            raise RunFolderError(
+                f"resume: the run in {output_dir} was trained on another case list (fingerprint "
+                f"{known}, now {found} for {len(prepared.case_ids)} cases in "
+                f"{prepared.preprocessed_dir}); resume it on its own data, or drop resume=true"
+            )
+        return
+    record_cases(output_dir, prepared.case_ids)
+
+
+def _log_job_files(tracker: Any, output_dir: Path) -> None:
+    """Log the job's ``.hydra/`` folder and its log file (``run.log``) on the job's run."""
+    from unet3d.runs.folder import HYDRA_SUBDIR, LOG_FILE
+
+    hydra_dir = output_dir / HYDRA_SUBDIR
+    if hydra_dir.is_dir():
+        tracker.log_artifacts(hydra_dir, hydra_dir.name)
+    log_file = output_dir / LOG_FILE
     if log_file.is_file():
         for handler in logging.getLogger().handlers:
             handler.flush()
@@ -124,6 +220,7 @@ def _prepare(cfg: DictConfig, context: Any) -> Any:
     from unet3d.data.prepare import prepare_data_on_chief_first
 
     prepared = prepare_data_on_chief_first(cfg, context)
+    _check_data(cfg, Path(cfg.paths.output_dir), prepared, context.is_chief)
     log.info("fold %d of %d: %d training and %d held-out case(s) from %s", cfg.fold,
              cfg.num_folds, len(prepared.train_files), len(prepared.eval_files),
              prepared.preprocessed_dir)
@@ -150,7 +247,7 @@ def _build_model(cfg: DictConfig, runtime: Runtime) -> Any:
 
 
 def _train(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path,
-           prepared: Any) -> tuple[Any, dict[str, float]]:
+           prepared: Any, begin: Callable[[], None]) -> tuple[Any, dict[str, float]]:
     from unet3d.runtime.precision import wrap_optimizer
     from unet3d.training.loop import total_steps, train
     from unet3d.training.optimizer import build_optimizer
@@ -166,7 +263,7 @@ def _train(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path,
         log.info("optimizer %s wrapped in a LossScaleOptimizer (dynamic loss scaling, initial "
                  "scale %g)", cfg.training.optimizer, optimizer.initial_scale)
     result = train(cfg, context, model, optimizer, prepared.train_files, output_dir, tracker,
-                   jit_compile=runtime.precision.xla)
+                   jit_compile=runtime.precision.xla, on_restored=begin)
     metrics = {"train_steps": float(result.last_step)}
     if result.history.get("loss"):
         metrics["final_loss"] = result.history["loss"][-1][1]
@@ -207,14 +304,16 @@ def _evaluate(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path,
     return dict(result.summary)
 
 
-def run_train(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path) -> dict:
+def run_train(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path,
+              begin: Callable[[], None]) -> dict:
     """mode=train: fit on the training folds, checkpoint under the run dir."""
     prepared = _prepare(cfg, runtime.context)
-    _, metrics = _train(cfg, runtime, tracker, output_dir, prepared)
+    _, metrics = _train(cfg, runtime, tracker, output_dir, prepared, begin)
     return metrics
 
 
-def run_evaluate(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path) -> dict:
+def run_evaluate(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path,
+                 begin: Callable[[], None]) -> dict:
     """mode=evaluate: score ``checkpoint`` on every held-out case of ``fold``.
 
     ``checkpoint`` is a checkpoint, a run dir, a sweep dir (its job of this fold is used) or
@@ -230,22 +329,24 @@ def run_evaluate(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Pa
 
 
 def run_train_and_evaluate(cfg: DictConfig, runtime: Runtime, tracker: Any,
-                           output_dir: Path) -> dict:
+                           output_dir: Path, begin: Callable[[], None]) -> dict:
     """mode=train_and_evaluate: train, then evaluate the trained model on the held-out fold."""
     prepared = _prepare(cfg, runtime.context)
-    model, metrics = _train(cfg, runtime, tracker, output_dir, prepared)
+    model, metrics = _train(cfg, runtime, tracker, output_dir, prepared, begin)
     metrics.update(_evaluate(cfg, runtime, tracker, output_dir, model, prepared))
     return metrics
 
 
-def run_predict(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path) -> dict:
+def run_predict(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path,
+                begin: Callable[[], None]) -> dict:
     """mode=predict: segment new cases to BraTS-ready NIfTI."""
     from unet3d.inference.predict import predict
 
     return predict(cfg, runtime, tracker, output_dir)
 
 
-def run_benchmark(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path) -> dict:
+def run_benchmark(cfg: DictConfig, runtime: Runtime, tracker: Any, output_dir: Path,
+                  begin: Callable[[], None]) -> dict:
     """mode=benchmark: throughput and latency of training, prediction or the input pipeline."""
     from unet3d.benchmark import run_benchmark as benchmark
 

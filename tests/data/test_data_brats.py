@@ -133,3 +133,46 @@ def test_grade_folders_and_extra_files(raw_copy, tmp_path):
     cases = find_cases(layout)
     assert [c.case_id for c in cases] == [f"BraTS19_SYN_000{i}" for i in range(1, 5)]
     assert cases[0].modalities["t1"].parent.parent.name == "LGG"
+
+
+def test_non_integer_float_label_lists_the_offending_values(raw_copy):
+    data = np.asanyarray(nib.load(_path(raw_copy, "seg")).dataobj).astype(np.float64)
+    assert (data == 4).any()
+    _rewrite(raw_copy, "seg", np.where(data == 4, 3.9999998, data))
+    assert nib.load(_path(raw_copy, "seg")).get_data_dtype() == np.float64
+    with pytest.raises(DataError) as raised:
+        _load(raw_copy)
+    message = str(raised.value)
+    assert message.startswith(f"case {CASE}: {_path(raw_copy, 'seg')}: non-integer label values")
+    assert "3.9999998" in message
+    assert "scl_slope" not in message  # no scaling in the header: not mentioned
+
+
+def test_non_integer_label_from_header_scaling_names_scl_slope(raw_copy):
+    original = nib.load(_path(raw_copy, "seg"))
+    stored = np.asanyarray(original.dataobj).astype(np.int16)
+    image = nib.Nifti1Image(stored, original.affine)
+    image.header.set_slope_inter(1.0000001, 0.0)
+    nib.save(image, _path(raw_copy, "seg"))
+    with pytest.raises(DataError) as raised:
+        _load(raw_copy)
+    message = str(raised.value)
+    assert message.startswith(f"case {CASE}: {_path(raw_copy, 'seg')}: non-integer label values")
+    assert "header scl_slope 1.0000001 / scl_inter 0 scales the stored integers" in message
+    assert "4.000000476837158" in message  # a scaled value is shown (float64 after scaling)
+
+
+def test_a_bad_label_can_be_loaded_leniently_for_prediction(raw_copy):
+    data = np.asanyarray(nib.load(_path(raw_copy, "seg")).dataobj)
+    _rewrite(raw_copy, "seg", np.where(data == 2, 3, data).astype(np.uint8))
+    case = next(c for c in find_cases(raw_copy) if c.case_id == CASE)
+    with pytest.raises(DataError, match=r"label values \[3\]"):
+        load_case(case)  # the default (training, preprocessing) still rejects it
+    loaded = load_case(case, strict_label=False)
+    assert loaded.image.shape == (32, 32, 24, 4) and loaded.image.dtype == np.float32
+    assert loaded.label is None
+    assert loaded.label_error == (
+        f"case {CASE}: {_path(raw_copy, 'seg')}: label values [3] outside [0, 1, 2, 4]"
+    )
+    good = next(c for c in find_cases(raw_copy) if c.case_id != CASE)
+    assert load_case(good, strict_label=False).label_error is None

@@ -76,6 +76,68 @@ def test_hausdorff95_ignores_a_single_outlier_but_not_a_large_one():
     assert hausdorff95(prediction, reference) > 5.0
 
 
+def _pooled_and_max_of_directed(pred_to_ref, ref_to_pred):
+    # the official (pooled) HD95 and the old max-of-directed value, from hand-written distances
+    pooled = float(np.percentile(pred_to_ref + ref_to_pred, 95))
+    directed = max(float(np.percentile(pred_to_ref, 95)), float(np.percentile(ref_to_pred, 95)))
+    return pooled, directed
+
+
+def test_hausdorff95_pools_both_directions_in_a_single_slice():
+    # A one-voxel-thick volume: erosion along axis 0 removes every voxel, so each mask is its
+    # own surface and the distances can be read off the grid (1 mm spacing).
+    shape = (1, 5, 12)
+    reference = np.zeros(shape, dtype=bool)
+    reference[0, 0, 0:10] = True  # row 0, columns 0..9
+    prediction = np.zeros(shape, dtype=bool)
+    prediction[0, 0, 0:8] = True  # row 0, columns 0..7 ...
+    prediction[0, 2, 0] = True  # ... plus (row 2, col 0): 2 mm from reference (0, 0)
+    prediction[0, 3, 0] = True  # ... plus (row 3, col 0): 3 mm from reference (0, 0)
+    pred_to_ref = [0.0] * 8 + [2.0, 3.0]
+    ref_to_pred = [0.0] * 8 + [1.0, 2.0]  # columns 8 and 9 are 1 and 2 mm from column 7
+    pooled, directed = _pooled_and_max_of_directed(pred_to_ref, ref_to_pred)
+    # pooled: 20 sorted values (16 zeros, 1, 2, 2, 3); rank 0.95 * 19 = 18.05 -> 2 + 0.05 * (3 - 2)
+    assert pooled == pytest.approx(2.05)
+    # directed: 10 values each; rank 0.95 * 9 = 8.55 -> pred: 2 + 0.55 * 1, ref: 1 + 0.55 * 1
+    assert directed == pytest.approx(2.55)
+    assert hausdorff95(prediction, reference, (1.0, 1.0, 1.0)) == pytest.approx(pooled)
+    assert hausdorff95(reference, prediction, (1.0, 1.0, 1.0)) == pytest.approx(pooled)
+
+
+def test_hausdorff95_pools_both_directions_with_anisotropic_spacing():
+    # A 3^3 cube (surface = 26 voxels, all but its centre) against the same cube plus four
+    # isolated voxels, none touching the cube, so the cube's surface is unchanged in both.
+    spacing = (2.0, 1.0, 0.5)  # mm along axes 0, 1, 2
+    reference = np.zeros((9, 9, 12), dtype=bool)
+    reference[2:5, 2:5, 2:5] = True
+    prediction = reference.copy()
+    prediction[3, 3, 8] = True  # 4 voxels past (3, 3, 4) along axis 2: 4 * 0.5 = 2.0 mm
+    prediction[3, 3, 11] = True  # 7 voxels past (3, 3, 4) along axis 2: 7 * 0.5 = 3.5 mm
+    prediction[3, 7, 3] = True  # 3 voxels past (3, 4, 3) along axis 1: 3 * 1.0 = 3.0 mm
+    prediction[7, 3, 3] = True  # 3 voxels past (4, 3, 3) along axis 0: 3 * 2.0 = 6.0 mm
+    pred_to_ref = [0.0] * 26 + [2.0, 3.0, 3.5, 6.0]
+    ref_to_pred = [0.0] * 26
+    pooled, directed = _pooled_and_max_of_directed(pred_to_ref, ref_to_pred)
+    # pooled: 56 values (52 zeros, 2, 3, 3.5, 6); rank 0.95 * 55 = 52.25 -> 2 + 0.25 * (3 - 2)
+    assert pooled == pytest.approx(2.25)
+    # directed pred -> ref: 30 values; rank 0.95 * 29 = 27.55 -> 3 + 0.55 * (3.5 - 3)
+    assert directed == pytest.approx(3.275)
+    assert hausdorff95(prediction, reference, spacing) == pytest.approx(pooled)
+    assert hausdorff95(reference, prediction, spacing) == pytest.approx(pooled)
+    # isotropic 1 mm: distances 4, 7, 3, 3 -> sorted tail (3, 3, 4, 7); rank 52.25 -> 3.0
+    assert hausdorff95(prediction, reference, 1.0) == pytest.approx(3.0)
+
+
+def test_hausdorff95_rejects_bad_spacing():
+    a = mask((3, 3, 3), (1, 1, 1))
+    with pytest.raises(ValueError):
+        hausdorff95(a, a, (1.0, 1.0))
+    with pytest.raises(ValueError):
+        hausdorff95(a, a, (1.0, 0.0, 1.0))
+    with pytest.raises(ValueError):
+        hausdorff95(a, mask((3, 3, 2), (1, 1, 1)))
+
+
 def test_hausdorff95_empty_cases():
     shape = (4, 4, 4)
     empty = np.zeros(shape, dtype=bool)

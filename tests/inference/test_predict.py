@@ -275,3 +275,39 @@ def test_fold_selection():
     assert selected_fold(held_out) == 2
     chosen = compose_config("mode=predict", "predict.input_dir=/somewhere", "predict.fold=3")
     assert selected_fold(chosen) == 3
+
+
+def test_a_bad_reference_label_still_gets_its_segmentation(workspace, tmp_path, caplog):
+    inputs = tmp_path / "in"
+    copy_case(case_dir(workspace.small, 1), inputs, "BraTS19_SYN_0001")
+    copy_case(case_dir(workspace.small, 2), inputs, "BraTS19_SYN_0002")
+    bad = copy_case(case_dir(workspace.small, 3), inputs, "BadSeg_0003")
+    seg_path = bad / "BadSeg_0003_seg.nii.gz"
+    seg = nib.load(seg_path)
+    data = np.asanyarray(seg.dataobj)
+    assert (data == 2).any()
+    nib.save(nib.Nifti1Image(np.where(data == 2, 3, data).astype(np.uint8), seg.affine), seg_path)
+    output = tmp_path / "out"
+    cfg = predict_config(inputs, output, [workspace.runs[0]])
+    tracker = FakeTracker()
+
+    with caplog.at_level(logging.WARNING, logger="unet3d.inference.predict"):
+        with pytest.raises(DataError, match="BadSeg_0003") as raised:
+            predict(cfg, make_runtime(), tracker, tmp_path / "run")
+    message = str(raised.value)
+    assert "BraTS19_SYN_0001" not in message and "BraTS19_SYN_0002" not in message
+    assert "written" in message and "failed" not in message
+
+    for case_id in ("BraTS19_SYN_0001", "BraTS19_SYN_0002", "BadSeg_0003"):
+        check_output(output / f"{case_id}.nii.gz", inputs / case_id / f"{case_id}_t1.nii.gz",
+                     SMALL)
+    problems = [record.getMessage() for record in caplog.records
+                if record.levelno >= logging.WARNING]
+    assert problems == [
+        f"case BadSeg_0003: {seg_path}: label values [3] outside [0, 1, 2, 4]; "
+        "segmentation written, metrics skipped"
+    ]
+    with open(tmp_path / "run" / "metrics" / METRICS_CSV) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["case_id"] for row in rows] == ["BraTS19_SYN_0001", "BraTS19_SYN_0002"]
+    assert {"cases_written": 3.0, "cases_failed": 0.0} in tracker.metrics

@@ -33,7 +33,11 @@ class CaseFiles:
 
 @dataclass
 class LoadedCase:
-    """A loaded case: image float32 (H, W, D, 4) in MODALITIES order, label uint8 BraTS labels."""
+    """A loaded case: image float32 (H, W, D, 4) in MODALITIES order, label uint8 BraTS labels.
+
+    ``label_error`` is set only by ``load_case(..., strict_label=False)``: the one-line DataError
+    message of an unusable label file (``label`` is then None).
+    """
 
     case_id: str
     image: np.ndarray
@@ -41,6 +45,7 @@ class LoadedCase:
     affine: np.ndarray
     header: Any
     spacing: tuple[float, float, float]
+    label_error: str | None = None
 
 
 def _find_volume(case_dir: Path, case_id: str, name: str) -> Path | None:
@@ -166,12 +171,18 @@ def _read_volume(case_id: str, path: Path) -> tuple[np.ndarray, Any]:
     return array, image
 
 
-def load_case(case: CaseFiles) -> LoadedCase:
+def load_case(case: CaseFiles, *, strict_label: bool = True) -> LoadedCase:
     """Load a case's four modalities (float32, channels last) and its label (uint8).
+
+    Returns a LoadedCase with ``image`` float32 (H, W, D, 4) in MODALITIES order and ``label``
+    uint8 (H, W, D) holding BraTS labels {0, 1, 2, 4} (None when the case has no label file).
 
     Raises DataError naming the case and the file for: a missing, unreadable, truncated or
     non-NIfTI file, a volume that is not 3D, shapes or affines that differ between the
-    volumes, NaN or infinite voxels, and label values outside {0, 1, 2, 4}.
+    volumes, NaN or infinite voxels, non-integer label values and label values outside
+    {0, 1, 2, 4}. With ``strict_label=False`` (prediction, where the label only serves for
+    scoring) a bad label file raises nothing: ``label`` is None and ``label_error`` holds the
+    message; errors of the modalities still raise.
     """
     case_id = case.case_id
     image: np.ndarray | None = None
@@ -206,19 +217,27 @@ def load_case(case: CaseFiles) -> LoadedCase:
                 raise DataError(f"case {case_id}: {path}: {bad} NaN or infinite voxel(s)")
 
     label = None
+    label_error = None
     if case.label is not None:
         path = Path(case.label)
-        array, nifti = _read_volume(case_id, path)
-        _check_same_grid(
-            case_id,
-            path,
-            array.shape,
-            np.asarray(nifti.affine),
-            image.shape[:3],
-            reference_affine,
-            reference_path,
-        )
-        label = _to_label(case_id, path, array)
+        try:
+            array, nifti = _read_volume(case_id, path)
+            _check_same_grid(
+                case_id,
+                path,
+                array.shape,
+                np.asarray(nifti.affine),
+                image.shape[:3],
+                reference_affine,
+                reference_path,
+            )
+            label = _to_label(case_id, path, array, nifti)
+        except DataError as error:
+            if strict_label:
+                raise
+            label_error = str(error).strip().splitlines()[0] if str(error).strip() else (
+                f"case {case_id}: {path}: unusable label file"
+            )
     return LoadedCase(
         case_id=case_id,
         image=image,
@@ -226,6 +245,7 @@ def load_case(case: CaseFiles) -> LoadedCase:
         affine=reference_affine,
         header=header,
         spacing=spacing,
+        label_error=label_error,
     )
 
 
@@ -250,13 +270,57 @@ def _check_same_grid(
         )
 
 
-def _to_label(case_id: str, path: Path, array: np.ndarray) -> np.ndarray:
+def _format_number(value: np.floating) -> str:
+    """Shortest text that reads back as ``value`` in its dtype (``3.9999998``, ``1.0000001``)."""
+    if value == 0 or 1e-4 <= abs(value) < 1e16:
+        return np.format_float_positional(value, trim="-")
+    return np.format_float_scientific(value, trim="-")
+
+
+def _header_scaling(nifti: Any) -> str:
+    """`` (header scl_slope S / scl_inter I scales the stored ...)`` or '' without scaling."""
+    dataobj = getattr(nifti, "dataobj", None)
+    slope = getattr(dataobj, "slope", 1.0)
+    inter = getattr(dataobj, "inter", 0.0)
+    try:
+        slope, inter = float(slope), float(inter)
+    except (TypeError, ValueError):
+        return ""
+    slope = 1.0 if not np.isfinite(slope) or slope == 0 else slope  # NIfTI: 0 or NaN = none
+    inter = 0.0 if not np.isfinite(inter) else inter
+    if slope == 1.0 and inter == 0.0:
+        return ""
+    stored = np.dtype(nifti.get_data_dtype())
+    what = "stored integers" if np.issubdtype(stored, np.integer) else f"stored {stored} values"
+    # The header holds float32: print the value as written there (1.0000001, not 1.00000012).
+    return (
+        f"; header scl_slope {_format_number(np.float32(slope))} / scl_inter "
+        f"{_format_number(np.float32(inter))} scales the {what} (store the label without "
+        "scaling: scl_slope 1, scl_inter 0)"
+    )
+
+
+def _to_label(case_id: str, path: Path, array: np.ndarray, nifti: Any = None) -> np.ndarray:
+    """Check a label volume and return it as uint8 BraTS labels (same shape).
+
+    ``nifti`` (the nibabel image the array came from) only serves to name a header scaling in
+    the message. Raises DataError naming the case and the file for NaN or infinite voxels,
+    non-integer values (a few of them listed) and values outside {0, 1, 2, 4}.
+    """
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise DataError(f"case {case_id}: {path}: NaN or infinite label voxel(s)")
         rounded = np.rint(array)
-        if not np.array_equal(rounded, array):
-            raise DataError(f"case {case_id}: {path}: non-integer label values")
+        fractional = rounded != array
+        if fractional.any():
+            values = np.unique(array[fractional])
+            shown = ", ".join(_format_number(value) for value in values[:5])
+            more = f", ... ({values.size} distinct)" if values.size > 5 else ""
+            scaling = _header_scaling(nifti) if nifti is not None else ""
+            raise DataError(
+                f"case {case_id}: {path}: non-integer label values in "
+                f"{int(np.count_nonzero(fractional))} voxel(s): {shown}{more}{scaling}"
+            )
         array = rounded
     invalid = (array < 0) | (array > max(BRATS_LABELS))
     for value in range(max(BRATS_LABELS)):

@@ -10,7 +10,10 @@ written to ``predict.output_dir`` (default ``<run dir>/predictions``), plus
 
 Bad input does not stop the job: a case that cannot be read or written is logged as one ERROR
 line naming the case and the file, the other cases are written, and at the end a DataError lists
-the failed cases (the runner then exits non-zero). Only one case's volumes are held at a time.
+the failed cases (the runner then exits non-zero). A case whose reference label (``seg``) is
+unusable (unreadable, another grid, non-integer or non-BraTS values) is still segmented and
+written, but not scored: one WARNING line names the case and the label file, and the final
+DataError lists it too. Only one case's volumes are held at a time.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class InputCase:
     label: np.ndarray | None  # uint8 BraTS labels (H, W, D) or None
     spacing: tuple[float, float, float]
     reference: Any  # nibabel image (or ShapedReference) giving the output grid
+    label_error: str | None = None  # why the reference label is unusable (then label is None)
 
 
 @dataclass
@@ -108,20 +112,25 @@ def find_input_cases(input_dir: str | Path) -> list[Any]:
 
 
 def _load_raw_case(case: Any) -> InputCase:
-    """Load, preprocess (as for training) and normalise one raw case."""
+    """Load, preprocess (as for training) and normalise one raw case.
+
+    A bad label file does not stop the case: it is segmented without a label and
+    ``label_error`` says what is wrong (DataError only for the modalities).
+    """
     import nibabel as nib
 
     from unet3d.data.brats import load_case
     from unet3d.data.labels import MODALITIES
     from unet3d.data.preprocess import normalize, preprocess_case
 
-    loaded = load_case(case)
+    loaded = load_case(case, strict_label=False)
     record = preprocess_case(loaded)
     loaded.image = None  # free the float32 input before normalising
     image = normalize(record["image"], record["mean"], record["std"])
     del record
     reference = nib.load(str(case.modalities[MODALITIES[0]]))  # header only, no voxels read
-    return InputCase(case.case_id, image, loaded.label, tuple(loaded.spacing), reference)
+    return InputCase(case.case_id, image, loaded.label, tuple(loaded.spacing), reference,
+                     label_error=loaded.label_error)
 
 
 def _load_record_case(path: Path) -> InputCase:
@@ -273,7 +282,8 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
 
     Raises:
         DataError: after every other case was written and the metrics logged, when some cases
-            failed (listed in the message); also when the input folder has no case.
+            failed or had an unusable reference label (both listed in the message; the latter
+            were written but not scored); also when the input folder has no case.
         ConfigError, CheckpointError: ``predict.checkpoint`` names no usable checkpoint.
     """
     from tqdm import tqdm
@@ -315,6 +325,7 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
 
     rows: list[dict[str, Any]] = []
     failures: list[tuple[str, str]] = []
+    unscored: list[str] = []  # written, but their reference label is unusable
     written = 0
     started = time.perf_counter()
     with logging_redirect_tqdm(), tqdm(total=total, desc="predict", unit="case",
@@ -330,7 +341,12 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
             else:
                 written += 1
                 detail = ""
-                if case.label is not None:
+                if case.label_error is not None:
+                    log.warning("%s; segmentation written, metrics skipped",
+                                _error_line(item.case_id, DataError(case.label_error)))
+                    unscored.append(item.case_id)
+                    detail = "  not scored (bad reference label)"
+                elif case.label is not None:
                     metrics = case_metrics(labels, case.label, case.spacing)
                     rows.append({"case_id": case.case_id, **metrics})
                     detail = (f"  Dice WT {metrics['Dice_WT']:.3f} TC {metrics['Dice_TC']:.3f}"
@@ -354,10 +370,16 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
         tracker.log_metrics({"cases_written": float(written), "cases_failed": float(len(failures))})
     log.info("wrote %d of %d segmentation(s) to %s in %.1f s", written, total, output_folder,
              time.perf_counter() - started)
+    problems = []
     if failures:
         names = ", ".join(case_id for case_id, _ in failures)
-        raise DataError(
-            f"predict: {len(failures)} of {total} case(s) failed: {names} (see the ERROR lines "
-            f"above); {written} written to {output_folder}"
+        problems.append(f"{len(failures)} of {total} case(s) failed: {names} (see the ERROR "
+                        "lines above)")
+    if unscored:
+        problems.append(
+            f"{len(unscored)} case(s) with an unusable reference label: {', '.join(unscored)} "
+            "(segmentation written, metrics skipped; see the WARNING lines above)"
         )
+    if problems:
+        raise DataError(f"predict: {'; '.join(problems)}; {written} written to {output_folder}")
     return {**summary, "cases_written": float(written)}

@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from unet3d.runs.files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 #: File in a job's output dir that holds its MLflow run id (read back on resume).
@@ -183,16 +185,6 @@ def sanitize_name(name: str) -> str:
     cleaned = _INVALID_NAME_CHARACTERS.sub("_", str(name)).strip("/") or "_"
     cleaned = re.sub(r"/+", "/", cleaned)
     return cleaned[:MAX_KEY_LENGTH]
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` atomically (`<name>.tmp-<pid>` then `os.replace`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-    return path
 
 
 def read_run_id_file(path: str | os.PathLike) -> str | None:

@@ -44,6 +44,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from unet3d.runs.folder import HYDRA_SUBDIR
 from unet3d.tracking import summary as summary_module
 from unet3d.tracking.mlflow_logger import (
     Tracker,
@@ -57,6 +58,36 @@ logger = logging.getLogger(__name__)
 
 #: File in the sweep dir holding the parent run id.
 PARENT_RUN_ID_FILE = "mlflow_parent_run_id"
+
+#: Jobs of this process whose folder was refused or whose resume was refused or failed: their
+#: folders were left untouched (no results.json), so the sweep summary learns of them here.
+_UNCOMMITTED_FAILURES: list[tuple[str, str]] = []
+
+
+def record_uncommitted_failure(output_dir: str | os.PathLike, error: str) -> None:
+    """Remember a job that failed before it could write into its folder (see module doc)."""
+    _UNCOMMITTED_FAILURES.append((str(output_dir), str(error).splitlines()[0]))
+
+
+def refuse_used_sweep_dir(config: DictConfig, sweep_dir: Path) -> None:
+    """Refuse a sweep without ``resume=true`` whose sweep dir already holds used job folders.
+
+    Raises:
+        RunFolderError: one line naming the sweep dir, a used job folder and the ways out.
+    """
+    from unet3d.errors import RunFolderError
+    from unet3d.runs.folder import used_markers
+
+    if OmegaConf.select(config, "resume", default=False) is True or not sweep_dir.is_dir():
+        return
+    for job_dir in summary_module.find_job_dirs(sweep_dir, HYDRA_SUBDIR):
+        markers = used_markers(job_dir)
+        if markers:
+            raise RunFolderError(
+                f"{sweep_dir}: this sweep dir already holds earlier jobs ({job_dir.name}: "
+                f"{', '.join(markers)}); pass resume=true to continue that sweep, or choose "
+                "another folder (drop hydra.sweep.dir, or point it at a new folder)"
+            )
 
 
 def read_parent_run_id(sweep_dir: str | os.PathLike) -> str | None:
@@ -115,8 +146,16 @@ class CrossValidationCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Create (or reopen) the parent run and write its id to the sweep dir."""
+        from unet3d.errors import RunFolderError
+
         try:
             sweep_dir = _sweep_dir(config)
+            refuse_used_sweep_dir(config, sweep_dir)
+        except RunFolderError as error:
+            logger.error("%s", error)
+            self._finalized = True
+            raise SystemExit(self.exit_code) from None
+        try:
             sweep_dir.mkdir(parents=True, exist_ok=True)
             self.tracker = self._parent_tracker(config, sweep_dir)
             if self.tracker.active:
@@ -176,8 +215,7 @@ class CrossValidationCallback(Callback):
             sweep_dir = _sweep_dir(config)
             if tracker is None:
                 tracker = self.tracker = self._parent_tracker(config, sweep_dir, log_params=False)
-            output_subdir = OmegaConf.select(config, "hydra.output_subdir", default=".hydra")
-            results = summary_module.collect_job_results(sweep_dir, output_subdir or "")
+            results = summary_module.collect_job_results(sweep_dir, HYDRA_SUBDIR)
             summaries = summary_module.cross_validation_summary(results, self.group_keys_exclude)
             paths = summary_module.write_summary_tables(summaries, sweep_dir)
             markdown = paths[summary_module.SUMMARY_MARKDOWN].read_text(encoding="utf-8")
@@ -189,6 +227,12 @@ class CrossValidationCallback(Callback):
                     f"{label} fold {record.get('fold')}: {record.get('status')}"
                     for label, record in failed
                 )
+            if _UNCOMMITTED_FAILURES:
+                refused = "; ".join(f"{Path(folder).name}: {error}"
+                                    for folder, error in _UNCOMMITTED_FAILURES)
+                failed_reason = f"{failed_reason}; " if failed_reason else ""
+                failed_reason += f"job(s) refused, their folders left unchanged: {refused}"
+                _UNCOMMITTED_FAILURES.clear()
             level = logging.ERROR if failed_reason else logging.INFO
             logger.log(level, "Cross-validation summary (%s):\n%s", sweep_dir, markdown)
             if tracker is not None and tracker.running:

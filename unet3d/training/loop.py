@@ -4,7 +4,8 @@ Reading order, top to bottom:
 1. the model and optimizer exist (built by the runner inside ``context.scope()``);
 2. the optimizer's variables are built and the newest checkpoint is restored when resuming
    (under Horovod by rank 0 only);
-3. Horovod broadcasts rank 0's variables and step (after the build and after a restore);
+3. Horovod broadcasts rank 0's variables and step (after the build and after a restore); the
+   runner's ``on_restored`` then commits the run folder (a resume writes nothing before);
 4. the input pipeline starts, seeded with (seed, first step) so a resumed run sees new crops;
 5. each step: forward, loss / global batch, gradients (all-reduced by the strategy or by
    Horovod's tape), optimizer update; every ``log_every`` steps a progress line and metrics;
@@ -110,8 +111,14 @@ def make_train_step(context: Any, model: keras.Model, optimizer: keras.optimizer
 
 def train(cfg: DictConfig, context: Any, model: keras.Model,
           optimizer: keras.optimizers.Optimizer, train_files: list[str], output_dir: Path,
-          tracker: Any, jit_compile: bool = False) -> TrainResult:
-    """Train ``model`` on ``train_files`` to the configured step count; see the module doc."""
+          tracker: Any, jit_compile: bool = False,
+          on_restored: Callable[[], None] | None = None) -> TrainResult:
+    """Train ``model`` on ``train_files`` to the configured step count; see the module doc.
+
+    ``on_restored`` is called once the state is ready (after the restore and broadcast of a
+    resume, before the first step): the runner commits the run folder and opens the MLflow run
+    there, so that a resume whose checkpoint does not restore changes nothing.
+    """
     steps = total_steps(cfg, context.world_size)
     with context.scope():
         step_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -134,6 +141,8 @@ def train(cfg: DictConfig, context: Any, model: keras.Model,
             )
     context.broadcast_variables([step_variable, *model.variables, *optimizer.variables])
     first_step = int(step_variable.numpy())
+    if on_restored is not None:
+        on_restored()
     if steps != int(cfg.training.max_steps) and context.is_chief:
         log.info("training.max_steps=%d divided by %d Horovod processes: %d steps per process",
                  int(cfg.training.max_steps), context.world_size, steps)

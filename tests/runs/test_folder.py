@@ -1,0 +1,103 @@
+"""Claiming a run folder: refusal of used folders, deferred .hydra/ and run.log."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from unet3d.errors import RunFolderError
+from unet3d.runs.folder import LOG_FILE, RunFolder, used_markers
+
+log = logging.getLogger("tests.runs")
+
+
+@pytest.fixture(autouse=True)
+def _info_logging():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    yield
+    root.setLevel(level)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("marker", ["checkpoints/ckpt-1.index", "mlflow_run_id", "results.json"])
+def test_used_folder_refused_without_resume(tmp_path: Path, marker: str) -> None:
+    (tmp_path / marker).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / marker).write_text("x")
+    (tmp_path / LOG_FILE).write_text("earlier log\n")
+    before = _snapshot(tmp_path)
+    folder = RunFolder(tmp_path, resume=False)
+    with pytest.raises(RunFolderError) as error:
+        folder.claim()
+    message = str(error.value)
+    assert str(tmp_path) in message and "resume=true" in message and "another folder" in message
+    assert "\n" not in message
+    assert _snapshot(tmp_path) == before
+
+
+def test_empty_checkpoints_folder_or_hydra_files_do_not_mark_a_folder_used(
+        tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("fold: 0\n")
+    assert used_markers(tmp_path) == []
+    RunFolder(tmp_path, resume=False).claim()
+
+
+def test_fresh_commit_writes_hydra_files_and_the_log_from_the_first_line(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path / "run", resume=False)
+    folder.claim()
+    log.info("before the commit")
+    folder.commit(OmegaConf.create({"fold": 1}), OmegaConf.create({"hydra": {"x": 1}}),
+                  ["fold=1"])
+    log.info("after the commit")
+    folder.close()
+    log.info("after the close")
+    hydra_dir = tmp_path / "run" / ".hydra"
+    assert OmegaConf.load(hydra_dir / "config.yaml") == {"fold": 1}
+    assert OmegaConf.load(hydra_dir / "hydra.yaml") == {"hydra": {"x": 1}}
+    assert list(OmegaConf.load(hydra_dir / "overrides.yaml")) == ["fold=1"]
+    text = (tmp_path / "run" / LOG_FILE).read_text()
+    assert "before the commit" in text and "after the commit" in text
+    assert "after the close" not in text
+    assert text.index("before the commit") < text.index("after the commit")
+
+
+def test_resume_writes_nothing_until_committed_and_a_release_drops_the_held_lines(
+        tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "ckpt-4.index").write_text("x")
+    (tmp_path / LOG_FILE).write_text("first attempt\n")
+    before = _snapshot(tmp_path)
+    refused = RunFolder(tmp_path, resume=True)
+    refused.claim()
+    log.info("refused attempt")
+    refused.release()
+    refused.close()
+    assert _snapshot(tmp_path) == before
+    accepted = RunFolder(tmp_path, resume=True)
+    accepted.claim()
+    log.info("accepted attempt")
+    accepted.commit(OmegaConf.create({"fold": 0}), None, ["resume=true"])
+    accepted.close()
+    text = (tmp_path / LOG_FILE).read_text()
+    assert text.startswith("first attempt\n") and "accepted attempt" in text
+    assert "refused attempt" not in text
+    assert not (tmp_path / ".hydra" / "hydra.yaml").exists()
+
+
+def test_non_chief_neither_checks_nor_writes(tmp_path: Path) -> None:
+    (tmp_path / "results.json").write_text("{}")
+    folder = RunFolder(tmp_path, resume=False, is_chief=False)
+    folder.claim()  # the chief checks
+    folder.commit(OmegaConf.create({"fold": 0}), None, [])
+    folder.close()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["results.json"]

@@ -1,0 +1,10 @@
+"""Run folders: who owns an output folder, what experiment it holds, and how it is written.
+
+- :mod:`unet3d.runs.files`: the one atomic-write helper of the package.
+- :mod:`unet3d.runs.identity`: the experiment a run folder holds (fold, num_folds, seed, data
+  set, model, precision), written once when the folder is first used and read back by resume,
+  evaluate, predict and the sweep tools.
+- :mod:`unet3d.runs.folder`: claiming a folder for a job (refusing a used one without
+  ``resume=true``), Hydra's ``.hydra/`` files and the job's ``run.log``, written only once the
+  job may use the folder.
+"""

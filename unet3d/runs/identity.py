@@ -1,0 +1,209 @@
+"""The experiment a run folder holds, recorded once and compared on resume, evaluate and predict.
+
+A job writes ``<run dir>/run_identity.json`` when it first uses its folder (see
+:mod:`unet3d.runs.folder`); a resume never rewrites it. Schema (``format`` 1)::
+
+    {"format": 1, "created": "2026-11-29T13:00:00+00:00", "mode": "train_and_evaluate",
+     "fold": 0, "num_folds": 5, "seed": 42,
+     "data": {"name": "synthetic", "synthetic": "<generator settings key> | null",
+              "raw_dir": "/abs/path | null", "cases": "<16 hex digits> | null",
+              "num_cases": 40 | null},
+     "model": {...the composed `model` group...},
+     "precision": {"name": "amp", "policy": "auto"}}
+
+``data.cases`` is the SHA-256 (16 hex digits) of the sorted case ids; it is filled in once,
+after the data set is prepared (`record_cases`). Runs written before this file existed are
+read from their ``.hydra/config.yaml`` instead (`read_identity`, without ``data.cases``).
+
+What identifies an experiment (a resume that differs in any of these is refused):
+``fold``, ``num_folds``, ``seed``, ``data.name``, ``data.synthetic``, ``data.cases`` and every
+key of ``model``. ``data.raw_dir`` and ``precision`` are recorded, not compared: moving a data
+set or changing the precision policy does not change what was learnt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from unet3d.runs.files import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+#: File name of the record in the run folder.
+IDENTITY_FILE = "run_identity.json"
+#: Hydra's composed config of a run (the fallback for runs without an identity file).
+HYDRA_CONFIG = Path(".hydra") / "config.yaml"
+FORMAT = 1
+
+
+def cases_fingerprint(case_ids: Iterable[str]) -> str:
+    """SHA-256 (first 16 hex digits) of the sorted case ids, one per line (UTF-8)."""
+    text = "\n".join(sorted(str(case) for case in case_ids))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _container(node: Any) -> Any:
+    """A plain (resolved) Python container of an OmegaConf node or mapping."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(node):
+            return OmegaConf.to_container(node, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return json.loads(json.dumps(node, default=str)) if node is not None else None
+
+
+@dataclass
+class RunIdentity:
+    """What identifies the experiment of one run folder (see the module doc).
+
+    Attributes:
+        fold: held-out fold, ``0 <= fold < num_folds``.
+        num_folds: number of cross-validation folds.
+        seed: global seed (split, crops, weights).
+        data: ``name``, ``synthetic`` (generator settings key or None), ``raw_dir`` (absolute
+            path or None), ``cases`` (fingerprint of the case list or None), ``num_cases``.
+        model: the composed ``model`` config group (plain values).
+        precision: ``name`` and ``policy`` of the ``precision`` group.
+        mode: the mode of the job that created the folder.
+        created: ISO 8601 UTC time of creation.
+    """
+
+    fold: int
+    num_folds: int
+    seed: int
+    data: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    precision: dict[str, Any] = field(default_factory=dict)
+    mode: str | None = None
+    created: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> RunIdentity:
+        """The identity of the job described by a composed config (``fold``, ``data``, ...)."""
+        data = cfg.get("data") or {}
+        synthetic_key = None
+        if data.get("generate", False) and data.get("synthetic") is not None:
+            from unet3d.data.synthetic import synthetic_settings_key
+
+            synthetic_key = synthetic_settings_key(data.synthetic)
+        raw_dir = data.get("raw_dir")
+        if raw_dir is not None and str(raw_dir) not in ("", "???"):
+            raw_dir = str(Path(str(raw_dir)).expanduser().resolve())
+        else:
+            raw_dir = None
+        precision = cfg.get("precision") or {}
+        mode = cfg.get("mode") or {}
+        return cls(
+            fold=int(cfg.fold),
+            num_folds=int(cfg.num_folds),
+            seed=int(cfg.seed),
+            data={"name": str(data.get("name")), "synthetic": synthetic_key, "raw_dir": raw_dir,
+                  "cases": None, "num_cases": None},
+            model=_container(cfg.get("model")) or {},
+            precision={"name": precision.get("name"), "policy": precision.get("policy")},
+            mode=mode.get("name") if hasattr(mode, "get") else None,
+        )
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> RunIdentity:
+        """Read a parsed ``run_identity.json``; KeyError/ValueError/TypeError when malformed."""
+        return cls(
+            fold=int(record["fold"]),
+            num_folds=int(record["num_folds"]),
+            seed=int(record["seed"]),
+            data=dict(record.get("data") or {}),
+            model=dict(record.get("model") or {}),
+            precision=dict(record.get("precision") or {}),
+            mode=record.get("mode"),
+            created=record.get("created"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record (see the module doc)."""
+        return {"format": FORMAT, **asdict(self)}
+
+    def write(self, run_dir: str | os.PathLike) -> Path:
+        """Write ``<run_dir>/run_identity.json`` atomically (stamping ``created``)."""
+        if self.created is None:
+            self.created = datetime.now(UTC).isoformat(timespec="seconds")
+        return write_json_atomic(Path(run_dir) / IDENTITY_FILE, self.to_dict())
+
+    def differences(self, other: RunIdentity, cases: bool = True) -> list[str]:
+        """Keys that identify the experiment and differ, as ``key <self> (now <other>)``.
+
+        ``self`` is the recorded run, ``other`` the new job. ``data.cases`` is compared only
+        with ``cases`` and when both sides know it.
+        """
+        found = []
+        if (self.fold, self.num_folds) != (other.fold, other.num_folds):
+            found.append(f"fold {self.fold} of {self.num_folds}, not fold {other.fold} of "
+                         f"{other.num_folds}")
+        if self.seed != other.seed:
+            found.append(f"seed={self.seed} (now {other.seed})")
+        keys = ["name", "synthetic"] + (["cases"] if cases else [])
+        for key in keys:
+            mine, theirs = self.data.get(key), other.data.get(key)
+            if key == "cases" and (mine is None or theirs is None):
+                continue
+            if mine != theirs:
+                label = "case list fingerprint" if key == "cases" else f"data.{key}"
+                found.append(f"{label} {mine} (now {theirs})")
+        for key in sorted(set(self.model) | set(other.model)):
+            if self.model.get(key) != other.model.get(key):
+                found.append(f"model.{key}={self.model.get(key)!r} (now {other.model.get(key)!r})")
+        return found
+
+
+def read_identity(run_dir: str | os.PathLike) -> RunIdentity | None:
+    """The identity recorded in ``run_dir``; else built from its ``.hydra/config.yaml``.
+
+    Returns None when the folder has neither (not a run folder) or they cannot be read (a
+    warning names the file).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / IDENTITY_FILE
+    if path.is_file():
+        try:
+            return RunIdentity.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("%s: unreadable run identity (%s)", path, error)
+            return None
+    config_path = run_dir / HYDRA_CONFIG
+    if not config_path.is_file():
+        return None
+    try:
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.load(config_path)
+        return RunIdentity.from_config(config)
+    except Exception as error:  # noqa: BLE001 - a damaged legacy file only loses the record
+        log.warning("%s: cannot read the run's config (%s)", config_path, error)
+        return None
+
+
+def record_cases(run_dir: str | os.PathLike, case_ids: Iterable[str]) -> RunIdentity | None:
+    """Fill ``data.cases`` / ``data.num_cases`` of the folder's identity once (if unset).
+
+    Returns the (possibly updated) identity, or None when the folder has no identity file.
+    """
+    path = Path(run_dir) / IDENTITY_FILE
+    if not path.is_file():
+        return None
+    identity = read_identity(run_dir)
+    if identity is None or identity.data.get("cases") is not None:
+        return identity
+    case_ids = list(case_ids)
+    identity.data["cases"] = cases_fingerprint(case_ids)
+    identity.data["num_cases"] = len(case_ids)
+    identity.write(run_dir)
+    return identity
