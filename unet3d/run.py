@@ -98,6 +98,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("launch", _launch, use_cache=True)
     if not OmegaConf.has_resolver("launch_id"):
         OmegaConf.register_new_resolver("launch_id", _launch_id, use_cache=True)
+    from unet3d.runs.naming import RESOLVER_NAME, job_dirname
+
+    if not OmegaConf.has_resolver(RESOLVER_NAME):
+        OmegaConf.register_new_resolver(RESOLVER_NAME, job_dirname)
 
 
 register_resolvers()

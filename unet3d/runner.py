@@ -168,7 +168,9 @@ def check_resume(output_dir: Path, identity: Any) -> None:
 
 
 def _describe(difference: str) -> str:
-    return f"is {difference}" if difference.startswith("fold ") else f"was trained with {difference}"
+    if difference.startswith("fold "):
+        return f"is {difference}"
+    return f"was trained with {difference}"
 
 
 def write_identity(output_dir: Path, identity: Any, resuming: bool) -> None:

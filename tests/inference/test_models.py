@@ -15,6 +15,7 @@ from unet3d.inference.models import (
     resolve_model_checkpoints,
 )
 from unet3d.run import register_resolvers
+from unet3d.runs.identity import RunIdentity
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -96,6 +97,50 @@ def test_several_jobs_for_one_fold_are_ambiguous(tmp_path, cfg):
         resolve_model_checkpoints(tmp_path, fold=0)
 
 
+def record_identity(run_dir: Path, fold: int) -> None:
+    """Write the run's ``run_identity.json`` as a job does when it first uses its folder."""
+    RunIdentity(fold=fold, num_folds=2, seed=42, data={"name": "brats2019"},
+                model={"name": "unet3d"}).write(run_dir)
+
+
+def test_sweep_jobs_are_found_at_any_depth_and_their_fold_read_from_their_identity(
+        tmp_path, cfg):
+    """Jobs that Hydra put several folders deep (a path-valued override in the job folder name)
+    are still the sweep's folds; the fold comes from run_identity.json, not the folder name."""
+    root = tmp_path / "sweep"
+    deep = root / "0_data.raw_dir=" / "abs" / "path" / "to"
+    fold0, fold1 = deep / "data,fold=1", deep / "data,fold=0"  # names that mislead on purpose
+    prefixes = {0: save_run(fold0, cfg, seed=10), 1: save_run(fold1, cfg, seed=11)}
+    record_identity(fold0, 0)
+    record_identity(fold1, 1)
+    (fold1 / ".hydra").mkdir()
+    (fold1 / ".hydra" / "config.yaml").write_text("fold: 0\n")  # the identity wins
+    # Not members: a job's own subfolders, and hidden folders.
+    save_run(fold0 / "archive", cfg, seed=12, fold=0)
+    save_run(root / ".snapshot" / "job", cfg, seed=13, fold=0)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+
+    assert resolve_model_checkpoints(str(root)) == [prefixes[0], prefixes[1]]
+    assert resolve_model_checkpoints(str(root), fold=1) == [prefixes[1]]
+    assert resolve_model_checkpoints(str(root), fold=0) == [prefixes[0]]
+    # A job that has not saved a checkpoint yet is a job of its fold all the same.
+    untrained = root / "1_data.raw_dir=" / "x" / "data,fold=2"
+    untrained.mkdir(parents=True)
+    record_identity(untrained, 2)
+    with pytest.raises(CheckpointError, match=r"fold 2 \(its job 1_data\.raw_dir=/x/data,fold=2 "
+                                              r"has no checkpoint\)"):
+        resolve_model_checkpoints(str(root), fold=2)
+    assert len(resolve_model_checkpoints(str(root))) == 2
+
+
+def test_a_run_dir_with_an_identity_warns_on_another_fold(tmp_path, cfg, caplog):
+    prefix = save_run(tmp_path / "run", cfg, seed=1)
+    record_identity(tmp_path / "run", 1)
+    with caplog.at_level("WARNING"):
+        assert resolve_model_checkpoints(tmp_path / "run", fold=0) == [prefix]
+    assert "trained as fold 1, not fold 0" in caplog.text
+
+
 @pytest.mark.parametrize("spec", [None, "", []])
 def test_empty_spec_names_the_key(spec):
     with pytest.raises(ConfigError, match=r"^predict\.checkpoint: missing"):
@@ -131,6 +176,14 @@ def test_a_model_mismatch_names_the_differing_settings(tmp_path, cfg):
     bigger = compose_config("debug=fast", "model.base_filters=8")
     prefix = save_run(tmp_path / "run", bigger, seed=1, fold=0,
                       model_overrides="model:\n  base_filters: 8\n")
+    with pytest.raises(CheckpointError, match=r"model\.base_filters=8 \(now 4\)"):
+        load_ensemble(cfg, [prefix])
+    # From the run's identity when it has one (the composed, resolved model group).
+    from omegaconf import OmegaConf
+
+    RunIdentity(fold=0, num_folds=2, seed=42,
+                model=OmegaConf.to_container(bigger.model, resolve=True)).write(tmp_path / "run")
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("fold: 0\n")
     with pytest.raises(CheckpointError, match=r"model\.base_filters=8 \(now 4\)"):
         load_ensemble(cfg, [prefix])
 

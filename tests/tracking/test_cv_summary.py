@@ -18,6 +18,7 @@ from unet3d.tracking.summary import (
     SUMMARY_MARKDOWN,
     collect_job_results,
     cross_validation_summary,
+    find_job_dirs,
     format_markdown_table,
     group_overrides,
     parse_override,
@@ -163,6 +164,29 @@ def test_single_configuration_is_one_group(tmp_path: Path) -> None:
     (summary,) = cross_validation_summary(results)
     assert summary.group == "" and summary.label == "all" and summary.overrides == {}
     assert "cv_mean/Dice_WT" in summary_metrics(summary)
+
+
+def test_jobs_at_any_depth_with_only_an_identity_are_found_and_their_fold_read_from_it(
+    tmp_path: Path,
+) -> None:
+    """Hydra without .hydra/ files (output_subdir null) and job folders several levels deep
+    (a path-valued override in the name): the jobs and their folds come from run_identity.json."""
+    from unet3d.runs.identity import RunIdentity
+
+    deep = tmp_path / "0_data.raw_dir=" / "abs" / "data"
+    finished, killed = deep / "fold=1", tmp_path / "1_data.raw_dir=" / "abs" / "data,fold=0"
+    # A finished job whose results.json does not know its fold; a killed one without results.
+    write_job_result(finished, "FINISHED", None, ["data.raw_dir=/abs/data"], {"Dice_WT": 0.8})
+    RunIdentity(fold=0, num_folds=2, seed=42).write(finished)  # the record wins over the name
+    RunIdentity(fold=1, num_folds=2, seed=42).write(killed)
+    (killed / "mlflow_run_id").write_text("run-killed\n")
+
+    assert find_job_dirs(tmp_path, "") == [finished.resolve(), killed.resolve()]
+    records = collect_job_results(tmp_path, "")
+    assert [(record["status"], record["fold"]) for record in records] == [
+        ("FINISHED", 0), ("FAILED", 1)]
+    assert records[1]["mlflow_run_id"] == "run-killed"
+    assert "no results.json" in records[1]["error"]
 
 
 def test_empty_sweep(tmp_path: Path) -> None:

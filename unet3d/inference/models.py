@@ -6,9 +6,10 @@ forms (and lists of them, which make an ensemble):
 - a checkpoint prefix (``.../checkpoints/ckpt-600``, the ``.index`` file must exist);
 - a ``checkpoints/`` folder or a training run's output dir (the newest checkpoint in it);
 - the sweep dir of a Hydra cross-validation run (``python -m unet3d.run -m fold=0,1,2,3,4``):
-  every job subfolder with a checkpoint is one fold model, and its fold is read from the job's
-  ``.hydra/config.yaml``. With ``fold`` given only that fold's job is taken, else all folds
-  (an ensemble);
+  every job folder with a checkpoint, at any depth below it, is one fold model, and its fold
+  is read from the job's recorded identity (``run_identity.json``, else ``.hydra/config.yaml``),
+  never from the folder's name. With ``fold`` given only that fold's job is taken, else all
+  folds (an ensemble);
 - ``runs:/<MLflow run id>``: the output dir recorded on that run (a sweep's parent run: its
   sweep dir), which must exist on this machine (``unet3d.tracking.run_reference``).
 
@@ -23,6 +24,7 @@ whole-volume probability maps, with one accumulator instead of one per member.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -32,6 +34,7 @@ import numpy as np
 
 from unet3d.data.labels import to_brats_labels
 from unet3d.errors import CheckpointError, ConfigError
+from unet3d.runs.identity import IDENTITY_FILE, read_identity
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,11 @@ def run_config(run_dir: Path) -> Any | None:
 
 
 def _run_fold(run_dir: Path) -> int | None:
+    """The fold a run folder was trained as: its ``run_identity.json``, else its config's."""
+    if (Path(run_dir) / IDENTITY_FILE).is_file():
+        identity = read_identity(run_dir)
+        if identity is not None:
+            return identity.fold
     config = run_config(run_dir)
     if config is None:
         return None
@@ -121,18 +129,58 @@ def _run_fold(run_dir: Path) -> int | None:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _is_job_folder(folder: Path, dirnames: Sequence[str], filenames: Sequence[str]) -> bool:
+    """A folder is a job of a sweep when it holds a run's record or its checkpoints."""
+    return (
+        IDENTITY_FILE in filenames
+        or CHECKPOINT_FOLDER in dirnames
+        or (".hydra" in dirnames and (folder / HYDRA_CONFIG).is_file())
+        or "checkpoint" in filenames
+        or any(name.endswith(".index") for name in filenames)
+    )
+
+
+def sweep_job_folders(sweep_dir: Path) -> list[Path]:
+    """The job folders of a sweep dir, at any depth below it, sorted by path.
+
+    A job folder holds ``run_identity.json``, ``.hydra/config.yaml``, a ``checkpoints/``
+    folder or checkpoint files. Hidden folders are skipped and a job's own subfolders
+    (``checkpoints/``, ``predictions/``, ...) are not searched; ``sweep_dir`` itself is not a
+    job. Symbolic links to folders are not followed.
+
+    Args:
+        sweep_dir: the sweep's output folder (Hydra's ``hydra.sweep.dir``).
+
+    Returns:
+        The job folders (empty when there is none or ``sweep_dir`` is not a folder).
+    """
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(sweep_dir):
+        folder = Path(dirpath)
+        if folder != Path(sweep_dir) and _is_job_folder(folder, dirnames, filenames):
+            found.append(folder)
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
+    return sorted(found)
+
+
 def _sweep_members(
     sweep_dir: Path, fold: int | None, key: str
 ) -> list[str]:
-    """Checkpoints of the job subfolders of a Hydra sweep dir (one fold, or all)."""
+    """Checkpoints of the jobs of a Hydra sweep dir (one fold, or all).
+
+    Jobs are found at any depth (`sweep_job_folders`) and their fold is read from their
+    recorded identity (``run_identity.json``, else ``.hydra/config.yaml``), never from the
+    folder's name.
+    """
     jobs: list[tuple[Path, str | None, int | None]] = []
-    for child in sorted(path for path in sweep_dir.iterdir() if path.is_dir()):
-        if child.name.startswith("."):
-            continue
-        prefix = checkpoint_of(child)
-        is_job = prefix is not None or (child / HYDRA_CONFIG).is_file()
-        if is_job:
-            jobs.append((child, prefix, _run_fold(child)))
+    for folder in sweep_job_folders(sweep_dir):
+        jobs.append((folder, checkpoint_of(folder), _run_fold(folder)))
+
+    def name(folder: Path) -> str:
+        return folder.relative_to(sweep_dir).as_posix()
+
     trained = [(child, prefix, job_fold) for child, prefix, job_fold in jobs if prefix]
     if not trained:
         raise CheckpointError(
@@ -140,12 +188,12 @@ def _sweep_members(
             f"ckpt-600, a {CHECKPOINT_FOLDER}/ folder, a training run dir, or a sweep dir whose "
             f"job folders hold {CHECKPOINT_FOLDER}/)"
         )
-    untrained = [child.name for child, prefix, _ in jobs if not prefix]
+    untrained = [name(child) for child, prefix, _ in jobs if not prefix]
     if fold is not None:
         chosen = [(child, prefix) for child, prefix, job_fold in trained if job_fold == fold]
         if not chosen:
             known = sorted({job_fold for _, _, job_fold in trained if job_fold is not None})
-            missing = [child.name for child, _, job_fold in jobs if job_fold == fold]
+            missing = [name(child) for child, _, job_fold in jobs if job_fold == fold]
             detail = (
                 f"its job {missing[0]} has no checkpoint" if missing
                 else f"checkpointed folds: {known}"
@@ -156,7 +204,7 @@ def _sweep_members(
         if len(chosen) > 1:
             raise ConfigError(
                 f"{key}: sweep {sweep_dir} has {len(chosen)} jobs for fold {fold} "
-                f"({', '.join(child.name for child, _ in chosen)}); name one job folder instead"
+                f"({', '.join(name(child) for child, _ in chosen)}); name one job folder instead"
             )
         log.info("fold %d of sweep %s: %s", fold, sweep_dir, chosen[0][1])
         return [chosen[0][1]]
@@ -172,7 +220,7 @@ def _sweep_members(
             "sweep %s: several jobs share fold(s) %s; all %d of them join the ensemble",
             sweep_dir, repeated, len(trained),
         )
-    trained.sort(key=lambda job: (job[2] is None, job[2] if job[2] is not None else 0, job[0].name))
+    trained.sort(key=lambda job: (job[2] is None, job[2] if job[2] is not None else 0, job[0]))
     log.info(
         "sweep %s: ensemble of %d model(s) (folds %s)", sweep_dir, len(trained),
         [job_fold for _, _, job_fold in trained],
@@ -192,8 +240,8 @@ def resolve_model_checkpoints(
             (a job's run or a sweep's parent run, looked up in ``tracking_uri``), or a list of
             any of these (an ensemble).
         fold: with a sweep dir, take only the job of this fold (read from the job's
-            ``.hydra/config.yaml``); None takes every fold. A single run's fold is only
-            checked (a warning when it differs).
+            ``run_identity.json`` or ``.hydra/config.yaml``); None takes every fold. A single
+            run's fold is only checked (a warning when it differs).
         key: the config key named in errors.
         tracking_uri: the MLflow store of ``runs:/`` references.
 
@@ -260,15 +308,32 @@ def job_model_checkpoints(cfg: Any, spec: Any, fold: int | None = None,
 # ---------------------------------------------------------------------------------------------
 
 
-def _model_mismatch_hint(cfg: Any, prefix: str) -> str:
-    """Name the model keys where the run that wrote ``prefix`` differs from ``cfg.model``."""
-    config = run_config(run_dir_of(prefix))
+def _trained_model_settings(run_dir: Path) -> dict[str, Any] | None:
+    """The ``model`` settings a run was trained with: its identity's, else its config's."""
+    if (run_dir / IDENTITY_FILE).is_file():
+        identity = read_identity(run_dir)
+        if identity is not None and identity.model:
+            return dict(identity.model)
+    config = run_config(run_dir)
     if config is None or config.get("model") is None:
-        return ""
+        return None
     try:
         from omegaconf import OmegaConf
 
         trained = OmegaConf.to_container(config.model, resolve=False)
+    except Exception:
+        return None
+    return trained if isinstance(trained, dict) else None
+
+
+def _model_mismatch_hint(cfg: Any, prefix: str) -> str:
+    """Name the model keys where the run that wrote ``prefix`` differs from ``cfg.model``."""
+    trained = _trained_model_settings(run_dir_of(prefix))
+    if trained is None:
+        return ""
+    try:
+        from omegaconf import OmegaConf
+
         current = OmegaConf.to_container(cfg.model, resolve=True)
     except Exception:
         return ""

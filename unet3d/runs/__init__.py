@@ -4,6 +4,7 @@
 - :mod:`unet3d.runs.identity`: the experiment a run folder holds (fold, num_folds, seed, data
   set, model, precision), written once when the folder is first used and read back by resume,
   evaluate, predict and the sweep tools.
+- :mod:`unet3d.runs.naming`: sweep job folder names without path separators.
 - :mod:`unet3d.runs.folder`: claiming a folder for a job (refusing a used one without
   ``resume=true``), Hydra's ``.hydra/`` files and the job's ``run.log``, written only once the
   job may use the folder.

@@ -102,16 +102,30 @@ def read_job_result(output_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def find_job_dirs(sweep_dir: str | os.PathLike, output_subdir: str = ".hydra") -> list[Path]:
-    """Job dirs under `sweep_dir`: folders with Hydra's `<output_subdir>/overrides.yaml` or a
-    `results.json`, sorted by Hydra job number (the leading integer of the folder name)."""
+    """Job dirs under `sweep_dir`, at any depth.
+
+    A job dir holds a `results.json`, a `run_identity.json` (written when the job first uses
+    its folder) or Hydra's `<output_subdir>/overrides.yaml`.
+
+    Args:
+        sweep_dir: the sweep's output folder (`hydra.sweep.dir`).
+        output_subdir: Hydra's `hydra.output_subdir` ("" or None: not looked for).
+
+    Returns:
+        The job dirs (absolute), sorted by Hydra job number (the leading integer of the folder
+        name), then path; empty when `sweep_dir` is not a folder.
+    """
+    from unet3d.runs.identity import IDENTITY_FILE
+
     sweep_dir = Path(sweep_dir).resolve()
     if not sweep_dir.is_dir():
         return []
     found = {path.parent for path in sweep_dir.rglob(RESULTS_FILE)}
+    found |= {path.parent for path in sweep_dir.rglob(IDENTITY_FILE)}
     if output_subdir:
         found |= {path.parent.parent for path in sweep_dir.rglob(f"{output_subdir}/overrides.yaml")}
     found.discard(sweep_dir)
-    return sorted(found, key=_job_sort_key)
+    return sorted(found, key=lambda path: _job_sort_key(path, sweep_dir))
 
 
 def collect_job_results(
@@ -473,8 +487,12 @@ def _escape_cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _job_sort_key(path: Path) -> tuple[int, str]:
-    match = re.match(r"(\d+)", path.name)
+def _job_sort_key(path: Path, sweep_dir: Path | None = None) -> tuple[int, str]:
+    """Hydra's job number (leading integer of the folder under the sweep dir), then path."""
+    name = path.name
+    if sweep_dir is not None and path.is_relative_to(sweep_dir):
+        name = path.relative_to(sweep_dir).parts[0]
+    match = re.match(r"(\d+)", name)
     return (int(match.group(1)) if match else 10**9, str(path))
 
 
@@ -499,6 +517,13 @@ def _read_hydra_overrides(job_dir: Path, output_subdir: str) -> list[str]:
 
 
 def _fold_from(overrides: Sequence[str], job_dir: Path, output_subdir: str) -> int | None:
+    """The job's fold: its recorded identity, else its `fold=` override, else its config."""
+    from unet3d.runs.identity import IDENTITY_FILE, read_identity
+
+    if (job_dir / IDENTITY_FILE).is_file():
+        identity = read_identity(job_dir)
+        if identity is not None:
+            return identity.fold
     for override in overrides:
         key, value = parse_override(override)
         if key == "fold":
