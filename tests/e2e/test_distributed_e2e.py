@@ -204,10 +204,12 @@ def test_multi_worker_two_processes(tmp_path: Path, shared_workdir: Path) -> Non
     sums = _checksums("\n".join(outputs))
     assert sorted(sums) == [0, 1] and sums[0] == sums[1] and sums[0][1] == 3, sums
 
-    # Both workers used the launch time's output dir; only the chief wrote into it. The
-    # other worker's checkpoint went to a scratch folder that is gone.
+    # Both workers used the launch time's output dir, with the launch id both derived from
+    # TF_CONFIG; only the chief wrote into it. The other worker's checkpoint went to a scratch
+    # folder that is gone.
     (run_dir,) = _output_dirs(tmp_path)
-    assert run_dir == tmp_path / "outputs" / "2026-01-02" / "03-04-05_train_fold0"
+    assert run_dir.parent == tmp_path / "outputs" / "2026-01-02"
+    assert re.fullmatch(r"03-04-05_train_fold0_[0-9a-f]{6}", run_dir.name), run_dir.name
     assert "(rank 1 of 2)" not in (run_dir / "run.log").read_text()
     assert _checkpoint_folders(tmp_path) == [run_dir / "checkpoints"]
     assert (run_dir / "checkpoints" / "ckpt-3.index").exists()
