@@ -54,8 +54,8 @@ def measure(model_name: str, side: int, batch: int, precision: str, xla: bool,
         tf.config.threading.set_inter_op_parallelism_threads(inter)
     import keras
 
-    from unet3d.model.losses import segmentation_loss
     from unet3d.model.unet3d import build_unet3d, count_forward_flops
+    from unet3d.training.losses import segmentation_loss
 
     keras.mixed_precision.set_global_policy(PRECISION_POLICIES[precision])
     spec = {**MODELS[model_name], "norm": norm}

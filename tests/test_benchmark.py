@@ -12,18 +12,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from unet3d.benchmark import (
+from unet3d.errors import ConfigError
+from unet3d.modes.benchmark import write_report
+from unet3d.modes.benchmark_stats import (
     flat_metrics,
     format_table,
     latency_statistics,
     overhead_summary,
     runner_loop_steps,
-    write_json_atomic,
+    volume_shape,
 )
-from unet3d.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3
@@ -70,8 +72,11 @@ def test_flat_metrics_skip_non_numbers_and_name_the_target() -> None:
 
 
 def test_json_is_written_atomically(tmp_path: Path) -> None:
-    path = write_json_atomic(tmp_path / "sub" / "benchmark.json", {"a": 1, "b": [1.5]})
-    assert json.loads(path.read_text()) == {"a": 1, "b": [1.5]}
+    payload = {"a": 1, "b": [1.5], "c": np.float32(0.5), "d": np.arange(3), "e": np.int64(7),
+               "f": (np.float64(2.0), Path("x"))}
+    path = write_report(tmp_path / "sub" / "benchmark.json", payload)
+    assert json.loads(path.read_text()) == {"a": 1, "b": [1.5], "c": 0.5, "d": [0, 1, 2],
+                                            "e": 7, "f": [2.0, "x"]}
     assert [item.name for item in path.parent.iterdir()] == ["benchmark.json"]
 
 
@@ -98,13 +103,11 @@ def test_overhead_is_the_median_of_the_paired_rounds() -> None:
 
 
 def test_bad_volume_shape_names_the_key() -> None:
-    from unet3d.benchmark import _volume_shape
-
-    cfg = OmegaConf.create({"benchmark": {"volume_shape": [240, 240]}})
+    section = OmegaConf.create({"volume_shape": [240, 240]})
     with pytest.raises(ConfigError, match="benchmark.volume_shape"):
-        _volume_shape(cfg)
-    cfg = OmegaConf.create({"benchmark": {"volume_shape": [40, 40, 32]}})
-    assert _volume_shape(cfg) == (40, 40, 32)
+        volume_shape(section)
+    assert volume_shape(OmegaConf.create({"volume_shape": [40, 40, 32]})) == (40, 40, 32)
+    assert volume_shape(OmegaConf.create({"volume_shape": None})) == (240, 240, 155)
 
 
 # ---------------------------------------------------------------------------------------------

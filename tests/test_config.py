@@ -45,8 +45,10 @@ def test_default_config_is_valid() -> None:
         ["strategy=mirrored"], ["strategy=multi_worker"], ["strategy=horovod"],
         ["mode=train"], ["mode=benchmark"], ["model=unet3d", "data.crop_size=[128,128,128]"],
         ["debug=fast", "fold=4", "precision=amp", "mode=train"],
-        ["model.norm=batch"], ["model.output_kernel_size=1"],
+        ["model.norm=batch"], ["model.output_kernel_size=1"], ["model.norm=none"],
         ["model.norm=group", "model.base_filters=16"],
+        ["training.loss=dice", "training.lr_schedule=constant"],
+        ["data=brats2019", "data.raw_dir=/", "debug=fast"],
     ],
 )
 def test_groups_compose_and_validate(overrides: list[str]) -> None:
@@ -84,6 +86,11 @@ def test_debug_preset_shrinks_everything() -> None:
         (["data.synthetic.num_cases=3"], "data.synthetic.num_cases"),
         (["precision.policy=float16"], "precision.policy"),
         (["seed=-3"], "seed"),
+        (["model._target_=nowhere.Net"], "model._target_"),
+        (["loss._target_=unet3d.training.losses.Nowhere"], "loss._target_"),
+        (["lr_schedule.warmup_steps=-1"], "lr_schedule.warmup_steps"),
+        (["loss.num_classes=3"], "loss.num_classes"),
+        (["data.synthetic.shape=[4,40,32]"], "data.synthetic.shape"),
     ],
 )
 def test_bad_values_name_their_key(overrides: list[str], key: str) -> None:
@@ -93,6 +100,22 @@ def test_bad_values_name_their_key(overrides: list[str], key: str) -> None:
     message = str(raised.value)
     assert message.startswith(f"{key}:"), message
     assert "\n" not in message
+
+
+def test_every_list_of_allowed_values_has_one_home() -> None:
+    """The modules use the vocabularies of unet3d.config, they do not define their own."""
+    import unet3d.config as config
+    from unet3d.model import unet3d as unet
+    from unet3d.training import losses, optimizer
+
+    assert unet.NORMS is config.NORMS and losses.LOSSES is config.LOSSES
+    assert optimizer.LR_SCHEDULES is config.LR_SCHEDULES
+    cfg = compose_config()
+    assert cfg.model._target_ == config.UNET3D_TARGET
+    assert cfg.loss._target_ == config.SEGMENTATION_LOSS_TARGET
+    assert cfg.lr_schedule._target_ == config.LR_SCHEDULE_TARGET
+    assert cfg.data._target_ == config.SYNTHETIC_DATASET_TARGET
+    assert compose_config("data=brats2019").data._target_ == config.BRATS_FOLDER_TARGET
 
 
 def test_groups_resolve_without_tensorflow() -> None:

@@ -140,7 +140,7 @@ def main(cfg: DictConfig) -> Any:
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM as TerminationRequested
         if multirun:
             raise  # stops the sweep; the sweep callback ends its parent run KILLED
-        from unet3d.tracking.mlflow_logger import TerminationRequested
+        from unet3d.runtime.signals import TerminationRequested
 
         terminated = isinstance(error, TerminationRequested)
         log.error("job stopped: %s; its MLflow run is KILLED (resume=true with the same "
@@ -162,8 +162,8 @@ def main(cfg: DictConfig) -> Any:
             return None
         # In a sweep, record the failure and let the other jobs run; the sweep callback
         # summarises every fold and makes the sweep exit non-zero.
-        from unet3d.tracking.mlflow_logger import read_run_id_file
         from unet3d.tracking.summary import write_job_result
+        from unet3d.tracking.tracker import read_run_id_file
 
         write_job_result(
             output_dir, status="FAILED", fold=cfg.get("fold"),

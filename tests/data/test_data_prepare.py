@@ -8,7 +8,7 @@ from unet3d.data.prepare import prepare_data
 from unet3d.errors import ConfigError, DataError
 
 
-def _cfg(data_dir, **overrides):
+def _cfg(data_dir, data=None, **overrides):
     cfg = OmegaConf.create(
         {
             "seed": 42,
@@ -16,8 +16,8 @@ def _cfg(data_dir, **overrides):
             "num_folds": 3,
             "paths": {"data_dir": str(data_dir)},
             "data": {
+                "_target_": "unet3d.data.datasets.SyntheticBraTS",
                 "name": "synthetic",
-                "generate": True,
                 "raw_dir": None,
                 "preprocessed_dir": None,
                 "synthetic": {
@@ -30,6 +30,8 @@ def _cfg(data_dir, **overrides):
             },
         }
     )
+    if data is not None:  # another data set: its own group, nothing of the synthetic one
+        cfg.data = OmegaConf.create({"name": "brats2019", "preprocessed_dir": None, **data})
     return OmegaConf.merge(cfg, OmegaConf.create(overrides))
 
 
@@ -55,17 +57,16 @@ def test_prepare_real_layout_and_errors(tmp_path, tiny_raw):
         tmp_path,
         fold=0,
         num_folds=2,
-        data={"name": "brats2019", "raw_dir": str(tiny_raw), "synthetic": None, "generate": False},
+        data={"_target_": "unet3d.data.datasets.BraTSFolder", "raw_dir": str(tiny_raw)},
     )
     prepared = prepare_data(cfg)
     assert prepared.preprocessed_dir.name.startswith("brats2019-")
     assert len(prepared.train_files) == 2 and len(prepared.eval_files) == 2
-    explicit = _cfg(tmp_path, **{"data": {"preprocessed_dir": str(tmp_path / "mine")}})
+    explicit = _cfg(tmp_path)
+    explicit.data.preprocessed_dir = str(tmp_path / "mine")
     assert prepare_data(explicit).preprocessed_dir == (tmp_path / "mine").resolve()
     with pytest.raises(DataError, match="data.raw_dir does not exist"):
-        prepare_data(_cfg(tmp_path, data={"raw_dir": str(tmp_path / "nope"),
-                                          "synthetic": None, "generate": False}))
-    with pytest.raises(ConfigError, match="data.raw_dir"):
-        prepare_data(_cfg(tmp_path, data={"raw_dir": "???", "synthetic": None, "generate": False}))
-    with pytest.raises(ConfigError, match="fold"):
-        prepare_data(_cfg(tmp_path, fold=3))
+        prepare_data(_cfg(tmp_path, data={"_target_": "unet3d.data.datasets.BraTSFolder",
+                                          "raw_dir": str(tmp_path / "nope")}))
+    with pytest.raises(ConfigError, match=r"^data\._target_: .*has no attribute 'Nope'"):
+        prepare_data(_cfg(tmp_path, data={"_target_": "unet3d.data.datasets.Nope"}))

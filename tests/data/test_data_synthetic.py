@@ -3,14 +3,12 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from unet3d.data.brats import find_cases
 from unet3d.data.labels import MODALITIES
 from unet3d.data.synthetic import (
     TISSUE_CODES,
     case_grade,
-    ensure_synthetic_dataset,
     generate_case,
     generate_dataset,
     make_affine,
@@ -141,26 +139,6 @@ def test_brats2019_layout_small(tmp_path):
     for case_id, grade in zip(ids, grades, strict=True):
         assert (tmp_path / "raw" / grade / case_id / f"{case_id}_flair.nii.gz").is_file()
     assert [case.case_id for case in find_cases(tmp_path / "raw")] == ids
-
-
-def _cfg(data_dir, **synthetic):
-    settings = {"num_cases": 2, "shape": list(SHAPE), "spacing": [1, 1, 1], "seed": 1}
-    settings.update(synthetic)
-    return OmegaConf.create(
-        {
-            "paths": {"data_dir": str(data_dir)},
-            "data": {"name": "synthetic", "raw_dir": None, "synthetic": settings},
-        }
-    )
-
-
-def test_ensure_synthetic_dataset_derives_folder_from_settings(tmp_path):
-    first = ensure_synthetic_dataset(_cfg(tmp_path))
-    assert first.parent.parent == tmp_path / "synthetic" and first.name == "raw"
-    assert len(find_cases(first)) == 2
-    assert ensure_synthetic_dataset(_cfg(tmp_path)) == first
-    other = ensure_synthetic_dataset(_cfg(tmp_path, shape=[24, 24, 16]))
-    assert other != first and len(find_cases(other)) == 2
 
 
 @pytest.mark.slow

@@ -126,7 +126,7 @@ def _config_keys(job_dir: Path) -> set[str]:
     """Dotted keys of the job's composed config (Hydra's .hydra/config.yaml)."""
     from omegaconf import OmegaConf
 
-    from unet3d.tracking.mlflow_logger import flatten_config
+    from unet3d.tracking.values import flatten_config
 
     return set(flatten_config(OmegaConf.load(job_dir / ".hydra" / "config.yaml")))
 
@@ -169,7 +169,7 @@ def _git_init(path: Path) -> dict[str, str]:
 
 
 def _no_git(path: Path) -> dict[str, str]:
-    from unet3d.tracking.mlflow_logger import git_tags
+    from unet3d.runs.provenance import git_tags
 
     return git_tags(path)  # {} unless the temporary folder sits inside a repository
 

@@ -8,12 +8,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from unet3d.errors import CheckpointError, ConfigError
-from unet3d.inference.models import (
-    EnsemblePredictor,
-    load_ensemble,
-    probabilities_to_labels,
-    resolve_model_checkpoints,
-)
+from unet3d.inference.ensemble import EnsemblePredictor, probabilities_to_labels
+from unet3d.inference.models import load_ensemble, resolve_model_checkpoints
 from unet3d.run import register_resolvers
 from unet3d.runs.identity import RunIdentity
 
@@ -38,7 +34,7 @@ def save_run(run_dir: Path, cfg, seed: int, fold: int | None = None, step: int =
     import keras
     import tensorflow as tf
 
-    from unet3d.model.unet3d import build_model_from_config
+    from unet3d.model.build import build_model_from_config
     from unet3d.training.checkpoint import CHECKPOINT_FOLDER, Checkpointer
 
     keras.utils.set_random_seed(seed)
@@ -158,13 +154,18 @@ def test_nothing_found_names_the_key_and_path(tmp_path):
         resolve_model_checkpoints(tmp_path / "file.txt")
 
 
+def predictor(models, cfg) -> EnsemblePredictor:
+    return EnsemblePredictor.from_config(models, cfg.inference, crop_size=cfg.data.crop_size,
+                                         num_classes=int(cfg.model.num_classes))
+
+
 def test_load_ensemble_restores_each_members_weights(sweep, cfg):
     import keras
 
-    from unet3d.model.unet3d import build_model_from_config
+    from unet3d.model.build import build_model_from_config
 
     root, prefixes = sweep
-    models = load_ensemble(cfg, [prefixes[0], prefixes[1]])
+    models = load_ensemble(cfg.model, [prefixes[0], prefixes[1]])
     keras.utils.set_random_seed(10)
     expected = build_model_from_config(cfg.model)
     for loaded, original in zip(models[0].weights, expected.weights, strict=True):
@@ -173,27 +174,54 @@ def test_load_ensemble_restores_each_members_weights(sweep, cfg):
 
 
 def test_a_model_mismatch_names_the_differing_settings(tmp_path, cfg):
+    """A run without a usable record is built from the model group; a mismatch is named."""
     bigger = compose_config("debug=fast", "model.base_filters=8")
     prefix = save_run(tmp_path / "run", bigger, seed=1, fold=0,
                       model_overrides="model:\n  base_filters: 8\n")
     with pytest.raises(CheckpointError, match=r"model\.base_filters=8 \(now 4\)"):
-        load_ensemble(cfg, [prefix])
-    # From the run's identity when it has one (the composed, resolved model group).
+        load_ensemble(cfg.model, [prefix])
+
+
+def test_each_member_is_rebuilt_from_its_runs_recorded_model(tmp_path, cfg):
+    """nnU-Net style: the network comes from the trained run's own settings (its identity or
+    its .hydra/config.yaml), not from the current model group."""
     from omegaconf import OmegaConf
 
+    bigger = compose_config("debug=fast", "model.base_filters=8")
+    recorded = save_run(tmp_path / "recorded", bigger, seed=1)
     RunIdentity(fold=0, num_folds=2, seed=42,
-                model=OmegaConf.to_container(bigger.model, resolve=True)).write(tmp_path / "run")
-    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("fold: 0\n")
-    with pytest.raises(CheckpointError, match=r"model\.base_filters=8 \(now 4\)"):
-        load_ensemble(cfg, [prefix])
+                model=OmegaConf.to_container(bigger.model, resolve=True)).write(
+                    tmp_path / "recorded")
+    composed = save_run(tmp_path / "composed", bigger, seed=2)
+    (tmp_path / "composed" / ".hydra").mkdir()
+    OmegaConf.save({"fold": 0, "model": OmegaConf.to_container(bigger.model, resolve=True)},
+                   tmp_path / "composed" / ".hydra" / "config.yaml")
+    plain = save_run(tmp_path / "plain", cfg, seed=3)
+    models = load_ensemble(cfg.model, [recorded, composed, plain])
+    sizes = [model.get_layer("input_block_1_conv").filters for model in models]
+    assert sizes == [8, 8, 4]
+    # The recorded network must fit this job's data and classes.
+    other = compose_config("debug=fast", "model.in_channels=3")
+    with pytest.raises(CheckpointError, match=r"model\.in_channels=4, this job needs "
+                                              r"model\.in_channels=3"):
+        load_ensemble(other.model, [recorded])
+
+
+def test_a_recorded_model_that_cannot_be_rebuilt_names_the_checkpoint(tmp_path, cfg):
+    prefix = save_run(tmp_path / "run", cfg, seed=1)
+    model = {**dict(cfg.model), "_target_": "unet3d.model.unet3d.gone"}
+    RunIdentity(fold=0, num_folds=2, seed=42, model=model).write(tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"ckpt-3: cannot rebuild the network from its "
+                                              r"run's recorded model settings: model\._target_"):
+        load_ensemble(cfg.model, [prefix])
 
 
 def test_ensemble_probabilities_are_the_mean_of_the_members(sweep, cfg):
     root, prefixes = sweep
-    models = load_ensemble(cfg, [prefixes[0], prefixes[1]])
+    models = load_ensemble(cfg.model, [prefixes[0], prefixes[1]])
     image = np.random.default_rng(0).normal(size=(40, 36, 28, 4)).astype(np.float32)
-    single = [EnsemblePredictor([model], cfg).probabilities(image) for model in models]
-    both = EnsemblePredictor(models, cfg).probabilities(image)
+    single = [predictor([model], cfg).probabilities(image) for model in models]
+    both = predictor(models, cfg).probabilities(image)
     assert both.shape == (40, 36, 28, 4) and both.dtype == np.float32
     np.testing.assert_allclose(both, (single[0] + single[1]) / 2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(both.sum(axis=-1), 1.0, atol=1e-5)
@@ -202,9 +230,9 @@ def test_ensemble_probabilities_are_the_mean_of_the_members(sweep, cfg):
 
 def test_one_window_equal_to_the_volume_is_the_direct_forward_pass(sweep, cfg):
     root, prefixes = sweep
-    model = load_ensemble(cfg, [prefixes[0]])[0]
+    model = load_ensemble(cfg.model, [prefixes[0]])[0]
     image = np.random.default_rng(1).normal(size=(32, 32, 32, 4)).astype(np.float32)
-    probabilities = EnsemblePredictor(model, cfg).probabilities(image)
+    probabilities = predictor(model, cfg).probabilities(image)
     direct = model(image[None], training=False).numpy()[0]
     np.testing.assert_allclose(probabilities, direct, rtol=1e-5, atol=1e-6)
     labels = probabilities_to_labels(probabilities)

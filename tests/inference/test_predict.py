@@ -15,7 +15,8 @@ from hydra.core.global_hydra import GlobalHydra
 from unet3d.data.labels import MODALITIES
 from unet3d.data.synthetic import generate_dataset
 from unet3d.errors import DataError
-from unet3d.inference.predict import METRICS_CSV, predict, safe_output_path, selected_fold
+from unet3d.inference.predict import safe_output_path
+from unet3d.modes.predict import METRICS_CSV, predict, selected_fold
 from unet3d.run import register_resolvers
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -81,7 +82,7 @@ def save_model(run_dir: Path, cfg, seed: int, fold: int) -> str:
     import keras
     import tensorflow as tf
 
-    from unet3d.model.unet3d import build_model_from_config
+    from unet3d.model.build import build_model_from_config
     from unet3d.training.checkpoint import CHECKPOINT_FOLDER, Checkpointer
 
     keras.utils.set_random_seed(seed)
@@ -140,7 +141,7 @@ def test_a_folder_with_a_broken_case_and_an_unsafe_id(workspace, tmp_path, caplo
     cfg = predict_config(inputs, output, [workspace.runs[0]])
     tracker = FakeTracker()
 
-    with caplog.at_level(logging.ERROR, logger="unet3d.inference.predict"):
+    with caplog.at_level(logging.ERROR, logger="unet3d.inference.cases"):
         failed = r"3 of 7 case\(s\) failed: .*Broken_0003.*Missing_0003"
         with pytest.raises(DataError, match=failed) as raised:
             predict(cfg, make_runtime(), tracker, tmp_path / "run")
@@ -241,16 +242,27 @@ def test_the_held_out_fold_is_predicted_with_its_stored_affine(workspace, tmp_pa
         rows = {row["case_id"]: row for row in csv.DictReader(handle)}
     assert sorted(rows) == sorted(held_out)
 
-    # The evaluate mode goes through the same sliding-window path: the same metrics.
-    from unet3d.evaluation.evaluate import evaluate_cases
+    # The evaluate mode goes through the same per-case loop: the same metrics.
     from unet3d.inference.models import load_ensemble
+    from unet3d.modes.evaluate import PER_CASE_CSV, evaluate_model
+    from unet3d.modes.job import Job
 
-    model = load_ensemble(cfg, [tracker.tags["predict.checkpoints"]])
-    evaluation = evaluate_cases(model, prepare_data(cfg).eval_files, cfg, None)
-    for evaluated in evaluation.per_case:
+    model = load_ensemble(cfg.model, [tracker.tags["predict.checkpoints"]])
+    eval_tracker = FakeTracker()
+    job = Job(cfg, make_runtime(), eval_tracker, tmp_path / "eval")
+    summary = evaluate_model(job, model, prepare_data(cfg))
+    with open(tmp_path / "eval" / PER_CASE_CSV) as handle:
+        evaluated_rows = list(csv.DictReader(handle))
+    assert sorted(row["case_id"] for row in evaluated_rows) == sorted(held_out)
+    for evaluated in evaluated_rows:
         predicted = rows[evaluated["case_id"]]
+        assert list(predicted) == list(evaluated)
         for key in ("Dice_WT", "Dice_TC", "Dice_ET", "MeanDice", "HD95_WT"):
-            np.testing.assert_allclose(float(predicted[key]), evaluated[key], rtol=1e-9)
+            np.testing.assert_allclose(float(predicted[key]), float(evaluated[key]), rtol=1e-9)
+    assert summary["Dice_WT"] == pytest.approx(np.mean([float(row["Dice_WT"])
+                                                        for row in evaluated_rows]))
+    assert (tmp_path / "eval" / PER_CASE_CSV, "metrics") in eval_tracker.artifacts
+    assert any(path.parent.name == "figures" for path, _ in eval_tracker.artifacts)
 
 
 @pytest.mark.parametrize(
@@ -291,7 +303,7 @@ def test_a_bad_reference_label_still_gets_its_segmentation(workspace, tmp_path, 
     cfg = predict_config(inputs, output, [workspace.runs[0]])
     tracker = FakeTracker()
 
-    with caplog.at_level(logging.WARNING, logger="unet3d.inference.predict"):
+    with caplog.at_level(logging.WARNING, logger="unet3d.inference.cases"):
         with pytest.raises(DataError, match="BadSeg_0003") as raised:
             predict(cfg, make_runtime(), tracker, tmp_path / "run")
     message = str(raised.value)
@@ -311,3 +323,92 @@ def test_a_bad_reference_label_still_gets_its_segmentation(workspace, tmp_path, 
         rows = list(csv.DictReader(handle))
     assert [row["case_id"] for row in rows] == ["BraTS19_SYN_0001", "BraTS19_SYN_0002"]
     assert {"cases_written": 3.0, "cases_failed": 0.0} in tracker.metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-case loop shared by evaluate and predict, with a fake predictor
+# ---------------------------------------------------------------------------------------------
+
+
+class ThresholdPredictor:
+    """Class 1 where the first channel is positive, else class 0 (4 classes)."""
+
+    def probabilities(self, image):
+        foreground = (image[..., 0] > 0).astype(np.float32)
+        return np.stack([1 - foreground, foreground, 0 * foreground, 0 * foreground], axis=-1)
+
+
+class RecordingOutputs:
+    def __init__(self, refuse=()):
+        self.calls, self.refuse = [], set(refuse)
+
+    def check(self, case_id):
+        self.calls.append(("check", case_id))
+        if case_id in self.refuse:
+            raise DataError(f"case {case_id}: output exists")
+
+    def write_probabilities(self, case, probabilities):
+        self.calls.append(("probabilities", case.case_id, probabilities.shape))
+
+    def write_segmentation(self, case, labels):
+        self.calls.append(("segmentation", case.case_id, labels.dtype.name))
+
+
+def fake_cases(loads):
+    from unet3d.inference.inputs import InputCase, PendingCase
+
+    image = np.zeros((4, 4, 4, 2), np.float32)
+    image[:2, ..., 0] = 1.0
+    label = np.zeros((4, 4, 4), np.uint8)
+    label[:2] = 1
+
+    def load(case_id, kind):
+        loads.append(case_id)
+        if kind == "broken":
+            raise DataError(f"case {case_id}: {case_id}_flair.nii.gz: truncated")
+        return InputCase(case_id, image.copy(), label if kind == "labelled" else None,
+                         (1.0, 1.0, 1.0), None,
+                         label_error="seg.nii.gz: bad values" if kind == "bad_label" else None)
+
+    kinds = {"A": "labelled", "B": "broken", "C": "bad_label", "D": "unlabelled",
+             "E": "labelled"}
+    return [PendingCase(case_id, f"/in/{case_id}", (lambda c=case_id, k=kind: load(c, k)))
+            for case_id, kind in kinds.items()]
+
+
+def test_the_case_loop_keeps_going_writes_and_scores(caplog):
+    from unet3d.inference.cases import segment_cases
+
+    loads, scored = [], []
+    outputs = RecordingOutputs(refuse={"E"})
+    with caplog.at_level(logging.INFO, logger="unet3d.inference.cases"):
+        result = segment_cases(
+            ThresholdPredictor(), fake_cases(loads), verb="predicted", outputs=outputs,
+            keep_going=True,
+            on_scored=lambda case, reference, prediction, metrics: scored.append(
+                (case.case_id, case.image is not None, metrics["Dice_WT"])),
+        )
+    assert loads == ["A", "B", "C", "D"]  # E is refused before it is loaded
+    assert (result.total, result.segmented) == (5, 3)
+    assert [case_id for case_id, _ in result.failures] == ["B", "E"]
+    assert result.failures[0][1] == "case B: B_flair.nii.gz: truncated"
+    assert result.unscored == ["C"] and result.unlabelled == ["D"]
+    assert [row["case_id"] for row in result.rows] == ["A"]
+    assert result.rows[0]["Dice_WT"] == 1.0
+    assert scored == [("A", True, 1.0)]  # the image is still there for the figures
+    assert outputs.calls[:3] == [("check", "A"), ("probabilities", "A", (4, 4, 4, 4)),
+                                 ("segmentation", "A", "uint8")]
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(line.startswith("predicted A (1/5)  Dice WT 1.000") for line in messages)
+    assert any(line.startswith("predicted C (3/5)  not scored") for line in messages)
+    assert "case C: seg.nii.gz: bad values; segmentation written, metrics skipped" in messages
+
+
+def test_the_case_loop_of_evaluate_stops_at_the_first_bad_case():
+    from unet3d.inference.cases import segment_cases
+
+    loads = []
+    with pytest.raises(DataError, match="case B"):
+        segment_cases(ThresholdPredictor(), fake_cases(loads), verb="evaluated",
+                      warn_unlabelled=True)
+    assert loads == ["A", "B"]

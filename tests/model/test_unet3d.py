@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import yaml
 
+from unet3d.model.build import build_model_from_config
 from unet3d.model.unet3d import (
-    build_model_from_config,
     build_unet3d,
     count_forward_flops,
     group_count,
@@ -30,7 +30,7 @@ def mixed_bfloat16():
 
 
 def expected_parameters(
-    in_channels, num_classes, base_filters, max_filters, num_levels, norm="instance", head=1
+    in_channels, num_classes, base_filters, max_filters, num_levels, norm="instance", head=3
 ):
     """Parameter count derived from the architecture description, independently of the model."""
     widths = [min(base_filters * 2**level, max_filters) for level in range(num_levels)]
@@ -71,8 +71,26 @@ def test_reference_parameter_count_matches_architecture():
     assert model.count_params() == expected
     # A 1x1x1 head has 26*32*4 fewer weights.
     head1 = build_model_from_config({**cfg, "output_kernel_size": 1})
-    assert head1.count_params() == expected_parameters(4, 4, 32, 320, 6) == 31_192_868
+    assert head1.count_params() == expected_parameters(4, 4, 32, 320, 6, head=1) == 31_192_868
     assert expected - head1.count_params() == 26 * 32 * 4
+
+
+def test_the_factory_defaults_are_the_reference_config():
+    """One value per setting: build_unet3d's defaults are conf/model/unet3d.yaml's values."""
+    import inspect
+
+    cfg = load_model_cfg("unet3d")
+    assert cfg.pop("_target_") == "unet3d.model.unet3d.build_unet3d"
+    defaults = {name: parameter.default
+                for name, parameter in inspect.signature(build_unet3d).parameters.items()}
+    assert defaults.pop("input_shape") is None
+    assert defaults == cfg
+
+
+def test_flops_count_the_unet_only():
+    with pytest.raises(ValueError, match="counts unet3d.model.unet3d.build_unet3d only"):
+        count_forward_flops({"_target_": "my.Net", "num_levels": 3}, 32)
+    assert count_forward_flops({}, 128) == count_forward_flops(load_model_cfg("unet3d"), 128)
 
 
 def test_small_config_and_3x3x3_head_parameter_counts():
@@ -100,7 +118,7 @@ def test_layers_follow_the_architecture():
     assert model.output_shape == (None, None, None, None, 4)
     convs = [layer for layer in model.layers if type(layer) is keras.layers.Conv3D]
     assert all(not layer.use_bias for layer in convs if layer.name != "head_conv")
-    assert model.get_layer("head_conv").kernel_size == (1, 1, 1)
+    assert model.get_layer("head_conv").kernel_size == (3, 3, 3)  # the reference's head
     assert [layer.strides for layer in convs].count((2, 2, 2)) == TINY["num_levels"] - 1
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.GroupNormalization)]
     assert norms and all(layer.groups == layer.gamma.shape[0] for layer in norms)
@@ -232,7 +250,7 @@ def test_reference_flops():
     cfg = {**head3, "output_kernel_size": 1}
     assert count_forward_flops(head3, 128) == pytest.approx(979.6e9, rel=1e-3)
     assert count_forward_flops(head3, 64) == pytest.approx(122.4e9, rel=1e-3)
-    # The default 1x1x1 head saves 2 * 26 * 32 * 4 FLOPs per voxel.
+    # A 1x1x1 head saves 2 * 26 * 32 * 4 FLOPs per voxel.
     for side in (64, 128):
         saved = 2 * 26 * 32 * 4 * side**3
         assert count_forward_flops(cfg, side) == count_forward_flops(head3, side) - saved

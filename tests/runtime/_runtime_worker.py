@@ -195,7 +195,7 @@ def mode_devices(requested: str) -> int:
 
 def mode_mirrored(out: Path) -> int:
     from unet3d.runtime.devices import configure_devices, split_logical_cpus
-    from unet3d.runtime.strategy import create_context
+    from unet3d.runtime.distribute import create_context
 
     split_logical_cpus(2)
     info = configure_devices({"type": "cpu"})
@@ -213,7 +213,7 @@ def mode_nonfinite(out: Path) -> int:
     import tensorflow as tf
 
     from unet3d.runtime.devices import configure_devices, split_logical_cpus
-    from unet3d.runtime.strategy import create_context
+    from unet3d.runtime.distribute import create_context
 
     split_logical_cpus(2)
     context = create_context({"name": "mirrored"}, configure_devices({"type": "cpu"}))
@@ -256,7 +256,7 @@ def mode_nonfinite(out: Path) -> int:
 
 def mode_multi_worker(out_dir: Path) -> int:
     from unet3d.runtime.devices import configure_devices
-    from unet3d.runtime.strategy import create_context, multi_worker_env
+    from unet3d.runtime.distribute import create_context, multi_worker_env
 
     env = multi_worker_env("tf_config")
     info = configure_devices({"type": "cpu"}, env.local_rank, env.local_size)
@@ -270,7 +270,7 @@ def mode_multi_worker(out_dir: Path) -> int:
 
 def mode_horovod(out_dir: Path) -> int:
     from unet3d.runtime.devices import configure_devices
-    from unet3d.runtime.strategy import create_context, horovod_env
+    from unet3d.runtime.distribute import create_context, horovod_env
 
     env = horovod_env()
     info = configure_devices({"type": "cpu"}, env.local_rank, env.local_size)

@@ -16,7 +16,7 @@ import pytest
 from tests.ports import free_ports
 from unet3d.errors import ConfigError, DeviceError
 from unet3d.runtime.devices import DeviceInfo
-from unet3d.runtime.strategy import (
+from unet3d.runtime.distribute import (
     ProcessEnv,
     create_context,
     horovod_env,
@@ -271,3 +271,17 @@ def test_horovod_two_ranks_agree(tmp_path):
     )
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
     _assert_ranks_agree(tmp_path, 2)
+
+
+def test_backends_implement_one_interface() -> None:
+    from unet3d.runtime.distribute import DistributedContext
+    from unet3d.runtime.distribute.horovod import HorovodContext
+    from unet3d.runtime.distribute.tf_distribute import TFDistributeContext
+
+    assert issubclass(TFDistributeContext, DistributedContext)
+    assert issubclass(HorovodContext, DistributedContext) and HorovodContext.uses_horovod
+    assert not TFDistributeContext.uses_horovod
+    with pytest.raises(TypeError):
+        DistributedContext(None, "auto", CPU)  # abstract
+    context = create_context({"name": "auto"}, CPU)
+    assert isinstance(context, TFDistributeContext) and context.name == "auto"

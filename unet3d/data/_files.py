@@ -1,4 +1,7 @@
-"""Small file helpers shared by the data modules: atomic writes, JSON, progress reporting."""
+"""Small file helpers shared by the data modules: JSON reads, stale temporary files, progress.
+
+Atomic writes are `unet3d.runs.files`.
+"""
 
 from __future__ import annotations
 
@@ -6,46 +9,14 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from unet3d.runs.files import TEMPORARY_NAME
+
 logger = logging.getLogger(__name__)
-
-_TMP_PATTERN = re.compile(r"\.tmp-(\d+)$")
-
-
-def tmp_path_for(path: Path) -> Path:
-    """Return the temporary name ``<name>.tmp-<pid>`` used while ``path`` is being written."""
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, then ``os.replace``)."""
-    atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
-
-
-def atomic_write_with(path: Path, writer: Callable[[Path], Any]) -> None:
-    """Call ``writer(tmp_path)`` and move the result to ``path``; no temporary file is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path_for(path)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(Path(path), text.encode("utf-8"))
-
 
 def read_json(path: Path) -> Any | None:
     """Return the parsed JSON of ``path``, or None when it is missing or not valid JSON."""
@@ -68,7 +39,7 @@ def remove_stale_tmp_files(folder: Path) -> int:
     if not folder.is_dir():
         return 0
     for candidate in folder.rglob("*.tmp-*"):
-        match = _TMP_PATTERN.search(candidate.name)
+        match = TEMPORARY_NAME.search(candidate.name)
         if not match or not candidate.is_file() or _process_alive(int(match.group(1))):
             continue
         try:

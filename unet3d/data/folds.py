@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from unet3d.data._files import read_json, write_json
+from unet3d.data._files import read_json
 from unet3d.errors import ConfigError, DataError
+from unet3d.runs.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,9 @@ def load_or_create_split(
         logger.info("Reusing the %d-fold split in %s", num_folds, path)
         return folds
     folds = make_split(ids, num_folds, seed)
-    write_json(
-        path, {"num_folds": int(num_folds), "seed": int(seed), "case_ids": ids, "folds": folds}
+    write_json_atomic(
+        path, {"num_folds": int(num_folds), "seed": int(seed), "case_ids": ids, "folds": folds},
+        sort_keys=True,
     )
     logger.info("Wrote a %d-fold split of %d cases to %s", num_folds, len(ids), path)
     return folds

@@ -1,4 +1,4 @@
-"""From config to ready-to-use files: synthetic data if needed, preprocessing, fold split."""
+"""From config to ready-to-use files: the data set's raw cases, preprocessing, fold split."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from unet3d.data._files import short_hash
+from unet3d.data.datasets import build_dataset, cases_dir_of
 from unet3d.data.folds import load_or_create_split
 from unet3d.data.preprocess import preprocess_dataset
-from unet3d.data.synthetic import ensure_synthetic_dataset
 from unet3d.data.tfrecord import case_id_of, record_path
-from unet3d.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -30,29 +29,18 @@ class PreparedData:
     split_file: Path | None = None
 
 
-def _optional(node: Any, key: str) -> Any:
-    """``node[key]``, or None when it is absent, null or the mandatory marker ``???``."""
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(node) and OmegaConf.is_missing(node, key):
-            return None
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return node.get(key)
-
-
 def resolve_raw_dir(cfg: Any) -> Path:
-    """Return the raw NIfTI folder: generated synthetic data, or ``cfg.data.raw_dir``."""
-    if cfg.data.get("generate", False):
-        return ensure_synthetic_dataset(cfg)
-    raw_dir = _optional(cfg.data, "raw_dir")
-    if raw_dir is None or str(raw_dir) == "":
-        raise ConfigError("data.raw_dir: must be set to the folder of the BraTS cases")
-    path = Path(str(raw_dir)).expanduser().resolve()
-    if not path.is_dir():
-        raise DataError(f"{path}: data.raw_dir does not exist or is not a folder")
-    return path
+    """The raw NIfTI folder of the ``data`` group's data set (generated if it is synthetic).
+
+    Args:
+        cfg: the composed config (``data``, ``paths.data_dir``).
+
+    Raises:
+        ConfigError: the data set's ``_target_`` does not build or breaks its contract.
+        DataError: the data set's folder is missing.
+    """
+    dataset = build_dataset(cfg.data)
+    return cases_dir_of(dataset, Path(str(cfg.paths.data_dir)), str(cfg.data.get("_target_")))
 
 
 def resolve_preprocessed_dir(cfg: Any, raw_dir: Path) -> Path:
@@ -69,16 +57,20 @@ def resolve_preprocessed_dir(cfg: Any, raw_dir: Path) -> Path:
 
 
 def prepare_data(cfg: Any) -> PreparedData:
-    """Generate synthetic data if needed, preprocess it, split it and pick ``cfg.fold``'s files.
+    """Make the data set's raw cases ready, preprocess them, split them, pick the fold's files.
 
     The split is ``<preprocessed_dir>/splits_k{num_folds}_seed{seed}.json`` (``cfg.seed``).
+
+    Args:
+        cfg: the validated composed config: ``data`` (the data set and its pipeline keys),
+            ``paths.data_dir``, ``fold``, ``num_folds``, ``seed``.
+
+    Raises:
+        ConfigError: the data set does not build or breaks its contract.
+        DataError: a missing folder, or a bad case (named with its file).
     """
     num_folds = int(cfg.num_folds)
     fold = int(cfg.fold)
-    if num_folds < 2:
-        raise ConfigError(f"num_folds: must be >= 2, got {num_folds}")
-    if not 0 <= fold < num_folds:
-        raise ConfigError(f"fold: must be in [0, {num_folds}), got {fold}")
     raw_dir = resolve_raw_dir(cfg)
     preprocessed_dir = resolve_preprocessed_dir(cfg, raw_dir)
     files = preprocess_dataset(raw_dir, preprocessed_dir)

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data._files import Progress, read_json, remove_stale_tmp_files, write_json
+from unet3d.data._files import Progress, read_json, remove_stale_tmp_files
 from unet3d.data.brats import CaseFiles, LoadedCase, find_cases, load_case
 from unet3d.data.labels import to_training_classes
 from unet3d.data.tfrecord import record_path, write_record
+from unet3d.runs.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def preprocess_dataset(
                 "shape": list(record["image"].shape[:3]),
                 "has_label": record["label"] is not None,
             }
-            write_json(manifest_path, manifest)
+            write_json_atomic(manifest_path, manifest, sort_keys=True)
             progress.update()
     finally:
         progress.close()

@@ -19,23 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data._files import (
-    Progress,
-    atomic_write_bytes,
-    read_json,
-    remove_stale_tmp_files,
-    short_hash,
-    write_json,
-)
+from unet3d.config import SYNTHETIC_LAYOUTS as LAYOUTS
+from unet3d.data._files import Progress, read_json, remove_stale_tmp_files, short_hash
 from unet3d.data.labels import MODALITIES
 from unet3d.errors import ConfigError, DataError
+from unet3d.runs.files import write_bytes_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the generated content changes (part of the manifest and of the cache key).
 GENERATOR_VERSION = 1
 MANIFEST_NAME = "synthetic_manifest.json"
-LAYOUTS = ("flat", "brats2019")
 #: Fraction of LGG-like cases (no enhancing tumour).
 LGG_FRACTION = 0.25
 
@@ -305,10 +299,10 @@ def write_case(case: SyntheticCase, case_dir: Path) -> None:
     """Write a case's four modalities and seg as ``.nii.gz`` files, each atomically."""
     files = _case_files(case_dir, case.case_id)
     for channel, path in enumerate(files[:4]):
-        atomic_write_bytes(
+        write_bytes_atomic(
             path, _nifti_bytes(np.ascontiguousarray(case.image[..., channel]), case.affine)
         )
-    atomic_write_bytes(files[4], _nifti_bytes(case.label, case.affine))
+    write_bytes_atomic(files[4], _nifti_bytes(case.label, case.affine))
 
 
 def _settings(shape: Sequence[int], spacing: Sequence[float], seed: int, layout: str) -> dict:
@@ -394,7 +388,7 @@ def generate_dataset(
         },
     }
     if updated != manifest or not manifest_path.exists():
-        write_json(manifest_path, updated)
+        write_json_atomic(manifest_path, updated, sort_keys=True)
     if not pending:
         logger.info("Synthetic data set in %s is complete (%d cases)", out_dir, num_cases)
         return case_ids
@@ -436,29 +430,3 @@ def synthetic_settings_key(synthetic_cfg: Any) -> str:
     )
     payload["num_cases"] = int(synthetic_cfg.num_cases)
     return short_hash(payload)
-
-
-def ensure_synthetic_dataset(cfg: Any) -> Path:
-    """Generate (or reuse) the synthetic data set described by ``cfg.data.synthetic``.
-
-    The raw folder is ``cfg.data.raw_dir`` when set, otherwise
-    ``<cfg.paths.data_dir>/synthetic/<hash of the generator settings>/raw``. Returns it.
-    """
-    synthetic_cfg = cfg.data.get("synthetic")
-    if synthetic_cfg is None:
-        raise ConfigError("data.synthetic: is null; this data set is not synthetic")
-    raw_dir = cfg.data.get("raw_dir")
-    if raw_dir is None:
-        raw_dir = (
-            Path(cfg.paths.data_dir) / "synthetic" / synthetic_settings_key(synthetic_cfg) / "raw"
-        )
-    raw_dir = Path(raw_dir).expanduser().resolve()
-    generate_dataset(
-        raw_dir,
-        num_cases=int(synthetic_cfg.num_cases),
-        shape=list(synthetic_cfg.shape),
-        spacing=list(synthetic_cfg.spacing),
-        seed=int(synthetic_cfg.seed),
-        layout=str(synthetic_cfg.get("layout", "flat")),
-    )
-    return raw_dir

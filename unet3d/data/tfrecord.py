@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data._files import atomic_write_with
 from unet3d.data.labels import MODALITIES
 from unet3d.errors import DataError
+from unet3d.runs.files import write_atomic_with
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def write_record(path: str | Path, record: Mapping[str, Any]) -> None:
         with tf.io.TFRecordWriter(str(tmp)) as writer:
             writer.write(serialized)
 
-    atomic_write_with(Path(path), _write)
+    write_atomic_with(path, _write)
 
 
 def _feature_spec() -> dict:

@@ -1,4 +1,4 @@
-"""Which trained models to run, and how an ensemble of them segments one volume.
+"""Which trained models to run: checkpoint prefixes from a spec, and the loaded models.
 
 ``resolve_model_checkpoints`` turns ``predict.checkpoint`` into checkpoint prefixes. Accepted
 forms (and lists of them, which make an ensemble):
@@ -13,12 +13,9 @@ forms (and lists of them, which make an ensemble):
 - ``runs:/<MLflow run id>``: the output dir recorded on that run (a sweep's parent run: its
   sweep dir), which must exist on this machine (``unet3d.tracking.run_reference``).
 
-``load_ensemble`` builds one model per prefix from ``cfg.model`` and restores its weights.
-``EnsemblePredictor`` is the one sliding-window code path of ``mode=predict`` and of the
-evaluate modes: it maps a normalised volume (H, W, D, 4) to class probabilities (H, W, D, K),
-the mean of the members' softmax outputs. The mean is taken per window batch, inside the
-sliding window; since blending and flip TTA are linear, this equals the mean of the members'
-whole-volume probability maps, with one accumulator instead of one per member.
+``load_ensemble`` rebuilds each prefix's network from its run's recorded model settings (the
+job's ``model`` group when the run has none) and restores its weights;
+``unet3d.inference.ensemble.EnsemblePredictor`` runs them.
 """
 
 from __future__ import annotations
@@ -30,9 +27,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from unet3d.data.labels import to_brats_labels
 from unet3d.errors import CheckpointError, ConfigError
 from unet3d.runs.identity import IDENTITY_FILE, read_identity
 
@@ -297,7 +291,7 @@ def job_model_checkpoints(cfg: Any, spec: Any, fold: int | None = None,
 
     tracking_uri = None
     if any(is_run_reference(str(item)) for item in _as_list(spec)):
-        from unet3d.tracking.mlflow_logger import resolve_tracking_uri
+        from unet3d.tracking.store import resolve_tracking_uri
 
         tracking_uri = resolve_tracking_uri(cfg.get("tracking"), cfg.paths.root_dir)
     return resolve_model_checkpoints(spec, fold, key, tracking_uri)
@@ -326,15 +320,28 @@ def _trained_model_settings(run_dir: Path) -> dict[str, Any] | None:
     return trained if isinstance(trained, dict) else None
 
 
-def _model_mismatch_hint(cfg: Any, prefix: str) -> str:
-    """Name the model keys where the run that wrote ``prefix`` differs from ``cfg.model``."""
+def _recorded_model(run_dir: Path) -> dict[str, Any] | None:
+    """The ``model`` group a run recorded, when it names its ``_target_`` (else None).
+
+    Read from the run's ``run_identity.json``, else its ``.hydra/config.yaml``; records written
+    before models were components (no ``_target_``) do not count.
+    """
+    trained = _trained_model_settings(run_dir)
+    if trained is None or not trained.get("_target_"):
+        return None
+    return trained
+
+
+def _model_mismatch_hint(model_cfg: Any, prefix: str) -> str:
+    """Name the model keys where the run that wrote ``prefix`` differs from ``model_cfg``."""
     trained = _trained_model_settings(run_dir_of(prefix))
     if trained is None:
         return ""
     try:
         from omegaconf import OmegaConf
 
-        current = OmegaConf.to_container(cfg.model, resolve=True)
+        current = (OmegaConf.to_container(model_cfg, resolve=True)
+                   if OmegaConf.is_config(model_cfg) else dict(model_cfg))
     except Exception:
         return ""
     differing = sorted(
@@ -348,14 +355,53 @@ def _model_mismatch_hint(cfg: Any, prefix: str) -> str:
     return f"; the run was trained with {details}: pass the same model settings"
 
 
-def load_ensemble(cfg: Any, prefixes: Sequence[str], runtime: Any = None) -> list[Any]:
-    """Build one model per checkpoint prefix from ``cfg.model`` and restore its weights.
+def _member_settings(model_cfg: Any, prefix: str) -> tuple[Any, bool]:
+    """The model settings to rebuild ``prefix``'s network with, and whether they are recorded.
 
-    Models are created in the runtime's strategy scope (one process) so that they run on the
-    configured device with the configured precision policy. Raises CheckpointError naming the
-    checkpoint (and the model settings of its run when they differ from ``cfg.model``).
+    Raises:
+        CheckpointError: the recorded network takes other inputs or gives other classes than
+            ``model_cfg`` (the data and the metrics of this job).
     """
-    from unet3d.model.unet3d import build_model_from_config
+    recorded = _recorded_model(run_dir_of(prefix))
+    if recorded is None:
+        log.info("%s: its run has no recorded model settings; building the model group's "
+                 "network (%s)", prefix, model_cfg.get("_target_"))
+        return model_cfg, False
+    for key in ("in_channels", "num_classes"):
+        if recorded.get(key) != model_cfg.get(key):
+            raise CheckpointError(
+                f"{prefix}: its run was trained with model.{key}={recorded.get(key)!r}, this "
+                f"job needs model.{key}={model_cfg.get(key)!r}"
+            )
+    return recorded, True
+
+
+def load_ensemble(model_cfg: Any, prefixes: Sequence[str], runtime: Any = None) -> list[Any]:
+    """Rebuild each checkpoint's network from its run's recorded settings; restore its weights.
+
+    Each member is built from the ``model`` group its training run recorded
+    (``run_identity.json``, else ``.hydra/config.yaml``; ``_target_`` and arguments), not from
+    the current command line, so that an ensemble may mix networks and ``model=`` need not be
+    repeated. A run without such a record is built from ``model_cfg``. Models are created in
+    the runtime's strategy scope (one process) so that they run on the configured device with
+    the configured precision policy.
+
+    Args:
+        model_cfg: the job's ``model`` group: the fallback, and the ``in_channels`` and
+            ``num_classes`` every member must have.
+        prefixes: checkpoint prefixes (``resolve_model_checkpoints``).
+        runtime: the job's runtime (its ``context.scope()``), or None.
+
+    Returns:
+        One ``keras.Model`` per prefix, weights restored.
+
+    Raises:
+        ConfigError: no prefix, or ``model_cfg``'s network does not build.
+        CheckpointError: a checkpoint does not restore (naming the model settings of its run
+            when they differ from ``model_cfg``), a recorded network cannot be rebuilt, or it
+            takes other inputs or classes than ``model_cfg``.
+    """
+    from unet3d.model.build import build_model_from_config
     from unet3d.training.checkpoint import restore_weights
 
     if not prefixes:
@@ -364,77 +410,26 @@ def load_ensemble(cfg: Any, prefixes: Sequence[str], runtime: Any = None) -> lis
     use_scope = context is not None and int(getattr(context, "world_size", 1)) <= 1
     models = []
     for prefix in prefixes:
-        if use_scope:
-            with context.scope():
-                model = build_model_from_config(cfg.model)
-        else:
-            model = build_model_from_config(cfg.model)
+        settings, recorded = _member_settings(model_cfg, prefix)
+        try:
+            if use_scope:
+                with context.scope():
+                    model = build_model_from_config(settings)
+            else:
+                model = build_model_from_config(settings)
+        except ConfigError as error:
+            if not recorded:
+                raise
+            raise CheckpointError(f"{prefix}: cannot rebuild the network from its run's "
+                                  f"recorded model settings: {error}") from None
         try:
             restore_weights(model, prefix)
         except CheckpointError as error:
-            raise CheckpointError(f"{error}{_model_mismatch_hint(cfg, prefix)}") from None
+            hint = "" if recorded else _model_mismatch_hint(model_cfg, prefix)
+            raise CheckpointError(f"{error}{hint}") from None
+        log.info("%s: %s (%s, %s parameters)%s", prefix, settings.get("name", ""),
+                 settings.get("_target_"), f"{model.count_params():,}",
+                 " from its run's recorded model settings" if recorded else "")
         models.append(model)
-    log.info(
-        "loaded %d model(s) %s (%s parameters each): %s", len(models), cfg.model.get("name", ""),
-        f"{models[0].count_params():,}", ", ".join(prefixes),
-    )
+    log.info("loaded %d model(s): %s", len(models), ", ".join(prefixes))
     return models
-
-
-# ---------------------------------------------------------------------------------------------
-# Inference shared by predict and evaluate
-# ---------------------------------------------------------------------------------------------
-
-
-class EnsemblePredictor:
-    """Whole-volume sliding-window probabilities of one model or the mean of an ensemble.
-
-    Window size (``inference.window_size`` or ``data.crop_size``), overlap, blend, window
-    batch size and flip TTA come from ``cfg.inference``; the class count from
-    ``cfg.model.num_classes``. Volumes of any size work: volumes smaller than the window are
-    padded by the sliding window.
-    """
-
-    def __init__(self, models: Any, cfg: Any, jit_compile: bool = False) -> None:
-        from unet3d.evaluation.evaluate import window_size
-        from unet3d.inference.sliding_window import make_keras_predict_fn
-
-        members = list(models) if isinstance(models, list | tuple) else [models]
-        if not members:
-            raise ValueError("EnsemblePredictor needs at least one model")
-        self.window_size = window_size(cfg)
-        self.num_classes = int(cfg.model.num_classes)
-        self.overlap = float(cfg.inference.overlap)
-        self.blend = str(cfg.inference.blend)
-        self.batch_size = int(cfg.inference.batch_size)
-        self.tta = bool(cfg.inference.tta)
-        self.num_members = len(members)
-        self._member_fns = [
-            make_keras_predict_fn(member, jit_compile=jit_compile, window_size=self.window_size)
-            for member in members
-        ]
-
-    def predict_windows(self, batch: np.ndarray) -> np.ndarray:
-        """Mean softmax of the members on a window batch ``[n, h, w, d, C]``."""
-        total = np.array(self._member_fns[0](batch), dtype=np.float32, copy=True)
-        for member_fn in self._member_fns[1:]:
-            total += member_fn(batch)
-        if self.num_members > 1:
-            total /= np.float32(self.num_members)
-        return total
-
-    def probabilities(self, image: np.ndarray, progress: Any = None) -> np.ndarray:
-        """Class probabilities (H, W, D, K) float32 of a normalised volume (H, W, D, C)."""
-        from unet3d.inference.sliding_window import sliding_window_predict
-
-        return sliding_window_predict(
-            self.predict_windows, image, self.window_size, self.num_classes,
-            overlap=self.overlap, blend=self.blend, batch_size=self.batch_size, tta=self.tta,
-            progress=progress,
-        )
-
-
-def probabilities_to_labels(probabilities: np.ndarray) -> np.ndarray:
-    """Argmax over classes, mapped to BraTS labels {0, 1, 2, 4}, as uint8 (H, W, D)."""
-    classes = np.argmax(probabilities, axis=-1).astype(np.uint8)
-    return to_brats_labels(classes)

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from unet3d.config import BLENDS
+
 logger = logging.getLogger(__name__)
 
 PredictFn = Callable[[np.ndarray], Any]
 ProgressFn = Callable[[int, int], None]
 
-#: Blending modes of ``sliding_window_predict``.
-BLENDS: tuple[str, ...] = ("gaussian", "constant")
 #: Gaussian sigma as a fraction of the window side (nnU-Net).
 GAUSSIAN_SIGMA_SCALE = 1.0 / 8.0
 #: Smallest Gaussian weight (the map's maximum is 1), so every voxel keeps a positive weight.

@@ -11,6 +11,9 @@ Architecture (the NVIDIA / Cambricon reference, see ``/work/shared/REFERENCE.md`
 - head: Conv3D (kernel ``output_kernel_size``, with bias) to ``num_classes`` then a softmax
   ``Activation`` whose dtype is float32, so mixed precision still returns float32 probabilities.
 
+``build_unet3d`` is the ``_target_`` of ``conf/model/unet3d*.yaml``; the framework builds any
+model through ``unet3d.model.build.build_model_from_config``.
+
 Every spatial side of the input must be divisible by ``2 ** (num_levels - 1)`` (32 for the
 reference 6 levels) so that the transposed convolutions restore the skip shapes.
 
@@ -19,17 +22,18 @@ TensorFlow / Keras are imported inside the functions, so importing this module i
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from unet3d.config import NORMS, UNET3D_TARGET
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
 logger = logging.getLogger(__name__)
 
-#: Normalisations accepted by ``build_unet3d``.
-NORMS: tuple[str, ...] = ("instance", "group", "batch", "none")
 #: Target number of groups of group normalisation (fewer when the width needs it).
 GROUP_NORM_GROUPS = 16
 #: Epsilon of instance and group normalisation (the reference's instance norm uses 1e-6).
@@ -130,36 +134,42 @@ def _conv_unit(x: Any, filters: int, norm: str, name: str, strides: int = 1) -> 
 
 
 def build_unet3d(
+    *,
+    name: str = "unet3d",
     in_channels: int = 4,
     num_classes: int = 4,
     base_filters: int = 32,
     max_filters: int = 320,
     num_levels: int = 6,
     norm: str = "instance",
+    output_kernel_size: int = 3,
     input_shape: Sequence[int | None] | None = None,
-    name: str = "unet3d",
-    output_kernel_size: int = 1,
 ) -> keras.Model:
     """Build the 3D U-Net as a Keras 3 functional model (channels last).
 
+    The ``_target_`` of ``conf/model/unet3d.yaml`` and ``unet3d_small.yaml``: every key of
+    those groups is an argument here. The defaults are the reference network's (31,196,196
+    parameters), the values of ``conf/model/unet3d.yaml``.
+
     Args:
-        in_channels: input channels (4 MRI modalities).
-        num_classes: output classes (softmax over the last axis).
+        name: model name.
+        in_channels: input channels C (4 MRI modalities: t1, t1ce, t2, flair).
+        num_classes: output classes K (softmax over the last axis).
         base_filters: filters of the full-resolution level.
-        max_filters: cap on the filters of the deeper levels.
+        max_filters: cap on the filters of the deeper levels (>= ``base_filters``).
         num_levels: resolution levels including the bottleneck (``num_levels - 1`` stride-2
             down blocks); spatial sides must be divisible by ``2 ** (num_levels - 1)``.
-        norm: ``instance`` (default), ``group`` (16 groups, or the largest divisor of the width
-            below 16), ``batch`` or ``none`` (conv units then carry a bias).
+        norm: one of ``unet3d.config.NORMS``: ``instance``, ``group`` (16 groups, or the
+            largest divisor of the width below 16), ``batch`` or ``none`` (conv units then
+            carry a bias).
+        output_kernel_size: kernel of the head convolution: 3 is the reference's 3x3x3 head,
+            1 a 1x1x1 head (3,328 fewer parameters at the reference widths).
         input_shape: ``None`` for ``(None, None, None, in_channels)``, or the 3 spatial sides
             (optionally followed by ``in_channels``); ``None`` sides stay dynamic.
-        name: model name.
-        output_kernel_size: kernel of the head convolution; 1 (default) is a 1x1x1 head, 3 is
-            the 3x3x3 head of the reference's published parameter count (31,196,196).
 
     Returns:
-        A ``keras.Model`` mapping ``[B, H, W, D, in_channels]`` to float32 softmax
-        probabilities ``[B, H, W, D, num_classes]``.
+        A ``keras.Model`` mapping float32 ``[B, H, W, D, C]`` to float32 softmax probabilities
+        ``[B, H, W, D, K]`` (the final activation computes in float32 under mixed precision).
 
     Raises:
         ValueError: unknown ``norm``, non-positive or inconsistent widths, or an input shape
@@ -206,37 +216,24 @@ def build_unet3d(
     return model
 
 
-def _cfg_get(model_cfg: Any, key: str, default: Any) -> Any:
-    if isinstance(model_cfg, Mapping) or hasattr(model_cfg, "get"):
-        value = model_cfg.get(key, default)
-    else:
-        value = getattr(model_cfg, key, default)
-    return default if value is None else value
+def _unet_arguments(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The U-Net's size arguments from a ``model`` group (absent keys: the signature defaults).
 
-
-def _model_kwargs(model_cfg: Any) -> dict[str, Any]:
-    return {
-        "in_channels": int(_cfg_get(model_cfg, "in_channels", 4)),
-        "num_classes": int(_cfg_get(model_cfg, "num_classes", 4)),
-        "base_filters": int(_cfg_get(model_cfg, "base_filters", 32)),
-        "max_filters": int(_cfg_get(model_cfg, "max_filters", 320)),
-        "num_levels": int(_cfg_get(model_cfg, "num_levels", 6)),
-        "output_kernel_size": int(_cfg_get(model_cfg, "output_kernel_size", 1)),
-    }
-
-
-def build_model_from_config(model_cfg: Any) -> keras.Model:
-    """Build the model from the ``model`` config group (``conf/model/*.yaml`` keys).
-
-    Reads ``in_channels``, ``num_classes``, ``base_filters``, ``max_filters``, ``num_levels``,
-    ``norm``, ``name`` and the optional ``output_kernel_size`` (default 1); spatial dims stay
-    dynamic.
+    Raises:
+        ValueError: the group names another ``_target_`` than ``build_unet3d``.
     """
-    return build_unet3d(
-        norm=str(_cfg_get(model_cfg, "norm", "instance")),
-        name=str(_cfg_get(model_cfg, "name", "unet3d")),
-        **_model_kwargs(model_cfg),
-    )
+    target = model_cfg.get("_target_")
+    if target not in (None, UNET3D_TARGET):
+        raise ValueError(f"count_forward_flops counts {UNET3D_TARGET} only; model._target_ is "
+                         f"{target!r}")
+    defaults = inspect.signature(build_unet3d).parameters
+    names = ("in_channels", "num_classes", "base_filters", "max_filters", "num_levels",
+             "output_kernel_size")
+    arguments = {}
+    for argument in names:
+        value = model_cfg.get(argument)
+        arguments[argument] = int(defaults[argument].default if value is None else value)
+    return arguments
 
 
 def _spatial_sides(spatial_shape: int | Sequence[int]) -> tuple[int, int, int]:
@@ -248,15 +245,27 @@ def _spatial_sides(spatial_shape: int | Sequence[int]) -> tuple[int, int, int]:
     return sides  # type: ignore[return-value]
 
 
-def count_forward_flops(model_cfg: Any, spatial_shape: int | Sequence[int]) -> float:
+def count_forward_flops(
+    model_cfg: Mapping[str, Any], spatial_shape: int | Sequence[int]
+) -> float:
     """Analytic FLOPs of one forward pass of one volume (2 FLOPs per multiply-add).
 
-    Counts the convolutions and transposed convolutions only (no norms, activations, biases),
-    for a volume of ``spatial_shape`` (an int for a cube, or 3 sides, each divisible by
-    ``2 ** (num_levels - 1)``). Multiply by the batch size for a batch; training is roughly
-    3x the forward pass.
+    Counts the convolutions and transposed convolutions only (no norms, activations, biases).
+    Multiply by the batch size for a batch; training is roughly 3x the forward pass.
+
+    Args:
+        model_cfg: a ``model`` group of ``build_unet3d`` (or a mapping of its arguments; absent
+            ones take the signature's defaults).
+        spatial_shape: an int for a cube, or the 3 sides (H, W, D), each divisible by
+            ``2 ** (num_levels - 1)``.
+
+    Returns:
+        Forward FLOPs of one volume.
+
+    Raises:
+        ValueError: another model than the U-Net, or indivisible sides.
     """
-    kwargs = _model_kwargs(model_cfg)
+    kwargs = _unet_arguments(model_cfg)
     num_levels = kwargs["num_levels"]
     filters = level_filters(kwargs["base_filters"], kwargs["max_filters"], num_levels)
     sides = _spatial_sides(spatial_shape)

@@ -5,7 +5,7 @@ A job writes ``<run dir>/run_identity.json`` when it first uses its folder (see
 
     {"format": 1, "created": "2026-11-29T13:00:00+00:00", "mode": "train_and_evaluate",
      "fold": 0, "num_folds": 5, "seed": 42,
-     "data": {"name": "synthetic", "synthetic": "<generator settings key> | null",
+     "data": {"name": "synthetic", "synthetic": "<hash of the generator settings> | null",
               "raw_dir": "/abs/path | null", "cases": "<16 hex digits> | null",
               "num_cases": 40 | null},
      "model": {...the composed `model` group...},
@@ -92,10 +92,9 @@ class RunIdentity:
         """The identity of the job described by a composed config (``fold``, ``data``, ...)."""
         data = cfg.get("data") or {}
         synthetic_key = None
-        if data.get("generate", False) and data.get("synthetic") is not None:
-            from unet3d.data.synthetic import synthetic_settings_key
-
-            synthetic_key = synthetic_settings_key(data.synthetic)
+        if _is_synthetic(data) and data.get("synthetic") is not None:
+            settings = json.dumps(_container(data.synthetic), sort_keys=True, default=str)
+            synthetic_key = hashlib.sha256(settings.encode("utf-8")).hexdigest()[:10]
         raw_dir = data.get("raw_dir")
         if raw_dir is not None and str(raw_dir) not in ("", "???"):
             raw_dir = str(Path(str(raw_dir)).expanduser().resolve())
@@ -158,10 +157,31 @@ class RunIdentity:
             if mine != theirs:
                 label = "case list fingerprint" if key == "cases" else f"data.{key}"
                 found.append(f"{label} {mine} (now {theirs})")
-        for key in sorted(set(self.model) | set(other.model)):
-            if self.model.get(key) != other.model.get(key):
-                found.append(f"model.{key}={self.model.get(key)!r} (now {other.model.get(key)!r})")
+        mine = _with_default_target(self.model)
+        theirs = _with_default_target(other.model)
+        for key in sorted(set(mine) | set(theirs)):
+            if mine.get(key) != theirs.get(key):
+                found.append(f"model.{key}={mine.get(key)!r} (now {theirs.get(key)!r})")
         return found
+
+
+def _with_default_target(model: dict[str, Any]) -> dict[str, Any]:
+    """A model group recorded before models were components built the U-Net: say so."""
+    if not model or "_target_" in model:
+        return model
+    from unet3d.config import UNET3D_TARGET
+
+    return {**model, "_target_": UNET3D_TARGET}
+
+
+def _is_synthetic(data: Any) -> bool:
+    """Whether a ``data`` group is the synthetic data set (older runs: ``data.generate``)."""
+    target = data.get("_target_")
+    if target is None:
+        return bool(data.get("generate", False))
+    from unet3d.config import SYNTHETIC_DATASET_TARGET
+
+    return target == SYNTHETIC_DATASET_TARGET
 
 
 def read_identity(run_dir: str | os.PathLike) -> RunIdentity | None:

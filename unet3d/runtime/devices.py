@@ -21,13 +21,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from unet3d.config import DEVICE_TYPES as REQUESTABLE_TYPES
 from unet3d.errors import ConfigError, DeviceError
 
 logger = logging.getLogger(__name__)
 
 DEVICE_TYPES = ("CPU", "GPU", "MLU")
 ACCELERATOR_TYPES = ("MLU", "GPU")  # auto preference order
-REQUESTABLE_TYPES = ("auto", "cpu", "gpu", "mlu")
 
 NO_GPU_MESSAGE = (
     "device=gpu: no GPU is visible to TensorFlow (tf.config.list_physical_devices('GPU') is "
@@ -79,20 +79,6 @@ class DeviceSelection:
     type: str
     visible: list[str]
     logical_names: list[str]
-
-
-def _config_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """Read `key` from a DictConfig, dict or object, returning `default` when absent or None."""
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
-        try:
-            value = cfg.get(key, default)
-        except Exception:  # noqa: BLE001 - struct DictConfig variants
-            value = default
-    else:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def _normalise_requested(requested: str) -> str:
@@ -188,10 +174,10 @@ def _list_available(tf: Any) -> dict[str, list[Any]]:
     return available
 
 
-def _set_mlu_environment(device_cfg: Any) -> None:
+def _set_mlu_environment(device_cfg: Mapping[str, Any]) -> None:
     """Export Cambricon's MLU thread settings; they must be set before MLUs are enumerated."""
-    mode = _config_get(device_cfg, "mlu_thread_mode")
-    count = _config_get(device_cfg, "mlu_thread_count")
+    mode = device_cfg.get("mlu_thread_mode")
+    count = device_cfg.get("mlu_thread_count")
     if mode:
         os.environ["TF_MLU_THREAD_MODE"] = str(mode)
     if count:
@@ -224,7 +210,9 @@ def _set_threads(tf: Any, intra_op: int, inter_op: int) -> None:
                 logger.warning("device.%s=%d not applied: %s", label, value, error)
 
 
-def configure_devices(device_cfg: Any, local_rank: int = 0, local_size: int = 1) -> DeviceInfo:
+def configure_devices(
+    device_cfg: Mapping[str, Any], local_rank: int = 0, local_size: int = 1
+) -> DeviceInfo:
     """Configure TensorFlow's devices from `cfg.device`; call before any tensor is created.
 
     Args:
@@ -245,7 +233,7 @@ def configure_devices(device_cfg: Any, local_rank: int = 0, local_size: int = 1)
     """
     import tensorflow as tf
 
-    requested = _normalise_requested(_config_get(device_cfg, "type", "auto"))
+    requested = _normalise_requested(device_cfg.get("type") or "auto")
     if requested in ("auto", "mlu"):
         _set_mlu_environment(device_cfg)
     available = _list_available(tf)
@@ -263,7 +251,7 @@ def configure_devices(device_cfg: Any, local_rank: int = 0, local_size: int = 1)
         chosen = [device for device in available[device_type] if device.name in selection.visible]
         if len(chosen) != len(available[device_type]):
             _set_visible(tf, chosen, device_type)
-        if device_type == "GPU" and bool(_config_get(device_cfg, "memory_growth", True)):
+        if device_type == "GPU" and bool(device_cfg.get("memory_growth", True)):
             for device in chosen:
                 try:
                     tf.config.experimental.set_memory_growth(device, True)
@@ -272,7 +260,7 @@ def configure_devices(device_cfg: Any, local_rank: int = 0, local_size: int = 1)
     else:
         cpu = available["CPU"][0] if available.get("CPU") else None
         logical = tf.config.get_logical_device_configuration(cpu) if cpu is not None else None
-        logical_cpus = int(_config_get(device_cfg, "logical_cpus", 0))
+        logical_cpus = int(device_cfg.get("logical_cpus") or 0)
         if logical_cpus > 1 and not logical:
             names = split_logical_cpus(logical_cpus)
             logical = names
@@ -281,8 +269,8 @@ def configure_devices(device_cfg: Any, local_rank: int = 0, local_size: int = 1)
 
     _set_threads(
         tf,
-        int(_config_get(device_cfg, "intra_op_threads", 0)),
-        int(_config_get(device_cfg, "inter_op_threads", 0)),
+        int(device_cfg.get("intra_op_threads") or 0),
+        int(device_cfg.get("inter_op_threads") or 0),
     )
     info = DeviceInfo(device_type, list(names), local_rank=local_rank, local_size=local_size)
     logger.info(

@@ -46,7 +46,7 @@ def launch_rank(environ: Mapping[str, str] | None = None) -> int:
     runs several tasks). An unreadable environment counts as rank 0; the strategy reports it.
     """
     from unet3d.errors import ConfigError
-    from unet3d.runtime.strategy import horovod_env, multi_worker_env
+    from unet3d.runtime.distribute.process_env import horovod_env, multi_worker_env
 
     environ = os.environ if environ is None else environ
     try:

@@ -11,14 +11,15 @@ all have it; it is the identity without loss scaling); `apply_gradients` of a
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from unet3d.config import PRECISION_POLICIES as POLICIES
 from unet3d.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 _DTYPES = {
     "float32": ("float32", "float32"),
@@ -48,15 +49,6 @@ class PrecisionInfo:
     xla: bool
 
 
-def _config_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """Read `key` from a DictConfig, dict or object, returning `default` when absent or None."""
-    if cfg is None:
-        return default
-    getter = getattr(cfg, "get", None)
-    value = getter(key, default) if getter is not None else getattr(cfg, key, default)
-    return default if value is None else value
-
-
 def resolve_policy(policy: str, device_type: str) -> str:
     """Return the Keras policy name for `precision.policy` on `device_type` (pure).
 
@@ -71,7 +63,7 @@ def resolve_policy(policy: str, device_type: str) -> str:
     return value
 
 
-def configure_precision(precision_cfg: Any, device_type: str) -> PrecisionInfo:
+def configure_precision(precision_cfg: Mapping[str, Any], device_type: str) -> PrecisionInfo:
     """Set Keras' global dtype policy from the `precision` config group; call before building.
 
     Args:
@@ -86,8 +78,8 @@ def configure_precision(precision_cfg: Any, device_type: str) -> PrecisionInfo:
     """
     import keras
 
-    policy_name = resolve_policy(_config_get(precision_cfg, "policy", "float32"), device_type)
-    xla = bool(_config_get(precision_cfg, "xla", False))
+    policy_name = resolve_policy(precision_cfg.get("policy") or "float32", device_type)
+    xla = bool(precision_cfg.get("xla", False))
     on_cpu = device_type.upper() == "CPU"
     if on_cpu and policy_name == "mixed_float16":
         logger.warning(
@@ -102,7 +94,7 @@ def configure_precision(precision_cfg: Any, device_type: str) -> PrecisionInfo:
     keras.mixed_precision.set_global_policy(policy_name)
     compute_dtype, variable_dtype = _DTYPES[policy_name]
     info = PrecisionInfo(
-        name=str(_config_get(precision_cfg, "name", policy_name)),
+        name=str(precision_cfg.get("name") or policy_name),
         policy_name=policy_name,
         compute_dtype=compute_dtype,
         variable_dtype=variable_dtype,

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from unet3d.runs.files import write_atomic_with
+
 logger = logging.getLogger(__name__)
 
 #: Overlay colours (RGB) and legend names of the BraTS labels.
@@ -61,13 +63,11 @@ def _overlay(labels_slice: np.ndarray) -> np.ndarray:
 def _save_atomic(figure: Any, path: str | os.PathLike, dpi: int) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    figure.savefig(temporary, format="png", dpi=dpi, bbox_inches="tight")
-    os.replace(temporary, path)
-    return path
+    return write_atomic_with(
+        path, lambda temporary: figure.savefig(temporary, format="png", dpi=dpi,
+                                               bbox_inches="tight")
+    )
 
 
 def plot_case_slices(

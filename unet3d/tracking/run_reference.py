@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from unet3d.config.settings import RUN_REFERENCE_PREFIX
 from unet3d.errors import CheckpointError, ConfigError
 
-#: MLflow's URI scheme for a run (``runs:/<run id>[/<artifact path>]``).
-RUN_REFERENCE_PREFIX = "runs:/"
 #: Tags that name a run's folder: a sweep's parent run first, then a job's run.
 FOLDER_TAGS = ("unet3d.sweep_dir", "output_dir")
 

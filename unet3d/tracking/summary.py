@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from unet3d.runs.files import write_json_atomic, write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 #: Name of the per-job result file in the job's output dir.
@@ -85,12 +87,7 @@ def write_job_result(
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **extra,
     }
-    path = Path(output_dir) / RESULTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return write_json_atomic(Path(output_dir) / RESULTS_FILE, record)
 
 
 def read_job_result(output_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -426,14 +423,7 @@ def write_summary_tables(
         FOLDS_CSV: folds_csv(summaries),
         SUMMARY_CSV: summary_csv(summaries),
     }
-    paths = {}
-    for name, text in contents.items():
-        path = out_dir / name
-        temporary = path.with_name(f"{name}.tmp-{os.getpid()}")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-        paths[name] = path
-    return paths
+    return {name: write_text_atomic(out_dir / name, text) for name, text in contents.items()}
 
 
 # --------------------------------------------------------------------------- internals

@@ -45,14 +45,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from unet3d.runs.folder import HYDRA_SUBDIR
+from unet3d.runs.provenance import git_tags
+from unet3d.runtime.signals import install_termination_handlers
 from unet3d.tracking import summary as summary_module
-from unet3d.tracking.mlflow_logger import (
-    Tracker,
-    flatten_config,
-    git_tags,
-    install_termination_handlers,
-    read_run_id_file,
-)
+from unet3d.tracking.tracker import Tracker, read_run_id_file
+from unet3d.tracking.values import flatten_config
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from unet3d.tracking.mlflow_logger import Tracker, tracked_run
 from unet3d.tracking.summary import write_job_result
 from unet3d.tracking.sweep_callback import current_parent_run_id
+from unet3d.tracking.tracker import Tracker, tracked_run
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

@@ -1,4 +1,4 @@
-"""Tracker against a real MLflow SQLite store in tmp_path."""
+"""Tracker against a real MLflow SQLite store in tmp_path; the store and value helpers."""
 
 from __future__ import annotations
 
@@ -17,17 +17,11 @@ from _tracking_helpers import PYTHON, REPO_ROOT, subprocess_env, wait_for_file
 from omegaconf import OmegaConf
 
 from tests.ports import free_port
-from unet3d.tracking.mlflow_logger import (
-    RUN_ID_FILE,
-    TerminationRequested,
-    Tracker,
-    flatten_config,
-    git_tags,
-    resolve_artifact_location,
-    resolve_tracking_uri,
-    sanitize_name,
-    tracked_run,
-)
+from unet3d.runs.provenance import git_tags
+from unet3d.runtime.signals import TerminationRequested
+from unet3d.tracking.store import resolve_artifact_location, resolve_tracking_uri
+from unet3d.tracking.tracker import RUN_ID_FILE, Tracker, tracked_run
+from unet3d.tracking.values import flatten_config, sanitize_name
 
 CONFIG = {
     "seed": 42,
@@ -265,7 +259,7 @@ def test_sigterm_ends_run_killed(tmp_path, store_root, client) -> None:
         textwrap.dedent(
             f"""
             import time
-            from unet3d.tracking.mlflow_logger import Tracker, tracked_run
+            from unet3d.tracking.tracker import Tracker, tracked_run
             cfg = {{"uri": "sqlite:///{store_root}/mlflow.db", "experiment_name": "sig"}}
             tracker = Tracker(cfg, {str(tmp_path)!r})
             tracker.start(None, {str(tmp_path / "job")!r}, run_name="sig")

@@ -8,7 +8,7 @@ import tensorflow as tf
 from omegaconf import OmegaConf
 
 from unet3d.errors import ConfigError
-from unet3d.model.losses import make_loss_fn, segmentation_loss
+from unet3d.training.losses import SegmentationLoss, build_loss, segmentation_loss
 
 # 8 voxels as a 2x2x2 volume: class counts 4, 2, 1, 1.
 LABELS = np.array([0, 0, 0, 0, 1, 1, 2, 3], dtype=np.int32).reshape(1, 2, 2, 2)
@@ -89,22 +89,29 @@ def test_low_precision_probabilities_are_cast():
     assert total.dtype == tf.float32
 
 
-def test_make_loss_fn_from_training_group_and_full_config():
-    training = OmegaConf.create({"loss": "dice", "include_background": True})
-    loss_fn = make_loss_fn(training, num_classes=4)
+def test_segmentation_loss_component_is_the_function():
+    loss_fn = SegmentationLoss(name="dice", num_classes=4, include_background=True)
     total, _ = loss_fn(LABELS, uniform(LABELS))
     expected, _ = segmentation_loss(LABELS, uniform(LABELS), loss="dice", include_background=True)
     np.testing.assert_allclose(total, expected)
+    assert SegmentationLoss(**loss_fn.get_config()).get_config() == loss_fn.get_config()
+    with pytest.raises(ValueError, match="focal"):
+        SegmentationLoss(name="focal")
 
-    full = OmegaConf.create(
-        {"model": {"num_classes": 4}, "training": {"loss": "dice+ce", "include_background": False}}
-    )
-    total, parts = make_loss_fn(full)(LABELS, uniform(LABELS))
+
+def test_build_loss_from_the_default_group():
+    """conf/loss/default.yaml: training.loss and training.include_background choose the loss."""
+    from tests.test_config import compose_config
+
+    cfg = compose_config("training.loss=dice", "training.include_background=true")
+    loss_fn = build_loss(cfg.loss, num_classes=4)
+    assert isinstance(loss_fn, SegmentationLoss)
+    assert (loss_fn.name, loss_fn.include_background, loss_fn.num_classes) == ("dice", True, 4)
+    total, parts = build_loss(compose_config().loss, 4)(LABELS, uniform(LABELS))
     np.testing.assert_allclose(total, parts["dice_loss"] + parts["ce_loss"], rtol=1e-6)
 
 
-def test_make_loss_fn_rejects_bad_config():
-    with pytest.raises(ConfigError, match="training.loss"):
-        make_loss_fn({"loss": "focal"}, num_classes=4)
-    with pytest.raises(ConfigError, match="num_classes"):
-        make_loss_fn({"loss": "dice"})
+def test_build_loss_errors_name_the_group():
+    with pytest.raises(ConfigError, match=r"^loss\._target_: .*SegmentationLoss.*focal"):
+        build_loss(OmegaConf.create({"_target_": "unet3d.training.losses.SegmentationLoss",
+                                     "name": "focal"}), num_classes=4)

@@ -1,0 +1,29 @@
+"""The modes of ``python -m unet3d.run``: ``mode=<name>`` runs ``unet3d.modes.<name>.run(job)``.
+
+One module per mode, beside its config ``conf/mode/<name>.yaml`` (``mode.name`` and the mode's
+own keys): ``train``, ``evaluate``, ``train_and_evaluate``, ``predict``, ``benchmark``. A mode
+receives a ``unet3d.modes.job.Job`` (config, runtime, tracker, run folder) and returns its final
+metrics; the runner (``unet3d.runner``) sets up the runtime and tracking around it. Modules are
+imported when their mode runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from unet3d.config import MODES
+
+
+def mode_function(name: str) -> Callable[[Any], dict[str, float]]:
+    """``run(job) -> metrics`` of mode ``name``.
+
+    Raises:
+        ConfigError: ``name`` is not a mode.
+    """
+    if name not in MODES:
+        from unet3d.errors import ConfigError
+
+        raise ConfigError(f"mode.name: must be one of {', '.join(MODES)}, got {name!r}")
+    return importlib.import_module(f"unet3d.modes.{name}").run

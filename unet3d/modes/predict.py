@@ -1,0 +1,156 @@
+"""``mode=predict``: segment cases to BraTS-ready NIfTI with one model or a fold ensemble.
+
+Inputs: ``predict.input_dir`` (raw cases in BraTS layout, ``seg`` optional) or, when null, the
+held-out fold ``fold`` of the configured data set (preprocessed records, with labels). Each case
+is segmented by the per-case loop shared with evaluate (``unet3d.inference.cases``), and
+``<case_id>.nii.gz`` (uint8, labels {0, 1, 2, 4}, the input's grid) is written to
+``predict.output_dir`` (default ``<run dir>/predictions``), plus
+``<case_id>_probabilities.nii.gz`` with ``predict.save_probabilities``. Cases with a reference
+label are scored: ``metrics/predict_per_case.csv`` and the mean of every metric.
+
+Bad input does not stop the job: a case that cannot be read or written is logged as one ERROR
+line naming the case and the file, the other cases are written, and at the end a DataError lists
+the failed cases (the runner then exits non-zero). A case whose reference label (``seg``) is
+unusable (unreadable, another grid, non-integer or non-BraTS values) is still segmented and
+written, but not scored: one WARNING line names the case and the label file, and the final
+DataError lists it too. Only one case's volumes are held at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from unet3d.errors import ConfigError, DataError
+from unet3d.modes.job import Job
+
+log = logging.getLogger(__name__)
+
+#: Per-case metrics of a prediction run with reference labels, under ``<run dir>/metrics``.
+METRICS_CSV = "predict_per_case.csv"
+
+
+def run(job: Job) -> dict[str, float]:
+    """Segment every input case and write BraTS-ready NIfTI; score them when labels exist.
+
+    Only the chief predicts; other ranks return {}.
+
+    Returns:
+        The metric summary over the cases with reference labels (empty without labels) plus
+        ``cases_written``.
+
+    Raises:
+        DataError: after every other case was written and the metrics logged, when some cases
+            failed or had an unusable reference label (both listed in the message; the latter
+            were written but not scored); also when the input folder has no case.
+        ConfigError, CheckpointError: ``predict.checkpoint`` names no usable checkpoint.
+    """
+    if not job.context.is_chief:
+        log.info("predict runs on the chief process only; this rank has nothing to do")
+        return {}
+    return predict(job.cfg, job.runtime, job.tracker, Path(job.output_dir))
+
+
+def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> dict[str, float]:
+    """The body of ``run``: see there (``runtime``: ``context`` and ``precision.xla``)."""
+    from unet3d.evaluation.evaluate import summarize_and_log, write_csv
+    from unet3d.inference.cases import segment_cases
+    from unet3d.inference.models import job_model_checkpoints, load_ensemble
+    from unet3d.inference.predict import NiftiOutputs
+    from unet3d.modes.evaluate import make_predictor
+
+    pending, source = _pending_cases(cfg)
+    output_folder = Path(cfg.predict.get("output_dir") or output_dir / "predictions").expanduser()
+    output_folder.mkdir(parents=True, exist_ok=True)
+    prefixes = job_model_checkpoints(cfg, cfg.predict.checkpoint, fold=selected_fold(cfg))
+    models = load_ensemble(cfg.model, prefixes, runtime)
+    predictor = make_predictor(cfg, models, bool(runtime.precision.xla))
+    if tracker is not None:
+        tracker.set_tags({"predict.checkpoints": ", ".join(prefixes),
+                          "predict.ensemble_size": str(len(prefixes))})
+    outputs = NiftiOutputs(output_folder,
+                           save_probabilities=bool(cfg.predict.get("save_probabilities", False)),
+                           overwrite=bool(cfg.predict.get("overwrite", False)))
+    log.info("predicting %d case(s) (%s) with %d model(s), %s -> %s", len(pending), source,
+             len(prefixes), predictor.describe(), output_folder)
+
+    started = time.perf_counter()
+    result = segment_cases(predictor, pending, verb="predicted", outputs=outputs,
+                           keep_going=True, progress_bar="predict")
+    summary: dict[str, float] = {}
+    if result.rows:
+        summary = summarize_and_log(
+            result.rows,
+            f"prediction metrics over {len(result.rows)} case(s) with reference labels:")
+        csv_path = write_csv(result.rows, output_dir / "metrics" / METRICS_CSV)
+        if tracker is not None:
+            tracker.log_metrics(summary)
+            tracker.log_artifact(csv_path, "metrics")
+    written, total = result.segmented, result.total
+    if tracker is not None:
+        tracker.log_metrics({"cases_written": float(written),
+                             "cases_failed": float(len(result.failures))})
+    log.info("wrote %d of %d segmentation(s) to %s in %.1f s", written, total, output_folder,
+             time.perf_counter() - started)
+    problems = []
+    if result.failures:
+        names = ", ".join(case_id for case_id, _ in result.failures)
+        problems.append(f"{len(result.failures)} of {total} case(s) failed: {names} (see the "
+                        "ERROR lines above)")
+    if result.unscored:
+        problems.append(
+            f"{len(result.unscored)} case(s) with an unusable reference label: "
+            f"{', '.join(result.unscored)} (segmentation written, metrics skipped; see the "
+            "WARNING lines above)"
+        )
+    if problems:
+        raise DataError(f"predict: {'; '.join(problems)}; {written} written to {output_folder}")
+    return {**summary, "cases_written": float(written)}
+
+
+def _pending_cases(cfg: DictConfig) -> tuple[list[Any], str]:
+    """The cases to segment and a description of where they come from."""
+    from unet3d.inference.inputs import raw_pending_cases, record_pending_cases
+
+    input_dir = cfg.predict.get("input_dir")
+    if input_dir:
+        return raw_pending_cases(input_dir), f"raw cases in {input_dir}"
+    from unet3d.data.prepare import prepare_data
+
+    prepared = prepare_data(cfg)
+    return (record_pending_cases(prepared.eval_files),
+            f"held-out fold {cfg.fold} of {prepared.preprocessed_dir}")
+
+
+def _fold_overridden() -> bool:
+    """True when ``fold=`` was given on the command line of this Hydra job."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+    except (ImportError, ValueError):
+        return False
+    return any(str(item).lstrip("+~").split("=", 1)[0] == "fold" for item in overrides)
+
+
+def selected_fold(cfg: DictConfig) -> int | None:
+    """Which fold's model to take from a sweep dir (None = every fold, an ensemble).
+
+    ``predict.fold`` when set; else ``fold`` when predicting the held-out fold (only the model
+    that never saw those cases) or when ``fold=`` is on the command line; else None.
+
+    Raises:
+        ConfigError: ``predict.fold`` is not null or an index >= 0.
+    """
+    value = cfg.predict.get("fold")
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"predict.fold: must be null or a fold index >= 0, got {value!r}")
+        return int(value)
+    if not cfg.predict.get("input_dir") or _fold_overridden():
+        return int(cfg.fold)
+    return None
