@@ -13,7 +13,8 @@ Reading order, top to bottom:
    every ``checkpoint_every`` steps and at the end a checkpoint; finally every rank logs a
    checksum of its weights (equal on all ranks when gradients were averaged).
 
-Nothing here reads the config: ``unet3d.modes.build`` and ``unet3d.modes.train`` assemble the arguments.
+Nothing here reads the config: ``unet3d.modes.build`` and ``unet3d.modes.train`` assemble
+the arguments.
 """
 
 from __future__ import annotations
