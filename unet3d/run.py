@@ -156,13 +156,13 @@ def main(cfg: DictConfig) -> Any:
             sys.exit(1)
         if not folder.committed:
             # A refused folder or a refused / failed resume: the folder stays as it was.
-            from unet3d.tracking.sweep_callback import record_uncommitted_failure
+            from unet3d.runs.folder import record_uncommitted_failure
 
             record_uncommitted_failure(output_dir, str(error))
             return None
         # In a sweep, record the failure and let the other jobs run; the sweep callback
         # summarises every fold and makes the sweep exit non-zero.
-        from unet3d.tracking.summary import write_job_result
+        from unet3d.runs.results import write_job_result
         from unet3d.tracking.tracker import read_run_id_file
 
         write_job_result(

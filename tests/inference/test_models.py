@@ -8,8 +8,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from unet3d.errors import CheckpointError, ConfigError
+from unet3d.inference.checkpoints import resolve_model_checkpoints
 from unet3d.inference.ensemble import EnsemblePredictor, probabilities_to_labels
-from unet3d.inference.models import load_ensemble, resolve_model_checkpoints
+from unet3d.inference.models import load_ensemble
 from unet3d.run import register_resolvers
 from unet3d.runs.identity import RunIdentity
 

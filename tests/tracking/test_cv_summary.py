@@ -11,21 +11,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from unet3d.runs.naming import parse_override
+from unet3d.runs.results import (
+    collect_job_results,
+    find_job_dirs,
+    read_job_result,
+    write_job_result,
+)
 from unet3d.tracking.summary import (
     FOLDS_CSV,
     STD_DDOF,
     SUMMARY_CSV,
     SUMMARY_MARKDOWN,
-    collect_job_results,
     cross_validation_summary,
-    find_job_dirs,
     format_markdown_table,
     group_overrides,
-    parse_override,
-    read_job_result,
     summary_metric_name,
     summary_metrics,
-    write_job_result,
     write_summary_tables,
 )
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from unet3d.errors import CheckpointError, ConfigError
-from unet3d.inference.models import resolve_model_checkpoints
+from unet3d.inference.checkpoints import resolve_model_checkpoints
 from unet3d.tracking.run_reference import (
     is_run_reference,
     resolve_run_references,

@@ -172,7 +172,8 @@ def benchmark_pipeline(job: Job) -> dict[str, Any]:
 
 def _predict_models(job: Job) -> list[Any]:
     """``predict.checkpoint``'s model(s), else one model with random weights."""
-    from unet3d.inference.models import job_model_checkpoints, load_ensemble
+    from unet3d.inference.checkpoints import job_model_checkpoints
+    from unet3d.inference.models import load_ensemble
     from unet3d.model.build import build_model_from_config
 
     cfg, context = job.cfg, job.context

@@ -25,7 +25,8 @@ PER_CASE_CSV = "metrics/per_case.csv"
 
 def run(job: Job) -> dict[str, float]:
     """Load ``checkpoint`` (one model or an ensemble) and evaluate it on the held-out fold."""
-    from unet3d.inference.models import job_model_checkpoints, load_ensemble
+    from unet3d.inference.checkpoints import job_model_checkpoints
+    from unet3d.inference.models import load_ensemble
 
     cfg = job.cfg
     prepared = prepare(job)

@@ -59,7 +59,8 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     """The body of ``run``: see there (``runtime``: ``context`` and ``precision.xla``)."""
     from unet3d.evaluation.evaluate import summarize_and_log, write_csv
     from unet3d.inference.cases import segment_cases
-    from unet3d.inference.models import job_model_checkpoints, load_ensemble
+    from unet3d.inference.checkpoints import job_model_checkpoints
+    from unet3d.inference.models import load_ensemble
     from unet3d.inference.predict import NiftiOutputs
     from unet3d.modes.evaluate import make_predictor
 

@@ -154,3 +154,35 @@ class RunFolder:
             self._buffer.setTarget(None)
             self._buffer.buffer.clear()
             self._buffer = None
+
+
+#: Jobs of this process whose folder was refused or whose resume was refused or failed: their
+#: folders were left untouched (no results.json), so the sweep summary learns of them here.
+UNCOMMITTED_FAILURES: list[tuple[str, str]] = []
+
+
+def record_uncommitted_failure(output_dir: str | os.PathLike, error: str) -> None:
+    """Remember a job that failed before it could write into its folder (see module doc)."""
+    UNCOMMITTED_FAILURES.append((str(output_dir), str(error).splitlines()[0]))
+
+
+def refuse_used_sweep_dir(config: Any, sweep_dir: Path) -> None:
+    """Refuse a sweep without ``resume=true`` whose sweep dir already holds used job folders.
+
+    Raises:
+        RunFolderError: one line naming the sweep dir, a used job folder and the ways out.
+    """
+    from omegaconf import OmegaConf
+
+    from unet3d.runs.results import find_job_dirs
+
+    if OmegaConf.select(config, "resume", default=False) is True or not sweep_dir.is_dir():
+        return
+    for job_dir in find_job_dirs(sweep_dir, HYDRA_SUBDIR):
+        markers = used_markers(job_dir)
+        if markers:
+            raise RunFolderError(
+                f"{sweep_dir}: this sweep dir already holds earlier jobs ({job_dir.name}: "
+                f"{', '.join(markers)}); pass resume=true to continue that sweep, or choose "
+                "another folder (drop hydra.sweep.dir, or point it at a new folder)"
+            )

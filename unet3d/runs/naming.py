@@ -150,3 +150,10 @@ def job_dirname(
     if len(name) > max_length:
         name = f"{name[: max_length - HASH_LENGTH - 1]}-{short_hash(name)}"
     return name
+
+
+def parse_override(override: str) -> tuple[str, str]:
+    """Split a Hydra override "key=value" ("+key=", "++key=", "~key" too) into (key, value)."""
+    text = str(override).strip()
+    key, _, value = text.partition("=")
+    return key.lstrip("+~").strip(), value.strip()

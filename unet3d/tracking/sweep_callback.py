@@ -44,7 +44,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from unet3d.runs.folder import HYDRA_SUBDIR
+from unet3d.runs import results as results_module
+from unet3d.runs.folder import HYDRA_SUBDIR, UNCOMMITTED_FAILURES, refuse_used_sweep_dir
+from unet3d.runs.naming import parse_override
 from unet3d.runs.provenance import git_tags
 from unet3d.runtime.signals import install_termination_handlers
 from unet3d.tracking import summary as summary_module
@@ -55,37 +57,6 @@ logger = logging.getLogger(__name__)
 
 #: File in the sweep dir holding the parent run id.
 PARENT_RUN_ID_FILE = "mlflow_parent_run_id"
-
-#: Jobs of this process whose folder was refused or whose resume was refused or failed: their
-#: folders were left untouched (no results.json), so the sweep summary learns of them here.
-_UNCOMMITTED_FAILURES: list[tuple[str, str]] = []
-
-
-def record_uncommitted_failure(output_dir: str | os.PathLike, error: str) -> None:
-    """Remember a job that failed before it could write into its folder (see module doc)."""
-    _UNCOMMITTED_FAILURES.append((str(output_dir), str(error).splitlines()[0]))
-
-
-def refuse_used_sweep_dir(config: DictConfig, sweep_dir: Path) -> None:
-    """Refuse a sweep without ``resume=true`` whose sweep dir already holds used job folders.
-
-    Raises:
-        RunFolderError: one line naming the sweep dir, a used job folder and the ways out.
-    """
-    from unet3d.errors import RunFolderError
-    from unet3d.runs.folder import used_markers
-
-    if OmegaConf.select(config, "resume", default=False) is True or not sweep_dir.is_dir():
-        return
-    for job_dir in summary_module.find_job_dirs(sweep_dir, HYDRA_SUBDIR):
-        markers = used_markers(job_dir)
-        if markers:
-            raise RunFolderError(
-                f"{sweep_dir}: this sweep dir already holds earlier jobs ({job_dir.name}: "
-                f"{', '.join(markers)}); pass resume=true to continue that sweep, or choose "
-                "another folder (drop hydra.sweep.dir, or point it at a new folder)"
-            )
-
 
 def read_parent_run_id(sweep_dir: str | os.PathLike) -> str | None:
     """Return the parent run id written by `on_multirun_start` to `sweep_dir`, or None."""
@@ -179,7 +150,7 @@ class CrossValidationCallback(Callback):
         logger.error("Job with overrides %s FAILED: %s", overrides, description, exc_info=exc_info)
         try:
             output_dir = Path(str(OmegaConf.select(config, "hydra.runtime.output_dir")))
-            previous = summary_module.read_job_result(output_dir) or {}
+            previous = results_module.read_job_result(output_dir) or {}
             if previous.get("status") in (None, "FINISHED"):
                 fold = OmegaConf.select(config, "fold", default=None)
                 extra = {
@@ -188,7 +159,7 @@ class CrossValidationCallback(Callback):
                     if key
                     not in ("status", "fold", "overrides", "metrics", "error", "mlflow_run_id")
                 }
-                summary_module.write_job_result(
+                results_module.write_job_result(
                     output_dir,
                     status="FAILED",
                     fold=previous.get("fold", fold),
@@ -212,7 +183,7 @@ class CrossValidationCallback(Callback):
             sweep_dir = _sweep_dir(config)
             if tracker is None:
                 tracker = self.tracker = self._parent_tracker(config, sweep_dir, log_params=False)
-            results = summary_module.collect_job_results(sweep_dir, HYDRA_SUBDIR)
+            results = results_module.collect_job_results(sweep_dir, HYDRA_SUBDIR)
             summaries = summary_module.cross_validation_summary(results, self.group_keys_exclude)
             paths = summary_module.write_summary_tables(summaries, sweep_dir)
             markdown = paths[summary_module.SUMMARY_MARKDOWN].read_text(encoding="utf-8")
@@ -224,12 +195,12 @@ class CrossValidationCallback(Callback):
                     f"{label} fold {record.get('fold')}: {record.get('status')}"
                     for label, record in failed
                 )
-            if _UNCOMMITTED_FAILURES:
+            if UNCOMMITTED_FAILURES:
                 refused = "; ".join(f"{Path(folder).name}: {error}"
-                                    for folder, error in _UNCOMMITTED_FAILURES)
+                                    for folder, error in UNCOMMITTED_FAILURES)
                 failed_reason = f"{failed_reason}; " if failed_reason else ""
                 failed_reason += f"job(s) refused, their folders left unchanged: {refused}"
-                _UNCOMMITTED_FAILURES.clear()
+                UNCOMMITTED_FAILURES.clear()
             level = logging.ERROR if failed_reason else logging.INFO
             logger.log(level, "Cross-validation summary (%s):\n%s", sweep_dir, markdown)
             if tracker is not None and tracker.running:
@@ -261,7 +232,7 @@ class CrossValidationCallback(Callback):
             tracking_cfg = _resolved(config, "tracking") or {}
             root_dir = _resolved(config, "paths.root_dir") or os.getcwd()
             task_overrides = [str(item) for item in config.hydra.overrides.task]
-            swept = [summary_module.parse_override(item)[0] for item in task_overrides]
+            swept = [parse_override(item)[0] for item in task_overrides]
             params = flatten_config(config, exclude=("hydra", *swept)) if log_params else None
         tracker = Tracker(tracking_cfg, root_dir)
         if not tracker.active:
