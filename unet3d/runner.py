@@ -74,7 +74,7 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[
     from unet3d.runs.identity import RunIdentity
     from unet3d.runs.provenance import git_tags
     from unet3d.runs.results import write_job_result
-    from unet3d.tracking.sweep_callback import current_parent_run_id
+    from unet3d.tracking.parent_run import current_parent_run_id
     from unet3d.tracking.tracker import Tracker, tracked_run
 
     output_dir = Path(cfg.paths.output_dir)

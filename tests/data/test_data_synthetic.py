@@ -6,13 +6,8 @@ import pytest
 
 from unet3d.data.brats import find_cases
 from unet3d.data.labels import MODALITIES
-from unet3d.data.synthetic import (
-    TISSUE_CODES,
-    case_grade,
-    generate_case,
-    generate_dataset,
-    make_affine,
-)
+from unet3d.data.synthetic import generate_dataset
+from unet3d.data.synthetic_case import TISSUE_CODES, case_grade, generate_case, make_affine
 from unet3d.errors import DataError
 
 SHAPE = (32, 32, 24)

@@ -34,7 +34,7 @@ def _segmentations(folder: Path) -> list[str]:
 def test_sweep_with_an_absolute_raw_dir_is_flat_and_predicts(tmp_path: Path) -> None:
     from unet3d.data.synthetic import generate_dataset
     from unet3d.runs.identity import read_identity
-    from unet3d.tracking.sweep_callback import read_parent_run_id
+    from unet3d.tracking.parent_run import read_parent_run_id
 
     raw_dir = tmp_path / "brats" / "MICCAI_BraTS_2019_Data_Training"  # absolute, with slashes
     generate_dataset(raw_dir, num_cases=4, shape=SHAPE, spacing=(1.0, 1.0, 1.0), seed=7)

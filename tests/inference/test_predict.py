@@ -220,7 +220,7 @@ def test_an_ensemble_of_two_folds_is_the_mean_of_their_probabilities(workspace, 
 
 def test_the_held_out_fold_is_predicted_with_its_stored_affine(workspace, tmp_path):
     from unet3d.data.prepare import prepare_data
-    from unet3d.data.synthetic import make_affine
+    from unet3d.data.synthetic_case import make_affine
 
     output = tmp_path / "out"
     cfg = predict_config(None, output, [workspace.sweep], f"paths.data_dir='{tmp_path / 'data'}'",

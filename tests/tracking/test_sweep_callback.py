@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from _tracking_helpers import PYTHON, subprocess_env, wait_for_file
 
-from unet3d.tracking.sweep_callback import PARENT_RUN_ID_FILE, read_parent_run_id
+from unet3d.tracking.parent_run import PARENT_RUN_ID_FILE, read_parent_run_id
 
 APP = Path(__file__).resolve().parent / "_sweep_app" / "app.py"
 

@@ -1,4 +1,4 @@
-"""Synthetic BraTS-2019-format data: brain-like NIfTI volumes with a tumour per case.
+"""Synthetic BraTS-2019-format data sets: generated cases written as NIfTI in BraTS layout.
 
 Each case is generated from ``numpy.random.default_rng([seed, index])`` alone, so a case does not
 depend on how many cases are generated. The images are built from a tissue map (CSF, grey
@@ -13,7 +13,6 @@ import gzip
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,12 @@ import numpy as np
 from unet3d.config import SYNTHETIC_LAYOUTS as LAYOUTS
 from unet3d.data._files import Progress, read_json, remove_stale_tmp_files, short_hash
 from unet3d.data.labels import MODALITIES
+from unet3d.data.synthetic_case import (
+    SyntheticCase,
+    case_grade,
+    case_id_for,
+    generate_case,
+)
 from unet3d.errors import ConfigError, DataError
 from unet3d.runs.files import write_bytes_atomic, write_json_atomic
 
@@ -30,253 +35,6 @@ logger = logging.getLogger(__name__)
 #: Bumped whenever the generated content changes (part of the manifest and of the cache key).
 GENERATOR_VERSION = 1
 MANIFEST_NAME = "synthetic_manifest.json"
-#: Fraction of LGG-like cases (no enhancing tumour).
-LGG_FRACTION = 0.25
-
-# Tissue codes of the tissue map.
-_BACKGROUND, _CSF, _GREY, _WHITE, _EDEMA, _NECROSIS, _ENHANCING, _NON_ENHANCING = range(8)
-#: Name of each tissue code of ``SyntheticCase.tissue``.
-TISSUE_CODES: dict[str, int] = {
-    "background": _BACKGROUND,
-    "csf": _CSF,
-    "grey_matter": _GREY,
-    "white_matter": _WHITE,
-    "edema": _EDEMA,
-    "necrosis": _NECROSIS,
-    "enhancing": _ENHANCING,
-    "non_enhancing": _NON_ENHANCING,
-}
-#: BraTS label of each tissue code.
-_CODE_TO_LABEL = np.array([0, 0, 0, 0, 2, 1, 4, 1], dtype=np.uint8)
-#: Mean intensity of each tissue code per modality (t1, t1ce, t2, flair), scanner-like units.
-_INTENSITIES = np.array(
-    [
-        [0, 0, 0, 0],  # background
-        [350, 330, 1800, 200],  # CSF: dark on T1/FLAIR, bright on T2
-        [650, 640, 950, 760],  # grey matter
-        [900, 880, 700, 600],  # white matter
-        [600, 590, 1500, 1300],  # edema: bright on T2 and FLAIR
-        [300, 270, 1600, 700],  # necrotic core: dark on T1ce
-        [700, 1600, 1100, 1000],  # enhancing rim: bright on T1ce
-        [480, 460, 1400, 1050],  # non-enhancing core (LGG-like)
-    ],
-    dtype=np.float32,
-)
-
-
-@dataclass(frozen=True)
-class SyntheticCase:
-    """Arrays of one generated case."""
-
-    case_id: str
-    grade: str
-    image: np.ndarray  # int16 (H, W, D, 4) in MODALITIES order
-    label: np.ndarray  # uint8 (H, W, D) BraTS labels
-    affine: np.ndarray  # float64 (4, 4)
-    tissue: np.ndarray  # uint8 (H, W, D) tissue codes (see TISSUE_CODES)
-
-
-def case_id_for(index: int) -> str:
-    """Return the id of the ``index``-th (0-based) synthetic case, e.g. ``BraTS19_SYN_0001``."""
-    return f"BraTS19_SYN_{index + 1:04d}"
-
-
-def make_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
-    """Return a BraTS-like affine (x and y flipped, RAS world) centred on the volume."""
-    rotation_zoom = np.diag([-float(spacing[0]), -float(spacing[1]), float(spacing[2])])
-    centre = (np.asarray(shape, dtype=np.float64) - 1.0) / 2.0
-    affine = np.eye(4)
-    affine[:3, :3] = rotation_zoom
-    affine[:3, 3] = -rotation_zoom @ centre
-    return affine
-
-
-def _case_rng(seed: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(index)])
-
-
-def case_grade(seed: int, index: int) -> str:
-    """Return "HGG" or "LGG" for a case (the first draw of the case's random stream)."""
-    return "LGG" if _case_rng(seed, index).random() < LGG_FRACTION else "HGG"
-
-
-def _rbf_basis(length: int, cells: int) -> np.ndarray:
-    """Rows: Gaussian weights of ``cells`` coarse nodes at each of ``length`` positions."""
-    positions = np.arange(length, dtype=np.float64)
-    step = max(length - 1, 1) / max(cells - 1, 1)
-    centres = np.linspace(-0.5 * step, length - 1 + 0.5 * step, cells)
-    weights = np.exp(-0.5 * ((positions[:, None] - centres[None, :]) / step) ** 2)
-    weights /= np.sqrt((weights**2).sum(axis=1, keepdims=True))
-    return weights.astype(np.float32)
-
-
-def _smooth_field(
-    rng: np.random.Generator, shape: Sequence[int], cells: Sequence[int]
-) -> np.ndarray:
-    """A smooth random field of unit variance: tensor-product interpolation of a coarse grid."""
-    cells = [int(max(2, min(c, n))) for c, n in zip(cells, shape, strict=True)]
-    coarse = rng.standard_normal(cells, dtype=np.float32)
-    bases = [_rbf_basis(n, c) for n, c in zip(shape, cells, strict=True)]
-    # Contract the small axes first; the last contraction produces the full-size array.
-    partial = np.einsum("kc,abc->abk", bases[2], coarse)
-    partial = np.einsum("jb,abk->ajk", bases[1], partial)
-    return np.einsum("ia,ajk->ijk", bases[0], partial)
-
-
-def _centred(field: np.ndarray) -> np.ndarray:
-    return field - field.mean()
-
-
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    matrix, upper = np.linalg.qr(rng.standard_normal((3, 3)))
-    return matrix * np.sign(np.diag(upper))
-
-
-def _smooth3(volume: np.ndarray) -> np.ndarray:
-    """Partial-volume blur: a [1, 2, 1] / 4 filter along each spatial axis."""
-    from scipy.ndimage import correlate1d
-
-    weights = np.array([0.25, 0.5, 0.25], dtype=np.float32)
-    out = volume
-    for axis in range(3):
-        out = correlate1d(out, weights, axis=axis, mode="nearest")
-    return out
-
-
-def generate_case(
-    seed: int, index: int, shape: Sequence[int], spacing: Sequence[float]
-) -> SyntheticCase:
-    """Generate the arrays of case ``index``; deterministic in ``(seed, index, shape, spacing)``."""
-    shape = tuple(int(s) for s in shape)
-    spacing_arr = np.asarray(spacing, dtype=np.float64)
-    rng = _case_rng(seed, index)
-    grade = "LGG" if rng.random() < LGG_FRACTION else "HGG"
-    fov = np.asarray(shape) * spacing_arr
-
-    # --- brain: a perturbed ellipsoid with cortex, sulcal CSF and ventricles -----------------
-    semi_axes = fov * rng.uniform([0.28, 0.33, 0.36], [0.33, 0.38, 0.42])
-    brain_centre = fov * rng.uniform(-0.02, 0.02, size=3)
-    axes = [
-        ((np.arange(n, dtype=np.float32) - (n - 1) / 2.0) * s - c).astype(np.float32)
-        for n, s, c in zip(shape, spacing_arr, brain_centre, strict=True)
-    ]
-    grid = np.ix_(*axes)
-    radius = np.sqrt(
-        (grid[0] / semi_axes[0]) ** 2
-        + (grid[1] / semi_axes[1]) ** 2
-        + (grid[2] / semi_axes[2]) ** 2,
-        dtype=np.float32,
-    )
-    radius *= 1.0 + 0.04 * _smooth_field(rng, shape, (5, 5, 4))
-    sulci = _smooth_field(rng, shape, [max(2, n // 6) for n in shape])
-    brain = radius <= 1.0
-    tissue = np.full(shape, _WHITE, dtype=np.uint8)
-    tissue[radius > 0.80 + 0.05 * sulci] = _GREY
-    tissue[radius > 0.945 + 0.03 * sulci] = _CSF
-    for side in (-1.0, 1.0):
-        offset = semi_axes * np.array([0.13 * side, -0.05, 0.08]) + rng.normal(0, 0.01, 3) * fov
-        radii = semi_axes * rng.uniform([0.07, 0.30, 0.14], [0.10, 0.38, 0.20])
-        ventricle = (
-            ((grid[0] - offset[0]) / radii[0]) ** 2
-            + ((grid[1] - offset[1]) / radii[1]) ** 2
-            + ((grid[2] - offset[2]) / radii[2]) ** 2
-        ) <= 1.0
-        tissue[ventricle] = _CSF
-
-    # --- tumour: irregular edema around a core (necrosis + enhancing rim, or non-enhancing) ----
-    direction = rng.normal(size=3)
-    direction /= np.linalg.norm(direction)
-    centre_mm = brain_centre + direction * rng.uniform(0.0, 0.55) * semi_axes
-    centre_vox = np.round(centre_mm / spacing_arr + (np.asarray(shape) - 1) / 2.0).astype(int)
-    centre_vox = np.clip(centre_vox, 0, np.asarray(shape) - 1)
-    centre_mm = (centre_vox - (np.asarray(shape) - 1) / 2.0) * spacing_arr  # on a voxel centre
-    voxel = float(spacing_arr.max())
-    edema_radii = semi_axes.mean() * rng.uniform(0.25, 0.50) * rng.uniform(0.75, 1.25, 3)
-    if grade == "HGG":
-        core_radii = edema_radii * rng.uniform(0.45, 0.70)
-    else:
-        core_radii = edema_radii * rng.uniform(0.50, 0.80)
-    core_radii = np.maximum(core_radii, 3.5 * voxel)
-    edema_radii = np.maximum(edema_radii, core_radii * 1.35)
-    necrosis_fraction = float(rng.uniform(0.35, 0.65))
-    necrosis_fraction = float(
-        np.clip(
-            necrosis_fraction, 1.2 * voxel / core_radii.min(), 1.0 - 1.5 * voxel / core_radii.min()
-        )
-    )
-    rotation = _random_rotation(rng)
-    core_shift = rng.normal(0.0, 0.15, 3) * core_radii
-
-    reach = np.ceil(2.2 * edema_radii.max() / spacing_arr).astype(int)
-    low = np.maximum(centre_vox - reach, 0)
-    high = np.minimum(centre_vox + reach + 1, shape)
-    box = tuple(slice(lo, hi) for lo, hi in zip(low, high, strict=True))
-    box_shape = tuple(int(hi - lo) for lo, hi in zip(low, high, strict=True))
-    box_axes = [
-        ((np.arange(lo, hi, dtype=np.float64) - (n - 1) / 2.0) * s).astype(np.float32)
-        for lo, hi, n, s in zip(low, high, shape, spacing_arr, strict=True)
-    ]
-    relative = np.stack(np.meshgrid(*box_axes, indexing="ij"), axis=-1) - centre_mm.astype(
-        np.float32
-    )
-    rotated = relative @ rotation.astype(np.float32)
-    edema_distance = np.sqrt(((rotated / edema_radii.astype(np.float32)) ** 2).sum(axis=-1))
-    core_distance = np.sqrt(
-        (((rotated - core_shift.astype(np.float32)) / core_radii.astype(np.float32)) ** 2).sum(
-            axis=-1
-        )
-    )
-    edema_distance *= np.exp(
-        0.30 * _centred(_smooth_field(rng, box_shape, (6, 6, 6)))
-        + 0.12 * _centred(_smooth_field(rng, box_shape, (12, 12, 12)))
-    )
-    core_distance *= np.exp(0.15 * _centred(_smooth_field(rng, box_shape, (5, 5, 5))))
-    necrosis_distance = core_distance * np.exp(
-        0.15 * _centred(_smooth_field(rng, box_shape, (4, 4, 4)))
-    )
-    box_tissue = tissue[box]
-    inside = brain[box]
-    # Edema spreads along white matter more than into grey matter and CSF.
-    spread = np.where(box_tissue == _WHITE, 1.15, np.where(box_tissue == _GREY, 0.85, 0.6))
-    margin = max(float(rng.uniform(0.15, 0.4)), 1.5 * voxel / float(core_radii.min()))
-    edema = (edema_distance <= spread) | (core_distance <= 1.0 + margin)
-    box_tissue[inside & edema] = _EDEMA
-    if grade == "HGG":
-        box_tissue[inside & (core_distance <= 1.0)] = _ENHANCING
-        necrosis = inside & (necrosis_distance <= necrosis_fraction)
-        necrosis[tuple(centre_vox - low)] = True
-        box_tissue[necrosis] = _NECROSIS
-    else:
-        box_tissue[inside & (core_distance <= 1.0)] = _NON_ENHANCING
-    tissue[~brain] = _BACKGROUND
-    # The tumour centre is a brain voxel, so every case has a tumour.
-    tissue[tuple(centre_vox)] = _NECROSIS if grade == "HGG" else _NON_ENHANCING
-    brain[tuple(centre_vox)] = True
-    label = _CODE_TO_LABEL[tissue]
-
-    # --- intensities ---------------------------------------------------------------------------
-    scale = rng.uniform(0.8, 1.25, size=4).astype(np.float32)
-    jitter = rng.uniform(0.95, 1.05, size=_INTENSITIES.shape).astype(np.float32)
-    table = _INTENSITIES * jitter * scale
-    texture = 1.0 + 0.04 * _smooth_field(rng, shape, [max(2, n // 8) for n in shape])
-    image = np.empty(shape + (4,), dtype=np.int16)
-    for channel in range(4):
-        clean = _smooth3(table[tissue, channel] * texture)
-        bias = np.exp(0.12 * _smooth_field(rng, shape, (3, 3, 3)))
-        sigma = 0.025 * table[_WHITE, channel]
-        noisy = clean * bias + rng.standard_normal(shape, dtype=np.float32) * sigma
-        noisy = np.where(brain, np.clip(np.rint(noisy), 1, 32767), 0)
-        image[..., channel] = noisy
-    return SyntheticCase(
-        case_id=case_id_for(index),
-        grade=grade,
-        image=image,
-        label=label,
-        affine=make_affine(shape, spacing_arr),
-        tissue=tissue,
-    )
-
-
 def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     import nibabel as nib
 

@@ -8,9 +8,10 @@ Registered in `conf/hydra/default.yaml`::
 
 - `on_multirun_start` (sweep process): creates the parent MLflow run `cv-<sweep dir>` (or
   reopens it when the sweep dir already has one) and writes its id to
-  `<sweep dir>/mlflow_parent_run_id`. Jobs nest their runs under it: `current_parent_run_id()`
-  reads that file, so it works with the basic launcher (same process) and with the joblib or
-  submitit launchers (other processes or hosts sharing the file system).
+  `<sweep dir>/mlflow_parent_run_id`. Jobs nest their runs under it:
+  `unet3d.tracking.parent_run.current_parent_run_id()` reads that file, so it works with the
+  basic launcher (same process) and with the joblib or submitit launchers (other processes or
+  hosts sharing the file system).
 - `on_job_end` (job process): when a job raised, logs the error at ERROR level, makes sure
   `results.json` says FAILED, and marks the Hydra job as completed so that Hydra's sweeper does
   not abort before `on_multirun_end` (Hydra 1.3's `BasicSweeper` re-raises the first failed
@@ -50,40 +51,11 @@ from unet3d.runs.naming import parse_override
 from unet3d.runs.provenance import git_tags
 from unet3d.runtime.signals import install_termination_handlers
 from unet3d.tracking import summary as summary_module
+from unet3d.tracking.parent_run import PARENT_RUN_ID_FILE
 from unet3d.tracking.tracker import Tracker, read_run_id_file
 from unet3d.tracking.values import flatten_config
 
 logger = logging.getLogger(__name__)
-
-#: File in the sweep dir holding the parent run id.
-PARENT_RUN_ID_FILE = "mlflow_parent_run_id"
-
-def read_parent_run_id(sweep_dir: str | os.PathLike) -> str | None:
-    """Return the parent run id written by `on_multirun_start` to `sweep_dir`, or None."""
-    return read_run_id_file(Path(sweep_dir) / PARENT_RUN_ID_FILE)
-
-
-def current_sweep_dir() -> Path | None:
-    """The absolute sweep dir of the running Hydra job in MULTIRUN mode, else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    sweep_dir = Path(str(hydra_cfg.sweep.dir))
-    if not sweep_dir.is_absolute():
-        sweep_dir = Path(str(hydra_cfg.runtime.cwd)) / sweep_dir
-    return sweep_dir.resolve()
-
-
-def current_parent_run_id() -> str | None:
-    """The sweep's parent run id for the running Hydra job (None outside a multirun)."""
-    sweep_dir = current_sweep_dir()
-    return read_parent_run_id(sweep_dir) if sweep_dir is not None else None
-
 
 class CrossValidationCallback(Callback):
     """Parent MLflow run and cross-validation summary of a Hydra multirun (see module doc).
@@ -414,9 +386,5 @@ def _quote(text: str) -> str:
 
 
 __all__ = [
-    "PARENT_RUN_ID_FILE",
     "CrossValidationCallback",
-    "current_parent_run_id",
-    "current_sweep_dir",
-    "read_parent_run_id",
 ]

@@ -7,7 +7,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from unet3d.runs.results import write_job_result
-from unet3d.tracking.sweep_callback import current_parent_run_id
+from unet3d.tracking.parent_run import current_parent_run_id
 from unet3d.tracking.tracker import Tracker, tracked_run
 
 
