@@ -7,6 +7,8 @@
 # Run on an otherwise idle machine: numbers measured while other processes use the CPUs are
 # pessimistic (each result records the load average). Extra environment:
 #   RESULTS=dir   where the JSON files go (default benchmarks/results)
+#   CHECKPOINT=p  a trained checkpoint of the default small model: also measure the brain
+#                 crop's and amp's segmentation agreement (benchmarks/predict_crop.py agree)
 #   WORKDIR=dir   runner working folder: MLflow store, run dirs, synthetic data cache
 #                 (default $TMPDIR/unet3d-benchmarks)
 set -euo pipefail
@@ -36,6 +38,9 @@ if [[ "${QUICK:-0}" == "1" ]]; then
     step inference
     python benchmarks/inference.py --model small --window 64 --volume 128 128 96 \
         --workdir "$WORKDIR" --out "$RESULTS/inference.json"
+    step predict_crop
+    python benchmarks/predict_crop.py time --model small --window 64 --rounds 1 \
+        --volume 96 96 64 --generate 96 96 80 --shift 4 -4 0 --out "$RESULTS/predict_crop.json"
     step startup
     python benchmarks/startup.py --repeats 1 --train-repeats 1 --workdir "$WORKDIR" \
         --out "$RESULTS/startup.json"
@@ -61,6 +66,13 @@ python benchmarks/pipeline.py --workdir "$WORKDIR" --out "$RESULTS/pipeline.json
 step "inference: one 240x240x155 case, reference widths, 128^3 windows, overlap 0.5"
 python benchmarks/inference.py --precisions fp32 bf16 --workdir "$WORKDIR" \
     --out "$RESULTS/inference.json"
+step "predict_crop: today's path vs brain crop fp32 vs crop amp, interleaved, 3 rounds"
+python benchmarks/predict_crop.py time --rounds 3 --out "$RESULTS/predict_crop.json"
+if [[ -n "${CHECKPOINT:-}" ]]; then  # a trained checkpoint (default small model) for agreement
+    step "predict_crop: segmentation agreement of crop / amp with today's fp32 ($CHECKPOINT)"
+    python benchmarks/predict_crop.py agree --checkpoint "$CHECKPOINT" \
+        --out "$RESULTS/predict_crop_agreement.json"
+fi
 step "startup: --help, a config error, time to the first training step"
 python benchmarks/startup.py --workdir "$WORKDIR" --out "$RESULTS/startup.json"
 step done

@@ -79,7 +79,7 @@ def test_debug_preset_shrinks_everything() -> None:
         (["training.loss=focal"], "training.loss"),
         (["inference.overlap=1.0"], "inference.overlap"),
         (["model.norm=layer"], "model.norm"),
-        (["model.num_classes=3"], "model.num_classes"),
+        (["model.num_classes=1"], "model.num_classes"),
         (["mode=evaluate"], "checkpoint"),
         (["mode=evaluate", "checkpoint=/no/such/ckpt"], "checkpoint"),
         (["mode=predict"], "predict.checkpoint"),
@@ -182,3 +182,19 @@ def test_shell_completion_of_the_console_script(tmp_path: Path) -> None:
     install = subprocess.run([executable, "-sc", "install=bash"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=60, check=True)
     assert "complete" in install.stdout
+
+
+def test_num_classes_must_be_the_data_sets():
+    from omegaconf import OmegaConf
+
+    from unet3d.data.convention import BRATS2023, LabelConvention
+    from unet3d.errors import ConfigError
+    from unet3d.runner import check_num_classes
+
+    cfg = OmegaConf.create({"model": {"num_classes": 4}})
+    check_num_classes(cfg, BRATS2023)  # 0, 1, 2, 3: four classes
+    post = LabelConvention("brats2024_post", {0: "background", 1: "NETC", 2: "SNFH", 3: "ET",
+                                              4: "RC"}, {"RC": (4,)})
+    with pytest.raises(ConfigError, match=r"^model.num_classes: .*brats2024_post has 5 classes.*"
+                                          r"model.num_classes=5$"):
+        check_num_classes(cfg, post)

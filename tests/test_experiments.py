@@ -40,7 +40,11 @@ PRESETS = (
     "infer_1mlu_bs2",
     "cross_validation_5fold",
     "benchmark_train",
+    "brats2021_reference",
+    "brats2023_gli_reference",
 )
+#: The data set of the presets that are not on BraTS 2019.
+PRESET_DATA = {"brats2021_reference": "brats2021", "brats2023_gli_reference": "brats2023"}
 #: Launchers and whether they need arguments.
 LAUNCHERS = {
     "horovod_train.sh": True,
@@ -96,7 +100,7 @@ def test_preset_composes_and_validates_with_real_and_synthetic_data(name: str,
     real = compose_config(f"experiment={name}", f"data.raw_dir={tmp_path}",
                           *_mandatory(name, tmp_path))
     validate(real)
-    assert real.data.name == "brats2019"
+    assert real.data.name == PRESET_DATA.get(name, "brats2019")
     synthetic = compose_config(f"experiment={name}", "data=synthetic",
                                *_mandatory(name, tmp_path))
     validate(synthetic)
@@ -121,6 +125,19 @@ def test_reference_recipe_values() -> None:
     assert training.log_every == 100 and training.checkpoint_every == 1000
     assert cfg.precision.name == "fp32" and cfg.mode.name == "train_and_evaluate"
     assert (cfg.fold, cfg.num_folds) == (0, 5)
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_DATA))
+def test_reference_recipe_siblings_differ_only_in_data(name: str, tmp_path: Path) -> None:
+    reference = compose_config("experiment=brats2019_reference", "data.raw_dir=/brats")
+    sibling = compose_config(f"experiment={name}", f"data.raw_dir={tmp_path}")
+    validate(sibling)
+    assert OmegaConf.to_container(sibling.training) == OmegaConf.to_container(reference.training)
+    assert OmegaConf.to_container(sibling.model) == OmegaConf.to_container(reference.model)
+    for key in ("crop_size", "batch_size", "augment", "foreground_probability"):
+        assert sibling.data[key] == reference.data[key], key
+    assert sibling.data.name == PRESET_DATA[name]
+    assert sibling.precision.name == "fp32" and sibling.mode.name == "train_and_evaluate"
 
 
 def test_seed_presets_follow_the_seed_scripts() -> None:

@@ -6,6 +6,11 @@ bad data, missing device) ends the job with one ERROR line and exit status 1; SI
 end it with one ERROR line and status 143 or 130 (its MLflow run KILLED). Inside a
 ``--multirun`` sweep a failed job is recorded (results.json, MLflow run FAILED) and the sweep
 goes on; the sweep callback summarises the folds and makes the sweep exit non-zero.
+
+What the job returns to Hydra's sweeper: its metrics dict, or, when ``optimized_metric`` is set
+(``conf/hparams_search/``), the mean of those metrics as a float, the objective the Optuna
+sweeper optimises (unet3d.tracking.study). A failed job returns None: an Optuna FAIL trial.
+``mode=cross_validate`` runs its folds as a sweep of their own (unet3d.modes.cross_validate).
 """
 
 from __future__ import annotations
@@ -25,6 +30,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from unet3d.config import validate
 from unet3d.errors import Unet3dError
+from unet3d.modes.cross_validate import (
+    is_cross_validation,
+    run_cross_validation,
+    run_id_of,
+    validate_cross_validation,
+)
+from unet3d.tracking.study import objective_value, optimized_metric_names
 
 log = logging.getLogger("unet3d")
 
@@ -98,6 +110,11 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("launch", _launch, use_cache=True)
     if not OmegaConf.has_resolver("launch_id"):
         OmegaConf.register_new_resolver("launch_id", _launch_id, use_cache=True)
+    if not OmegaConf.has_resolver("abspath"):
+        # ${abspath:PATH}: PATH made absolute against the working folder. For values resolved
+        # before Hydra sets its config (the sweeper's, e.g. the Optuna study's storage), where
+        # ${hydra:runtime.cwd} cannot be used.
+        OmegaConf.register_new_resolver("abspath", lambda path: os.path.abspath(str(path)))
     from unet3d.runs.naming import RESOLVER_NAME, job_dirname
 
     if not OmegaConf.has_resolver(RESOLVER_NAME):
@@ -133,10 +150,22 @@ def main(cfg: DictConfig) -> Any:
         folder.claim()
         if not folder.resume:
             _commit(folder, cfg)
-        validate(cfg)
-        from unet3d.runner import run_task  # deferred: imports TensorFlow
+        objective = optimized_metric_names(cfg)
+        if is_cross_validation(cfg):
+            folds = validate_cross_validation(cfg)
+            _commit(folder, cfg)
+            metrics = run_cross_validation(cfg, Path(output_dir),
+                                           list(hydra_cfg.overrides.task), folds)
+        else:
+            validate(cfg)
+            from unet3d.runner import run_task  # deferred: imports TensorFlow
 
-        return run_task(cfg, commit=lambda: _commit(folder, cfg))
+            metrics = run_task(cfg, commit=lambda: _commit(folder, cfg))
+        if objective is None:
+            return metrics
+        value = objective_value(metrics, objective)
+        log.info("objective (mean of %s): %.6g", ", ".join(objective), value)
+        return value
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM as TerminationRequested
         if multirun:
             raise  # stops the sweep; the sweep callback ends its parent run KILLED
@@ -168,7 +197,8 @@ def main(cfg: DictConfig) -> Any:
         write_job_result(
             output_dir, status="FAILED", fold=cfg.get("fold"),
             overrides=list(hydra_cfg.overrides.task), error=str(error),
-            mlflow_run_id=read_run_id_file(os.path.join(output_dir, "mlflow_run_id")),
+            mlflow_run_id=read_run_id_file(os.path.join(output_dir, "mlflow_run_id"))
+            or run_id_of(output_dir),
         )
         return None
     finally:

@@ -128,6 +128,10 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[
 
     def check_data(prepared: Any) -> None:
         _check_data(cfg, output_dir, prepared, context.is_chief)
+        if context.is_chief:
+            from unet3d.tracking.datasets import log_dataset_input
+
+            log_dataset_input(tracker, prepared, cfg)
 
     job = Job(cfg, runtime, tracker, output_dir, begin=begin, check_data=check_data)
     if not resuming:
@@ -139,6 +143,12 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[
                 write_job_result(output_dir, status="FINISHED", fold=int(cfg.fold),
                                  overrides=_overrides(), metrics=metrics,
                                  mlflow_run_id=tracker.run_id)
+            if (context.is_chief and mode in TRAINING_MODES
+                    and current_parent_run_id() is None):
+                # Inside a sweep the parent run registers the fold ensemble instead.
+                from unet3d.tracking.registry import publish_model
+
+                publish_model(tracker, cfg, str(output_dir), metrics, kind="job")
         finally:
             # Also for a failed or interrupted job: its log says why.
             _log_job_files(tracker, output_dir)
@@ -185,10 +195,21 @@ def write_identity(output_dir: Path, identity: Any, resuming: bool) -> None:
 
 
 def _check_data(cfg: DictConfig, output_dir: Path, prepared: Any, is_chief: bool) -> None:
-    """A resume refuses another case list; a new run records its case-list fingerprint."""
+    """Check the data against the model and the run folder.
+
+    Every rank: ``model.num_classes`` must be the data set's number of classes. Chief: a resume
+    refuses another case list; a new run records its case-list fingerprint and convention.
+
+    Raises:
+        ConfigError: ``model.num_classes`` differs from the data set's classes.
+        RunFolderError: a resume on another case list.
+    """
     from unet3d.errors import RunFolderError
+    from unet3d.modes.job import data_convention
     from unet3d.runs.identity import cases_fingerprint, read_identity, record_cases
 
+    convention = data_convention(prepared)
+    check_num_classes(cfg, convention)
     if not is_chief:
         return
     if bool(cfg.resume) and cfg.mode.name in TRAINING_MODES:
@@ -202,7 +223,31 @@ def _check_data(cfg: DictConfig, output_dir: Path, prepared: Any, is_chief: bool
                 f"{prepared.preprocessed_dir}); resume it on its own data, or drop resume=true"
             )
         return
-    record_cases(output_dir, prepared.case_ids)
+    record_cases(output_dir, prepared.case_ids, convention.to_dict())
+
+
+def check_num_classes(cfg: DictConfig, convention: Any) -> None:
+    """Check the model's classes (and regions, for a region head) against the data set's.
+
+    Raises:
+        ConfigError: ``model.num_classes`` is not the data set's number of classes, or
+            ``model.num_regions`` not the number of regions its region head paints.
+    """
+    from unet3d.errors import ConfigError
+    from unet3d.inference.regions import painted_regions
+    from unet3d.model.heads import head_problem
+
+    if str(cfg.model.get("head") or "softmax") == "regions":
+        problem = head_problem(cfg.model, cfg.loss, len(painted_regions(convention)))
+        if problem is not None:
+            raise ConfigError(problem)
+    wanted = int(convention.num_classes)
+    if int(cfg.model.num_classes) != wanted:
+        values = ", ".join(str(value) for value in convention.values)
+        raise ConfigError(
+            f"model.num_classes: the data set {convention.name} has {wanted} classes (label "
+            f"values {values}), the model {cfg.model.num_classes}: pass model.num_classes={wanted}"
+        )
 
 
 def _log_job_files(tracker: Any, output_dir: Path) -> None:

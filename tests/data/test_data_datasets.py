@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from unet3d.data.brats import find_cases
+from unet3d.data.case_folders import CaseFolders
 from unet3d.data.datasets import BraTSFolder, SyntheticBraTS, build_dataset, cases_dir_of
 from unet3d.errors import ConfigError, DataError
+
+find_cases = CaseFolders().find_cases  # BraTS 2019 case folders
 
 SETTINGS = {"num_cases": 2, "shape": [32, 32, 24], "spacing": [1, 1, 1], "seed": 1,
             "layout": "flat"}
@@ -43,3 +45,17 @@ def test_data_set_errors(tmp_path: Path) -> None:
                                           r"TypeError: .*'synthetic'"):
         build_dataset({"_target_": "unet3d.data.datasets.BraTSFolder", "raw_dir": "x",
                        "synthetic": SETTINGS})
+
+
+def test_layout_keys_are_not_arguments_of_the_data_set(tmp_path: Path) -> None:
+    from unet3d.data.layout import data_config
+
+    group = {"_target_": "unet3d.data.datasets.BraTSFolder", "name": "brats2023",
+             "raw_dir": str(tmp_path), **data_config("brats2023")}
+    folder = build_dataset(group)
+    assert isinstance(folder, BraTSFolder) and folder.raw_dir == str(tmp_path)
+
+
+def test_a_synthetic_layout_without_a_data_set_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^data\.synthetic\.layout: no data set 'nope'"):
+        SyntheticBraTS({**SETTINGS, "layout": "nope"}).layout_config()

@@ -158,8 +158,10 @@ def test_iterate_eval_cases_yields_each_case_once_in_order(tiny_records):
     cases = list(iterate_eval_cases(files))
     assert [c.case_id for c in cases] == [f"BraTS19_SYN_000{i}" for i in (4, 3, 2, 1)]
     for case in cases:
-        assert case.image.shape == (32, 32, 24, 4) and case.image.dtype == np.float32
-        assert case.label.shape == (32, 32, 24) and case.affine.shape == (4, 4)
+        # The stored brain box, placed in the 32x32x24 grid by its crop box.
+        assert case.full_shape == (32, 32, 24) and case.image.dtype == np.float32
+        assert case.image.shape == (*case.crop_box.shape, 4)
+        assert case.label.shape == case.crop_box.shape and case.affine.shape == (4, 4)
         assert case.spacing == (1.0, 1.0, 1.0)
 
 
@@ -168,3 +170,68 @@ def test_missing_file_is_reported(coordinate_files):
         DataError, match="case nothing: .*nothing.tfrecord: TFRecord file does not exist"
     ):
         _dataset(coordinate_files + [coordinate_files[0].replace("case_0", "nothing")])
+
+
+def _brain_record(shape=(24, 20, 16), box=(slice(3, 19), slice(6, 20), slice(0, 9))):
+    image = np.zeros(shape + (4,), dtype=np.uint8)
+    rng = np.random.default_rng(1)
+    image[box] = rng.integers(1, 255, size=image[box].shape, dtype=np.uint8)
+    image[..., 1] = 0  # an all-zero modality
+    label = np.zeros(shape, dtype=np.uint8)
+    label[3:6, 6:9, 6:9] = 1  # touches the box's low H and W faces
+    return {"case_id": "brain", "image": image, "label": label, "mean": [50.0] * 4,
+            "std": [20.0] * 4, "spacing": [1.0, 1.0, 1.0], "affine": np.eye(4)}
+
+
+def test_cropped_record_round_trip_pastes_back_into_the_original_grid(tmp_path):
+    from unet3d.data.crop import CropBox, crop_record, paste_to_full
+    from unet3d.data.preprocess import normalize
+
+    original = _brain_record()
+    cropped = crop_record(original)
+    assert cropped["crop_box"] == CropBox((3, 6, 0), (19, 20, 9), (24, 20, 16))
+    assert cropped["image"].shape == (16, 14, 9, 4) and cropped["label"].shape == (16, 14, 9)
+    path = tmp_path / "brain.tfrecord"
+    write_record(path, cropped)
+    case = next(iterate_eval_cases([str(path)]))
+    assert case.crop_box == cropped["crop_box"] and case.full_shape == (24, 20, 16)
+    full_image = normalize(original["image"], original["mean"], original["std"])
+    np.testing.assert_array_equal(paste_to_full(case.image, case.crop_box, (24, 20, 16),
+                                                background_class=None), full_image)
+    np.testing.assert_array_equal(paste_to_full(case.label, case.crop_box), original["label"])
+    assert (tmp_path / "brain.tfrecord").stat().st_size < 0.5 * original["image"].nbytes
+
+
+def test_label_outside_the_image_box_widens_the_crop_and_old_records_read_whole(tmp_path):
+    from unet3d.data.crop import CropBox, crop_record
+
+    record = _brain_record()
+    record["label"][22, 1, 15] = 2  # a labelled voxel where every modality is 0
+    assert crop_record(record)["crop_box"] == CropBox((3, 1, 0), (23, 20, 16), (24, 20, 16))
+    empty = _brain_record()
+    empty["image"][:] = 0
+    empty["label"][:] = 0
+    assert crop_record(empty)["crop_box"].is_full
+    path = tmp_path / "old.tfrecord"
+    write_record(path, _brain_record())  # no crop_box: a record of PREPROCESS_VERSION 1
+    case = next(iterate_eval_cases([str(path)]))
+    assert case.crop_box == CropBox.full((24, 20, 16)) and case.full_shape == (24, 20, 16)
+
+
+def test_a_crop_box_that_does_not_match_the_image_is_refused(tmp_path):
+    from unet3d.data.crop import CropBox
+
+    record = _brain_record()
+    record["crop_box"] = CropBox((0, 0, 0), (4, 4, 4), (24, 20, 16))
+    with pytest.raises(ValueError, match="crop box shape"):
+        write_record(tmp_path / "bad.tfrecord", record)
+
+
+def test_training_crops_of_a_cropped_record_fall_in_the_brain(tmp_path):
+    from unet3d.data.crop import crop_record
+
+    path = tmp_path / "brain.tfrecord"
+    write_record(path, crop_record(_brain_record()))
+    images, labels = _batches(_dataset([str(path)], crop_size=[8, 8, 8]), 2)[0]
+    assert images.shape == (2, 8, 8, 8, 4) and labels.shape == (2, 8, 8, 8)
+    assert (np.abs(images[..., 0]) > 0).mean() > 0.9  # the full grid is 38% brain

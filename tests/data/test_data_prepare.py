@@ -70,3 +70,24 @@ def test_prepare_real_layout_and_errors(tmp_path, tiny_raw):
                                           "raw_dir": str(tmp_path / "nope")}))
     with pytest.raises(ConfigError, match=r"^data\._target_: .*has no attribute 'Nope'"):
         prepare_data(_cfg(tmp_path, data={"_target_": "unet3d.data.datasets.Nope"}))
+
+
+def test_prepare_reads_the_layout_of_the_data_group(tmp_path):
+    from tests.data.test_readers import write_nnunet
+    from unet3d.data.layout import data_config
+    from unet3d.data.tfrecord import read_record
+
+    raw = write_nnunet(tmp_path / "Dataset137_BraTS2021",
+                       cases=[f"BraTS2021_0000{i}" for i in range(4)])
+    group = {"_target_": "unet3d.data.datasets.BraTSFolder", "raw_dir": str(raw),
+             **data_config("nnunet_raw")}
+    prepared = prepare_data(_cfg(tmp_path, data=group, fold=0, num_folds=2))
+    assert prepared.layout.convention.name == "nnunet_raw:Dataset137_BraTS2021"
+    assert prepared.case_ids == [f"BraTS2021_0000{i}" for i in range(4)]
+    record = read_record(prepared.train_files[0])
+    assert record["image"].shape == (8, 8, 8, 4) and record["label"].max() == 3
+    default = prepare_data(_cfg(tmp_path / "synthetic"))
+    assert default.layout.convention.name == "brats2019"
+    (raw / "dataset.json").write_text("{")
+    with pytest.raises(DataError, match=r"dataset\.json: unreadable dataset\.json"):
+        prepare_data(_cfg(tmp_path, data=group, fold=0, num_folds=2))

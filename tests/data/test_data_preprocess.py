@@ -5,8 +5,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from unet3d.data.brats import find_cases, load_case
-from unet3d.data.labels import MODALITIES
+from unet3d.data.case_folders import CaseFolders
+from unet3d.data.cases import load_case
+from unet3d.data.convention import MODALITIES
+from unet3d.data.crop import crop_record, paste_to_full
 from unet3d.data.pipeline import iterate_eval_cases
 from unet3d.data.preprocess import (
     MANIFEST_NAME,
@@ -17,6 +19,8 @@ from unet3d.data.preprocess import (
 )
 from unet3d.data.tfrecord import read_record, record_path, validate_records, write_record
 from unet3d.errors import DataError
+
+find_cases = CaseFolders().find_cases  # BraTS 2019 case folders
 
 
 def _expected_uint8(volume):
@@ -43,12 +47,18 @@ def test_round_trip_and_normalize(tiny_raw, tiny_records):
     case = cases[1]  # an HGG case (with label 4)
     record = read_record(tiny_records[1])
     assert record["case_id"] == case.case_id
-    assert record["image"].shape == (32, 32, 24, 4) and record["image"].dtype == np.uint8
+    # The record holds the brain box; pasted back it is the whole preprocessed case.
+    box = record["crop_box"]
+    assert box.full_shape == (32, 32, 24) and record["image"].shape == (*box.shape, 4)
+    assert box.shape != (32, 32, 24)  # the synthetic head does not fill its grid
+    assert record["image"].dtype == np.uint8
+    full_image = paste_to_full(record["image"], box, background_class=None)
+    full_label = paste_to_full(record["label"], box)
     expected_mean, expected_std = [], []
     for channel, name in enumerate(MODALITIES):
         data = np.asanyarray(nib.load(case.modalities[name]).dataobj)
         expected = _expected_uint8(data)
-        assert np.array_equal(record["image"][..., channel], expected), name
+        assert np.array_equal(full_image[..., channel], expected), name
         foreground = expected[expected > 0].astype(np.float64)
         expected_mean.append(foreground.mean())
         expected_std.append(foreground.std())
@@ -56,12 +66,13 @@ def test_round_trip_and_normalize(tiny_raw, tiny_records):
     assert np.allclose(record["std"], expected_std, rtol=1e-5)
     seg = np.asanyarray(nib.load(case.label).dataobj)
     expected_label = np.where(seg == 4, 3, seg)
-    assert np.array_equal(record["label"], expected_label) and record["has_label"]
+    assert np.array_equal(full_label, expected_label) and record["has_label"]
     assert 3 in record["label"]
     assert np.allclose(record["affine"], nib.load(case.label).affine, atol=1e-5)
     assert np.allclose(record["spacing"], (1, 1, 1))
     # The parsed record equals the in-memory preprocessing.
-    direct = preprocess_case(load_case(case))
+    direct = crop_record(preprocess_case(load_case(case)))
+    assert direct["crop_box"] == box
     assert np.array_equal(direct["image"], record["image"])
     assert np.array_equal(direct["label"], record["label"])
     # normalize: voxels > 0 -> (x - mean) / (std + 1e-8), others 0, per channel.
@@ -161,3 +172,50 @@ def test_record_without_label(tmp_path):
     validate_records([path], require_label=False)
     with pytest.raises(DataError, match="case nolabel: .*nolabel.tfrecord: record has no label"):
         validate_records([path])
+
+
+def test_records_hold_the_conventions_classes_and_a_changed_convention_reruns(tmp_path):
+    from tests.data.test_readers import layout_of, write_case_folder, write_msd
+    from unet3d.data._files import read_json
+    from unet3d.data.convention import MSD_BRAIN
+
+    raw = tmp_path / "raw"
+    write_case_folder(raw, "BraTS-GLI-00000-000", "brats2023", labels=(0, 1, 2, 3))
+    out = tmp_path / "records"
+    layout = layout_of("brats2023", raw)
+    files = preprocess_dataset(raw, out, layout)
+    record = read_record(files[0])
+    assert sorted(np.unique(record["label"])) == [0, 1, 2, 3]  # 2023 values are the classes
+    manifest = read_json(out / MANIFEST_NAME)
+    assert manifest["convention"] == layout.convention.to_dict()
+    before = os.stat(files[0]).st_mtime_ns
+    assert preprocess_dataset(raw, out, layout) == files
+    assert os.stat(files[0]).st_mtime_ns == before
+    post = layout_of("brats2024_post", raw)  # same files, another convention: rewritten
+    preprocess_dataset(raw, out, post)
+    assert os.stat(files[0]).st_mtime_ns != before
+    assert read_json(out / MANIFEST_NAME)["convention"]["name"] == "brats2024_post"
+
+    msd = write_msd(tmp_path / "msd")
+    layout = layout_of("msd_brain", msd)
+    assert layout.convention == MSD_BRAIN
+    msd_files = preprocess_dataset(msd, tmp_path / "msd_records", layout)
+    assert [os.path.basename(f) for f in msd_files] == ["BRATS_001.tfrecord",
+                                                        "BRATS_002.tfrecord"]
+    record = read_record(msd_files[0])
+    assert record["image"].shape == (8, 8, 8, 4)
+    assert sorted(np.unique(record["label"])) == [0, 1, 2, 3]
+
+
+def test_records_written_before_conventions_are_reused_for_brats2019(raw_copy, tmp_path):
+    from unet3d.data._files import read_json
+    from unet3d.runs.files import write_json_atomic
+
+    out = tmp_path / "records"
+    files = preprocess_dataset(raw_copy, out)
+    manifest = read_json(out / MANIFEST_NAME)
+    del manifest["convention"]  # as written before this change
+    write_json_atomic(out / MANIFEST_NAME, manifest)
+    before = {f: os.stat(f).st_mtime_ns for f in files}
+    preprocess_dataset(raw_copy, out)
+    assert {f: os.stat(f).st_mtime_ns for f in files} == before

@@ -222,3 +222,35 @@ def test_format_table_lists_regions_and_labels():
     wt_line = next(line for line in lines if line.startswith("WT"))
     assert "1.0000" in wt_line and "0.00" in wt_line
     assert format_table({"Dice_WT": float("nan")}).splitlines()[-1].split()[-2:] == ["nan", "-"]
+
+
+def test_case_metrics_follow_the_data_sets_regions():
+    from unet3d.data.convention import BRATS2023, MSD_BRAIN
+    from unet3d.evaluation.metrics import metric_keys
+
+    reference = np.zeros((6, 6, 6), dtype=np.uint8)
+    reference[0, 0, 0:4] = 1  # BraTS 2023: NETC
+    reference[1, 0, 0:4] = 2  # SNFH
+    reference[2, 0, 0:2] = 3  # ET
+    prediction = reference.copy()
+    prediction[0, 0, 3] = 3  # one NETC voxel predicted ET
+    prediction[1, 0, 0:2] = 0  # two SNFH voxels missed
+    result = case_metrics(prediction, reference, (1.0, 1.0, 1.0), convention=BRATS2023)
+    assert tuple(result) == metric_keys(BRATS2023) == (
+        "Dice_ET", "Dice_TC", "Dice_WT", "Dice_NETC", "Dice_SNFH",
+        "HD95_ET", "HD95_TC", "HD95_WT", "HD95_NETC", "HD95_SNFH")
+    assert result["Dice_ET"] == pytest.approx(2 * 2 / (3 + 2))
+    assert result["Dice_TC"] == pytest.approx(1.0)
+    assert result["Dice_WT"] == pytest.approx(2 * 8 / (8 + 10))
+    assert result["Dice_NETC"] == pytest.approx(2 * 3 / (3 + 4))
+    assert result["Dice_SNFH"] == pytest.approx(2 * 2 / (2 + 4))
+    assert "TumorCore" not in result  # the seed's names belong to the 2019 labels
+    # MSD: label 2 is the non-enhancing core, label 1 edema: TC = {2, 3}.
+    msd = case_metrics(prediction, reference, (1.0, 1.0, 1.0), convention=MSD_BRAIN)
+    assert msd["Dice_TC"] == pytest.approx(2 * 4 / (5 + 6))  # ref 4 + 2 voxels, pred 2 + 3
+    # Training classes are indices into the convention's values.
+    classes = case_metrics(prediction, reference, labels="training", convention=BRATS2023)
+    assert classes == result
+    table = format_table(summarize([result]), BRATS2023).splitlines()
+    assert [line.split()[0] for line in table[2:]] == ["ET", "TC", "WT", "NETC", "SNFH"]
+    assert table[3].startswith("TC {1,3}")

@@ -9,7 +9,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from unet3d.errors import CheckpointError, ConfigError
 from unet3d.inference.checkpoints import resolve_model_checkpoints
-from unet3d.inference.ensemble import EnsemblePredictor, probabilities_to_labels
+from unet3d.inference.ensemble import EnsemblePredictor
+from unet3d.inference.labels import make_labeler
 from unet3d.inference.models import load_ensemble
 from unet3d.run import register_resolvers
 from unet3d.runs.identity import RunIdentity
@@ -236,7 +237,7 @@ def test_one_window_equal_to_the_volume_is_the_direct_forward_pass(sweep, cfg):
     probabilities = predictor(model, cfg).probabilities(image)
     direct = model(image[None], training=False).numpy()[0]
     np.testing.assert_allclose(probabilities, direct, rtol=1e-5, atol=1e-6)
-    labels = probabilities_to_labels(probabilities)
+    labels = make_labeler()(probabilities)
     assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2, 4}
     np.testing.assert_array_equal(
         labels, np.where(direct.argmax(-1) == 3, 4, direct.argmax(-1))

@@ -113,8 +113,16 @@ def test_a_failed_write_leaves_no_temporary_file_and_no_output(tmp_path, referen
 
 
 def test_bad_inputs_are_rejected(tmp_path, reference):
-    with pytest.raises(ValueError, match="outside the BraTS labels"):
+    with pytest.raises(ValueError, match=r"labels \[3\] outside the data set's labels "
+                       r"\[0, 1, 2, 4\]"):
         write_segmentation(np.full(SHAPE, 3), reference, tmp_path / "a.nii.gz")
+    # BraTS 2023 writes 3 (ET), but not 4.
+    written = write_segmentation(np.full(SHAPE, 3), reference, tmp_path / "b.nii.gz",
+                                 allowed=(0, 1, 2, 3))
+    written.unlink()
+    with pytest.raises(ValueError, match=r"labels \[4\] outside"):
+        write_segmentation(np.full(SHAPE, 4), reference, tmp_path / "c.nii.gz",
+                           allowed=(0, 1, 2, 3))
     with pytest.raises(ValueError, match="differs from the reference"):
         write_segmentation(np.zeros((9, 7, 6)), reference, tmp_path / "b.nii.gz")
     with pytest.raises(ValueError, match=r"\.nii\.gz or \.nii"):

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from unet3d.data.labels import MODALITIES
+from unet3d.data.convention import MODALITIES
 from unet3d.data.synthetic import generate_dataset
 from unet3d.errors import DataError
 from unet3d.inference.predict import safe_output_path

@@ -208,3 +208,25 @@ def test_keras_predict_fn_matches_the_model():
         sliding_window_predict(whole, image, (8, 8, 16), NUM_CLASSES), direct, rtol=1e-5, atol=1e-6
     )
     assert isinstance(model, keras.Model)
+
+
+def test_importance_map_is_computed_once_per_window_and_read_only():
+    first = importance_map((8, 6, 10), "gaussian")
+    assert importance_map([8, 6, 10], "gaussian") is first  # cached per shape and blend
+    assert importance_map((8, 6, 10), "constant") is not first
+    assert not first.flags.writeable
+    with pytest.raises(ValueError):
+        first[0, 0, 0] = 2.0
+    with pytest.raises(ValueError, match="unknown blend"):
+        importance_map((8, 6, 10), "median")
+
+
+def test_float64_predictions_are_accumulated_in_float32():
+    image = volume((12, 9, 7))
+
+    def float64_model(batch):
+        return pointwise_model(batch).astype(np.float64)
+
+    result = sliding_window_predict(float64_model, image, (8, 6, 4), NUM_CLASSES, batch_size=3)
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(result, pointwise_model(image[None])[0], rtol=1e-5, atol=1e-6)

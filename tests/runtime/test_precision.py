@@ -84,3 +84,37 @@ def test_fp16_wraps_optimizer_and_trains_one_step(caplog):
 def test_xla_flag_passes_through():
     info = configure_precision({"name": "fp32", "policy": "float32", "xla": True}, "GPU")
     assert info.xla and info.policy_name == "float32" and not info.loss_scale
+
+
+def _small_unet():
+    from unet3d.model.unet3d import build_unet3d
+
+    return build_unet3d(in_channels=2, num_classes=3, base_filters=4, max_filters=8,
+                        num_levels=2)
+
+
+def test_amp_inference_computes_in_bfloat16_and_accumulates_float32():
+    from unet3d.inference.ensemble import EnsemblePredictor
+    from unet3d.runtime.precision import check_inference_precision, model_dtypes
+
+    fp32_info = configure_precision({"name": "fp32", "policy": "float32", "xla": False}, "CPU")
+    keras.utils.set_random_seed(3)
+    reference = _small_unet()
+    info = configure_precision({"name": "amp", "policy": "auto", "xla": False}, "CPU")
+    with pytest.raises(ConfigError, match=r"^precision\.policy: model 0 .* computes in float32"):
+        check_inference_precision(reference, info)  # built before the policy was set
+    model = _small_unet()  # rebuilt under the policy, as load_ensemble does
+    model.set_weights(reference.get_weights())
+    assert model_dtypes(model) == {"compute": ["bfloat16"], "variables": ["float32"],
+                                   "output": "float32"}
+    assert check_inference_precision([model], info)[0]["compute"] == ["bfloat16"]
+    assert check_inference_precision(reference, fp32_info)[0]["compute"] == ["float32"]
+
+    image = np.random.default_rng(0).normal(size=(12, 10, 8, 2)).astype(np.float32)
+    image[:3] = 0.0
+    kwargs = {"window_size": (8, 8, 8), "num_classes": 3, "overlap": 0.5, "batch_size": 2}
+    amp = EnsemblePredictor(model, **kwargs).probabilities(image)
+    fp32 = EnsemblePredictor(reference, **kwargs).probabilities(image)
+    assert amp.dtype == np.float32 and amp.shape == (12, 10, 8, 3)
+    np.testing.assert_allclose(amp.sum(axis=-1), 1.0, rtol=1e-5)  # float32 blending
+    assert 0.0 < np.abs(amp - fp32).max() < 0.1  # bfloat16 differs, but little

@@ -121,6 +121,33 @@ def test_start_logs_config_tags_and_metrics(tracking_cfg, store_root, client, tm
     assert experiment.artifact_location == (store_root / "mlartifacts").as_uri()
 
 
+def test_experiment_is_a_model_training_experiment(
+    tracking_cfg, store_root, client, tmp_path
+) -> None:
+    """New experiments get mlflow.experimentKind; old ones without it (or inferred) get it set,
+    an explicit other kind is kept."""
+    tracker = make_tracker(tracking_cfg, store_root)
+    run_id = tracker.start(None, tmp_path / "a", run_name="a")
+    tracker.end()
+    created = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    assert created.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    old = client.create_experiment("old-unet3d")
+    inferred = client.create_experiment(
+        "inferred", tags={"mlflow.experimentKind": "genai_development_inferred"})
+    explicit = client.create_experiment(
+        "explicit", tags={"mlflow.experimentKind": "genai_development"})
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    for name in ("old-unet3d", "inferred", "explicit"):
+        job = make_tracker({**tracking_cfg, "experiment_name": name}, store_root)
+        job.start(None, tmp_path / name, run_name=name)
+        job.end()
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(inferred).tags["mlflow.experimentKind"] == (
+        "custom_model_development")
+    assert client.get_experiment(explicit).tags["mlflow.experimentKind"] == "genai_development"
+
+
 def test_resume_reopens_same_run_and_keeps_first_params(
     tracking_cfg, store_root, client, tmp_path
 ) -> None:

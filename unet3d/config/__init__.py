@@ -40,7 +40,8 @@ from unet3d.errors import ConfigError
 
 # ---- vocabularies: every list of allowed values lives here, modules import it -----------------
 
-MODES = ("train", "evaluate", "train_and_evaluate", "predict", "benchmark")
+MODES = ("train", "evaluate", "train_and_evaluate", "predict", "benchmark", "postprocess",
+         "cross_validate")
 TRAINING_MODES = ("train", "train_and_evaluate")
 DEVICE_TYPES = ("auto", "cpu", "gpu", "mlu")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "horovod")
@@ -50,6 +51,11 @@ COMMUNICATIONS = ("auto", "ring", "nccl")
 PRECISION_POLICIES = ("float32", "auto", "mixed_bfloat16", "mixed_float16")
 #: Normalisations of the U-Net's conv units (``none``: no norm, the convolutions get a bias).
 NORMS = ("instance", "group", "batch", "none")
+#: Output heads (``model.head``): a softmax over the classes, or one sigmoid per evaluation
+#: region (region-based training, nnU-Net's ``regions_class_order``).
+HEADS = ("softmax", "regions")
+#: Units of the post-processing's ET volume threshold (``postprocess.unit``).
+VOLUME_UNITS = ("voxels", "mm3")
 #: Kernels of the U-Net's class-logit convolution (3: the reference's published head).
 HEAD_KERNELS = (1, 3)
 #: Built-in losses (``training.loss``, the ``name`` of ``loss=default``).
@@ -59,22 +65,25 @@ LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam",)
 BLENDS = ("gaussian", "constant")
 BENCHMARK_TARGETS = ("train", "predict", "pipeline", "runner")
-#: Folder layouts of the synthetic data set (``flat``: <case>/ ; ``brats2019``: HGG/ and LGG/).
-SYNTHETIC_LAYOUTS = ("flat", "brats2019")
-#: Training classes of BraTS (labels 0, 1, 2, 4 -> classes 0..3).
-BRATS_CLASSES = 4
+#: Layouts the synthetic data set writes (``data.synthetic.layout``): ``flat`` BraTS 2019 names
+#: in <case>/ folders, ``brats2019`` the same under HGG/ and LGG/, and the layouts and labels of
+#: ``conf/data/{brats2023,msd_brain,nnunet_raw}.yaml``.
+SYNTHETIC_LAYOUTS = ("flat", "brats2019", "brats2023", "msd_brain", "nnunet_raw")
 
 # ---- the built-in components ------------------------------------------------------------------
 
 UNET3D_TARGET = "unet3d.model.unet3d.build_unet3d"
 SEGMENTATION_LOSS_TARGET = "unet3d.training.losses.SegmentationLoss"
+REGION_LOSS_TARGET = "unet3d.training.region_loss.RegionLoss"
 LR_SCHEDULE_TARGET = "unet3d.training.optimizer.learning_rate_schedule"
 SYNTHETIC_DATASET_TARGET = "unet3d.data.datasets.SyntheticBraTS"
 BRATS_FOLDER_TARGET = "unet3d.data.datasets.BraTSFolder"
 #: Keys of the ``data`` group that the framework reads (preprocessing cache, training input);
 #: the data set's ``_target_`` is called with every other key of the group.
 DATA_PIPELINE_KEYS = ("name", "preprocessed_dir", "crop_size", "batch_size", "augment",
-                      "foreground_probability", "shuffle_buffer", "cache")
+                      "foreground_probability", "shuffle_buffer", "cache",
+                      # the layout and label convention (unet3d/data/layout.py)
+                      "reader", "convention", "labels", "regions", "region_order")
 
 # ---- the schema -------------------------------------------------------------------------------
 
@@ -109,6 +118,8 @@ SETTINGS: dict[str, Setting] = {
     "training.log_every": Integer(minimum=1),
     "training.checkpoint_every": Integer(minimum=1),
     "training.keep_checkpoints": Integer(minimum=1),
+    "training.deep_supervision": Boolean(),
+    "training.deep_supervision_levels": Nullable(Integer(minimum=1)),
     "loss._target_": Target(),
     "lr_schedule._target_": Target(),
     "inference.window_size": Sides(int, spatial=True, optional=True),
@@ -116,6 +127,8 @@ SETTINGS: dict[str, Setting] = {
     "inference.blend": OneOf(BLENDS),
     "inference.batch_size": Integer(minimum=1),
     "inference.tta": Boolean(),
+    "inference.crop_to_brain": Boolean(),
+    "inference.crop_margin": Integer(minimum=0),
     "precision.policy": OneOf(PRECISION_POLICIES),
     "precision.xla": Boolean(),
     "device.type": OneOf(DEVICE_TYPES),
@@ -127,6 +140,8 @@ SETTINGS: dict[str, Setting] = {
     "strategy.name": OneOf(STRATEGIES),
     "tracking.enabled": Boolean(),
     "tracking.log_model": Boolean(),
+    "tracking.register_model": Nullable(Text()),
+    "tracking.model_alias": Nullable(Text()),
 }
 
 #: Keys that one mode reads, checked only in that mode.
@@ -138,6 +153,12 @@ MODE_SETTINGS: dict[str, dict[str, Setting]] = {
         "predict.fold": Nullable(Integer(minimum=0)),
         "predict.save_probabilities": Boolean(),
         "predict.overwrite": Boolean(),
+        "predict.postprocess": Boolean(),
+    },
+    "postprocess": {
+        "postprocess.checkpoint": ExistingPath(),
+        "postprocess.unit": OneOf(VOLUME_UNITS),
+        "postprocess.min_improvement": Number(0.0, low_inclusive=True),
     },
     "benchmark": {
         "benchmark.target": OneOf(BENCHMARK_TARGETS),
@@ -157,6 +178,13 @@ COMPONENT_ARGUMENTS: dict[str, dict[str, Setting]] = {
         "num_levels": Integer(minimum=2),
         "norm": OneOf(NORMS),
         "output_kernel_size": OneOf(HEAD_KERNELS),
+        "head": OneOf(HEADS),
+        "num_regions": Integer(minimum=1),
+    },
+    REGION_LOSS_TARGET: {
+        "num_classes": Integer(minimum=2),
+        "bce_weight": Number(0.0, low_inclusive=True),
+        "dice_weight": Number(0.0, low_inclusive=True),
     },
     SEGMENTATION_LOSS_TARGET: {
         "name": OneOf(LOSSES),
@@ -174,6 +202,7 @@ COMPONENT_ARGUMENTS: dict[str, dict[str, Setting]] = {
         "synthetic.spacing": Sides(float),
         "synthetic.seed": Integer(minimum=0),
         "synthetic.layout": OneOf(SYNTHETIC_LAYOUTS),
+        "synthetic.num_test": Integer(minimum=0),
     },
     BRATS_FOLDER_TARGET: {"raw_dir": ExistingPath(directory=True)},
 }
@@ -196,12 +225,15 @@ def validate(cfg: DictConfig) -> None:
     """
     for key, setting in SETTINGS.items():
         setting.check(cfg, key)
+    mode = get(cfg, "mode.name")
+    # Predicting a folder of raw cases reads the data group's layout, not its raw_dir.
+    skipped = {"data.raw_dir"} if mode == "predict" and get(cfg, "predict.input_dir") else set()
     for group in COMPONENT_GROUPS:
         arguments = COMPONENT_ARGUMENTS.get(get(cfg, f"{group}._target_"), {})
         for name, setting in arguments.items():
-            if get(cfg, f"{group}.{name}", _ABSENT) is not _ABSENT:
-                setting.check(cfg, f"{group}.{name}")
-    mode = get(cfg, "mode.name")
+            key = f"{group}.{name}"
+            if key not in skipped and get(cfg, key, _ABSENT) is not _ABSENT:
+                setting.check(cfg, key)
     for key, setting in MODE_SETTINGS.get(mode, {}).items():
         setting.check(cfg, key)
     _check_rules(cfg, mode)
@@ -212,10 +244,9 @@ def _check_rules(cfg: DictConfig, mode: str) -> None:
     num_folds, fold = get(cfg, "num_folds"), get(cfg, "fold")
     if fold >= num_folds:
         raise ConfigError(f"fold: must be in [0, num_folds={num_folds}), got {fold}")
+    # model.num_classes is checked against the data set's label convention once it is read
+    # (unet3d.runner.check_num_classes).
     classes = get(cfg, "model.num_classes")
-    if classes != BRATS_CLASSES:
-        raise ConfigError(
-            f"model.num_classes: BraTS has {BRATS_CLASSES} training classes, got {classes}")
     if get(cfg, "model._target_") == UNET3D_TARGET:
         base, largest = get(cfg, "model.base_filters"), get(cfg, "model.max_filters")
         if base is not None and largest is not None and largest < base:
@@ -229,11 +260,19 @@ def _check_rules(cfg: DictConfig, mode: str) -> None:
         if loss_classes is not None and loss_classes != classes:
             raise ConfigError(
                 f"loss.num_classes: must equal model.num_classes={classes}, got {loss_classes}")
+    from unet3d.model.heads import head_problem
+
+    problem = head_problem(cfg.model, cfg.loss)
+    if problem is not None:
+        raise ConfigError(problem)
     if get(cfg, "data._target_") == SYNTHETIC_DATASET_TARGET:
         cases = get(cfg, "data.synthetic.num_cases")
         if cases is not None and cases < num_folds:
             raise ConfigError(
                 f"data.synthetic.num_cases: must be >= num_folds={num_folds}, got {cases}")
+        from unet3d.data.synthetic_options import options_from
+
+        options_from(get(cfg, "data.synthetic"))  # the appearance settings (data=synthetic_hard)
     strategy = get(cfg, "strategy.name")
     if strategy == "horovod" and get(cfg, "precision.xla"):
         raise ConfigError(

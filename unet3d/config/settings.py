@@ -19,10 +19,12 @@ from unet3d.errors import ConfigError
 
 #: MLflow's URI scheme for a run (``runs:/<run id>[/<artifact path>]``), accepted as a checkpoint.
 RUN_REFERENCE_PREFIX = "runs:/"
+#: MLflow's URI scheme for a registered model (``models:/<name>@<alias>``, ``models:/<name>/<v>``).
+MODEL_REFERENCE_PREFIX = "models:/"
 
 #: Hints of the errors of a missing value, by key.
 MISSING_HINTS = {
-    "data.raw_dir": "pass data.raw_dir=/path/to/MICCAI_BraTS_2019_Data_Training",
+    "data.raw_dir": "pass data.raw_dir=/path/to/the/data/set (its folder as downloaded)",
 }
 
 
@@ -193,7 +195,7 @@ class Sides(Setting):
 
 @dataclass(frozen=True)
 class ExistingPath(Setting):
-    """A path that exists (or a list of them); ``runs:/<id>`` references pass (MLflow)."""
+    """A path that exists (or a list of them); ``runs:/`` and ``models:/`` references pass."""
 
     directory: bool = False
     optional: bool = False
@@ -207,7 +209,7 @@ class ExistingPath(Setting):
             raise ConfigError(f"{key}: missing; {hint}")
         paths = value if isinstance(value, list) else [value]
         for item in paths:
-            if str(item).startswith(RUN_REFERENCE_PREFIX):
+            if str(item).startswith((RUN_REFERENCE_PREFIX, MODEL_REFERENCE_PREFIX)):
                 continue  # looked up in MLflow when the job resolves its models
             path = Path(str(item)).expanduser()
             if not path.exists():

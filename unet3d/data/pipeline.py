@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.labels import MODALITIES
+from unet3d.data.convention import MODALITIES
 from unet3d.data.preprocess import EPSILON, normalize
 from unet3d.data.tfrecord import parse_case, read_record
 from unet3d.errors import ConfigError, DataError
@@ -33,13 +33,26 @@ BRIGHTNESS_RANGE = (0.7, 1.3)
 
 @dataclass
 class EvalCase:
-    """A whole preprocessed case for evaluation or prediction."""
+    """A whole preprocessed case for evaluation or prediction.
+
+    ``image`` and ``label`` are the stored volume: the brain box of records written with one
+    (PREPROCESS_VERSION 2). ``crop_box`` places it in the original grid (``affine``'s grid):
+    ``unet3d.data.crop.paste_to_full(values, case.crop_box)`` returns a prediction there.
+    """
 
     case_id: str
-    image: np.ndarray  # float32 (H, W, D, 4), normalised
-    label: np.ndarray | None  # uint8 (H, W, D) training classes
+    image: np.ndarray  # float32 (h, w, d, 4), normalised
+    label: np.ndarray | None  # uint8 (h, w, d) training classes
     spacing: tuple[float, float, float]
-    affine: np.ndarray  # float64 (4, 4)
+    affine: np.ndarray  # float64 (4, 4), of the original grid
+    crop_box: Any = None  # CropBox of (h, w, d) in the original (H, W, D); None: the whole grid
+
+    @property
+    def full_shape(self) -> tuple[int, int, int]:
+        """The original grid (H, W, D) the stored volume lies in."""
+        if self.crop_box is None:
+            return tuple(int(side) for side in self.image.shape[:3])  # type: ignore[return-value]
+        return tuple(self.crop_box.full_shape)
 
 
 def shard_files(files: Sequence[str], num_shards: int, index: int) -> list[str]:
@@ -262,4 +275,5 @@ def iterate_eval_cases(files: Sequence[str]) -> Iterator[EvalCase]:
             label=record["label"] if record["has_label"] else None,
             spacing=tuple(float(s) for s in record["spacing"]),
             affine=np.asarray(record["affine"], dtype=np.float64),
+            crop_box=record.get("crop_box"),
         )

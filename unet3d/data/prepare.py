@@ -10,6 +10,7 @@ from typing import Any
 from unet3d.data._files import short_hash
 from unet3d.data.datasets import build_dataset, cases_dir_of
 from unet3d.data.folds import load_or_create_split
+from unet3d.data.layout import DataLayout, resolve_layout
 from unet3d.data.preprocess import preprocess_dataset
 from unet3d.data.tfrecord import case_id_of, record_path
 
@@ -18,7 +19,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PreparedData:
-    """Preprocessed records and the fold's train / evaluation files."""
+    """Preprocessed records and the fold's train / evaluation files.
+
+    ``layout`` is the data set's reader and label convention (``unet3d.data.layout``): the
+    records hold ``layout.convention``'s training classes.
+    """
 
     preprocessed_dir: Path
     case_ids: list[str]
@@ -27,6 +32,7 @@ class PreparedData:
     eval_files: list[str]
     raw_dir: Path | None = None
     split_file: Path | None = None
+    layout: DataLayout | None = None
 
 
 def resolve_raw_dir(cfg: Any) -> Path:
@@ -41,6 +47,18 @@ def resolve_raw_dir(cfg: Any) -> Path:
     """
     dataset = build_dataset(cfg.data)
     return cases_dir_of(dataset, Path(str(cfg.paths.data_dir)), str(cfg.data.get("_target_")))
+
+
+def resolve_data(cfg: Any) -> tuple[Path, DataLayout]:
+    """The raw folder of the ``data`` group's data set (made ready) and its layout.
+
+    Raises:
+        ConfigError: the data set or its reader does not build, or bad ``data.labels``.
+        DataError: the data set's folder is missing, or its metadata disagrees.
+    """
+    dataset = build_dataset(cfg.data)
+    folder = cases_dir_of(dataset, Path(str(cfg.paths.data_dir)), str(cfg.data.get("_target_")))
+    return folder, resolve_layout(cfg.data, dataset, folder)
 
 
 def resolve_preprocessed_dir(cfg: Any, raw_dir: Path) -> Path:
@@ -71,9 +89,9 @@ def prepare_data(cfg: Any) -> PreparedData:
     """
     num_folds = int(cfg.num_folds)
     fold = int(cfg.fold)
-    raw_dir = resolve_raw_dir(cfg)
+    raw_dir, layout = resolve_data(cfg)
     preprocessed_dir = resolve_preprocessed_dir(cfg, raw_dir)
-    files = preprocess_dataset(raw_dir, preprocessed_dir)
+    files = preprocess_dataset(raw_dir, preprocessed_dir, layout)
     case_ids = [case_id_of(path) for path in files]
     split_file = preprocessed_dir / f"splits_k{num_folds}_seed{int(cfg.seed)}.json"
     split = load_or_create_split(split_file, case_ids, num_folds, int(cfg.seed))
@@ -96,6 +114,7 @@ def prepare_data(cfg: Any) -> PreparedData:
         eval_files=eval_files,
         raw_dir=raw_dir,
         split_file=split_file,
+        layout=layout,
     )
 
 

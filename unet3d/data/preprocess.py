@@ -2,8 +2,11 @@
 
 Per modality: clip at 0.85 x max, rescale to 0..255 (``255 * x / max`` after clipping, truncated
 to uint8 like the reference), then mean and std over the voxels > 0 of the uint8 data. Labels
-are stored as training classes (BraTS label 4 becomes 3). At load time ``normalize`` maps
-voxels > 0 to ``(x - mean) / (std + 1e-8)`` and the others to 0.
+are stored as training classes of the data set's ``LabelConvention`` (class k = its k-th label
+value: BraTS 2019 label 4 becomes 3). Each case is then cropped to the box of voxels where any
+modality is > 0 plus every labelled voxel (nnU-Net's crop_to_nonzero, ``unet3d.data.crop``):
+the record stores the box and where it lies in the original grid; mean and std are unchanged.
+At load time ``normalize`` maps voxels > 0 to ``(x - mean) / (std + 1e-8)`` and the others to 0.
 """
 
 from __future__ import annotations
@@ -16,15 +19,20 @@ from typing import Any
 import numpy as np
 
 from unet3d.data._files import Progress, read_json, remove_stale_tmp_files
-from unet3d.data.brats import CaseFiles, LoadedCase, find_cases, load_case
-from unet3d.data.labels import to_training_classes
+from unet3d.data.cases import CaseFiles, LoadedCase
+from unet3d.data.convention import BRATS2019, LabelConvention
+from unet3d.data.crop import crop_record
+from unet3d.data.layout import DataLayout, default_layout
 from unet3d.data.tfrecord import record_path, write_record
+from unet3d.errors import DataError
 from unet3d.runs.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the content of the records changes; older records are then rewritten.
-PREPROCESS_VERSION = 1
+#: 2: records hold the brain box only (``crop_start`` / ``crop_stop`` / ``full_shape``). The
+#: manifest also records the label convention (a change re-runs).
+PREPROCESS_VERSION = 2
 MANIFEST_NAME = "preprocess_manifest.json"
 CLIP_FRACTION = 0.85
 EPSILON = 1e-8
@@ -53,16 +61,27 @@ def foreground_stats(channel: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std())
 
 
-def preprocess_case(loaded: LoadedCase) -> dict[str, np.ndarray]:
-    """Return ``image`` uint8 (H, W, D, 4), ``label`` uint8 classes or None, ``mean``/``std``
-    float32[4], ``spacing`` float32[3], ``affine`` float64 (4, 4) and ``case_id``."""
+def preprocess_case(loaded: LoadedCase,
+                    convention: LabelConvention = BRATS2019) -> dict[str, np.ndarray]:
+    """Return ``image`` uint8 (H, W, D, 4), ``label`` uint8 training classes of ``convention``
+    (``convention.to_classes``) or None, ``mean``/``std`` float32[4], ``spacing`` float32[3],
+    ``affine`` float64 (4, 4) and ``case_id``.
+
+    Raises:
+        DataError: the label holds values outside ``convention`` (case named).
+    """
     image = np.empty(loaded.image.shape, dtype=np.uint8)
     means = np.zeros(image.shape[-1], dtype=np.float32)
     stds = np.ones(image.shape[-1], dtype=np.float32)
     for channel in range(image.shape[-1]):
         image[..., channel] = scale_to_uint8(loaded.image[..., channel])
         means[channel], stds[channel] = foreground_stats(image[..., channel])
-    label = None if loaded.label is None else to_training_classes(loaded.label)
+    label = None
+    if loaded.label is not None:
+        try:
+            label = convention.to_classes(loaded.label)
+        except ValueError as error:
+            raise DataError(f"case {loaded.case_id}: {error} ({convention.name} labels)") from None
     return {
         "case_id": loaded.case_id,
         "image": image,
@@ -95,24 +114,40 @@ def _source_signature(case: CaseFiles) -> dict[str, list[int]]:
 
 
 def preprocess_dataset(
-    raw_dir: str | Path, out_dir: str | Path, require_label: bool = True
+    raw_dir: str | Path, out_dir: str | Path, layout: DataLayout | None = None, *,
+    require_label: bool = True,
 ) -> list[str]:
     """Preprocess every case of ``raw_dir`` into ``<out_dir>/<case_id>.tfrecord``.
 
+    Args:
+        raw_dir: the data set's folder.
+        out_dir: the records' folder.
+        layout: the reader and label convention (``unet3d.data.layout.resolve_layout``);
+            None: BraTS 2019 case folders.
+        require_label: a case without label is an error.
+
     Returns the record paths sorted by case id. Cases whose record is up to date (same source
-    files, sizes and mtimes, same preprocessing version: see ``preprocess_manifest.json``) are
-    skipped. A bad case raises DataError naming the case and file; records already written
-    stay intact and no temporary file is left behind.
+    files, sizes and mtimes, same preprocessing version and label convention: see
+    ``preprocess_manifest.json``) are skipped; a changed convention rewrites every record. A
+    bad case raises DataError naming the case and file; records already written stay intact
+    and no temporary file is left behind.
     """
     raw_dir = Path(raw_dir)
     out_dir = Path(out_dir)
-    cases = find_cases(raw_dir, require_label=require_label)
+    layout = default_layout() if layout is None else layout
+    cases = layout.find_cases(raw_dir, require_label=require_label)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp_files(out_dir)
     manifest_path = out_dir / MANIFEST_NAME
     manifest = read_json(manifest_path)
-    if not isinstance(manifest, dict) or manifest.get("version") != PREPROCESS_VERSION:
+    convention = layout.convention.to_dict()
+    if (not isinstance(manifest, dict) or manifest.get("version") != PREPROCESS_VERSION
+            or manifest.get("convention", BRATS2019.to_dict()) != convention):
+        if isinstance(manifest, dict) and manifest.get("cases"):
+            logger.info("Label convention or preprocessing version changed: rewriting the "
+                        "records in %s", out_dir)
         manifest = {"version": PREPROCESS_VERSION, "cases": {}}
+    manifest["convention"] = convention
     entries: dict[str, Any] = manifest.setdefault("cases", {})
 
     pending: list[tuple[CaseFiles, dict]] = []
@@ -141,13 +176,14 @@ def preprocess_dataset(
     try:
         for case, signature in pending:
             entries.pop(case.case_id, None)
-            record = preprocess_case(load_case(case))
+            record = crop_record(preprocess_case(layout.load_case(case), layout.convention))
             path = record_path(out_dir, case.case_id)
             write_record(path, record)
             entries[case.case_id] = {
                 "sources": signature,
                 "record_size": path.stat().st_size,
                 "shape": list(record["image"].shape[:3]),
+                **record["crop_box"].to_record(),
                 "has_label": record["label"] is not None,
             }
             write_json_atomic(manifest_path, manifest, sort_keys=True)

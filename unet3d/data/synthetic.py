@@ -1,79 +1,73 @@
-"""Synthetic BraTS-2019-format data sets: generated cases written as NIfTI in BraTS layout.
+"""Synthetic brain-tumour data sets: generated cases written as NIfTI in a public data set's layout.
 
 Each case is generated from ``numpy.random.default_rng([seed, index])`` alone, so a case does not
 depend on how many cases are generated. The images are built from a tissue map (CSF, grey
 matter, white matter, ventricles) and a tumour (edema, necrotic core, enhancing rim) with
 modality-specific intensities, partial-volume smoothing, a smooth multiplicative bias field and
-Gaussian noise; the background is 0 as in skull-stripped BraTS data.
+Gaussian noise; the background is 0 as in skull-stripped BraTS data (one case:
+:mod:`unet3d.data.synthetic_case`; harder settings: :mod:`unet3d.data.synthetic_options`). The
+same cases are written in any of the layouts and label conventions of
+:mod:`unet3d.data.synthetic_layouts` (``flat``, ``brats2019``, ``brats2023``, ``msd_brain``,
+``nnunet_raw``).
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from unet3d.config import SYNTHETIC_LAYOUTS as LAYOUTS
 from unet3d.data._files import Progress, read_json, remove_stale_tmp_files, short_hash
-from unet3d.data.labels import MODALITIES
-from unet3d.data.synthetic_case import (
-    SyntheticCase,
-    case_grade,
+from unet3d.data.synthetic_case import case_grade, generate_case
+from unet3d.data.synthetic_layouts import (
+    LAYOUTS,
+    TEST_FOLDER_LAYOUTS,
+    case_files,
     case_id_for,
-    generate_case,
+    case_record,
+    dataset_json,
+    write_case,
 )
+from unet3d.data.synthetic_options import OPTION_KEYS, SyntheticOptions, options_from
 from unet3d.errors import ConfigError, DataError
-from unet3d.runs.files import write_bytes_atomic, write_json_atomic
+from unet3d.runs.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the generated content changes (part of the manifest and of the cache key).
 GENERATOR_VERSION = 1
 MANIFEST_NAME = "synthetic_manifest.json"
-def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
-    import nibabel as nib
-
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    return gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)
+DATASET_JSON_NAME = "dataset.json"
 
 
-def _case_dir(out_dir: Path, case_id: str, grade: str, layout: str) -> Path:
-    return out_dir / grade / case_id if layout == "brats2019" else out_dir / case_id
+def _settings(shape: Sequence[int], spacing: Sequence[float], seed: int, layout: str,
+              options: SyntheticOptions | None = None, num_test: int = 0,
+              num_cases: int | None = None) -> dict:
+    """The settings the manifest records (the default keys exactly as before layouts/options).
 
-
-def _case_files(case_dir: Path, case_id: str) -> list[Path]:
-    return [case_dir / f"{case_id}_{name}.nii.gz" for name in (*MODALITIES, "seg")]
-
-
-def write_case(case: SyntheticCase, case_dir: Path) -> None:
-    """Write a case's four modalities and seg as ``.nii.gz`` files, each atomically."""
-    files = _case_files(case_dir, case.case_id)
-    for channel, path in enumerate(files[:4]):
-        write_bytes_atomic(
-            path, _nifti_bytes(np.ascontiguousarray(case.image[..., channel]), case.affine)
-        )
-    write_bytes_atomic(files[4], _nifti_bytes(case.label, case.affine))
-
-
-def _settings(shape: Sequence[int], spacing: Sequence[float], seed: int, layout: str) -> dict:
-    return {
+    Harder ``options`` add ``options`` (their non-default values); a test folder adds
+    ``num_test`` and ``num_cases`` (test ids follow the training ids).
+    """
+    settings: dict[str, Any] = {
         "generator_version": GENERATOR_VERSION,
         "shape": [int(s) for s in shape],
         "spacing": [float(s) for s in spacing],
         "seed": int(seed),
         "layout": layout,
     }
+    chosen = (options or SyntheticOptions()).non_default()
+    if chosen:
+        settings["options"] = chosen
+    if num_test:
+        settings["num_test"] = int(num_test)
+        settings["num_cases"] = int(num_cases or 0)
+    return settings
 
 
-def _validate(num_cases: int, shape: Sequence[int], spacing: Sequence[float], layout: str) -> None:
+def _validate(num_cases: int, shape: Sequence[int], spacing: Sequence[float], layout: str,
+              num_test: int) -> None:
     if int(num_cases) < 1:
         raise ConfigError(f"data.synthetic.num_cases: must be >= 1, got {num_cases}")
     if len(shape) != 3 or any(int(s) < 8 for s in shape):
@@ -82,28 +76,24 @@ def _validate(num_cases: int, shape: Sequence[int], spacing: Sequence[float], la
         raise ConfigError(f"data.synthetic.spacing: must be 3 values > 0, got {list(spacing)}")
     if layout not in LAYOUTS:
         raise ConfigError(f"data.synthetic.layout: must be one of {list(LAYOUTS)}, got {layout!r}")
+    if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 0:
+        raise ConfigError(f"data.synthetic.num_test: must be an integer >= 0, got {num_test!r}")
+    if num_test and layout not in TEST_FOLDER_LAYOUTS:
+        raise ConfigError(f"data.synthetic.num_test: only the layouts {list(TEST_FOLDER_LAYOUTS)} "
+                          f"have a test folder (imagesTs/), got {num_test} with layout {layout!r}")
 
 
-def generate_dataset(
-    out_dir: str | Path,
-    num_cases: int,
-    shape: Sequence[int],
-    spacing: Sequence[float],
-    seed: int,
-    layout: str = "flat",
-) -> list[str]:
-    """Write ``num_cases`` synthetic BraTS cases under ``out_dir``; return their case ids.
+def _options(options: dict[str, Any]) -> SyntheticOptions:
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise ConfigError(f"data.synthetic.{unknown[0]}: unknown generator setting (known: "
+                          f"num_cases, shape, spacing, seed, layout, num_test, "
+                          f"{', '.join(OPTION_KEYS)})")
+    return options_from(options)
 
-    Layout "flat": ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``; "brats2019": the same under
-    ``HGG/`` or ``LGG/``. Idempotent: ``synthetic_manifest.json`` records the settings and cases
-    whose five files exist are not rewritten. Raises DataError when ``out_dir`` holds data made
-    with other settings or data that this generator did not write.
-    """
-    out_dir = Path(out_dir)
-    shape = [int(s) for s in shape]
-    spacing = [float(s) for s in spacing]
-    _validate(num_cases, shape, spacing, layout)
-    settings = _settings(shape, spacing, seed, layout)
+
+def _read_manifest(out_dir: Path, settings: dict) -> dict:
+    """The folder's manifest; DataError when it records other settings or the folder is foreign."""
     manifest_path = out_dir / MANIFEST_NAME
     if manifest_path.exists():
         manifest = read_json(manifest_path)
@@ -113,78 +103,130 @@ def generate_dataset(
                 f"({manifest.get('settings') if isinstance(manifest, dict) else 'unreadable'}, "
                 f"wanted {settings}); delete {out_dir} or choose another folder"
             )
-    elif out_dir.exists() and any(out_dir.iterdir()):
+        return manifest
+    if out_dir.exists() and any(out_dir.iterdir()):
         raise DataError(
             f"{out_dir}: folder is not empty and has no {MANIFEST_NAME}; refusing to write "
             "synthetic data into it (choose an empty folder)"
         )
-    else:
-        manifest = {"settings": settings, "num_cases": 0, "cases": {}}
+    return {"settings": settings, "num_cases": 0, "cases": {}}
+
+
+def generate_dataset(
+    out_dir: str | Path,
+    num_cases: int,
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    seed: int,
+    layout: str = "flat",
+    num_test: int = 0,
+    **options: Any,
+) -> list[str]:
+    """Write ``num_cases`` synthetic cases under ``out_dir`` in ``layout``; return their ids.
+
+    Args:
+        out_dir: the data-set folder (created; must be empty or hold this generator's data).
+        num_cases: training cases (with labels).
+        shape: (H, W, D) voxels of every case.
+        spacing: (3,) voxel sizes in mm.
+        seed: case ``i`` draws from ``default_rng([seed, i])`` (the same arrays in every layout).
+        layout: one of ``LAYOUTS`` (``unet3d.data.synthetic_layouts``): ``flat``
+            (``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``, labels 0/1/2/4), ``brats2019``
+            (the same under ``HGG/`` or ``LGG/``), ``brats2023``, ``msd_brain``, ``nnunet_raw``.
+        num_test: cases without labels in ``imagesTs/`` (``msd_brain``, ``nnunet_raw`` only);
+            their ids follow the training ids.
+        **options: the appearance settings of ``SyntheticOptions`` (``data.synthetic.*``;
+            defaults: today's cases).
+
+    Idempotent: ``synthetic_manifest.json`` records the settings; cases whose files exist are
+    not rewritten; ``dataset.json`` (``msd_brain``, ``nnunet_raw``) is written last.
+
+    Raises:
+        ConfigError: a bad setting (one line naming ``data.synthetic.<key>``).
+        DataError: ``out_dir`` holds data made with other settings, or data that this
+            generator did not write.
+    """
+    out_dir = Path(out_dir)
+    shape = [int(s) for s in shape]
+    spacing = [float(s) for s in spacing]
+    _validate(num_cases, shape, spacing, layout, num_test)
+    chosen = _options(options)
+    settings = _settings(shape, spacing, seed, layout, chosen, num_test, num_cases)
+    manifest_path = out_dir / MANIFEST_NAME
+    manifest = _read_manifest(out_dir, settings)
     remove_stale_tmp_files(out_dir)
 
-    case_ids = [case_id_for(index) for index in range(num_cases)]
-    grades = [case_grade(seed, index) for index in range(num_cases)]
-    pending = [
-        index
-        for index in range(num_cases)
-        if not all(
-            path.is_file()
-            for path in _case_files(
-                _case_dir(out_dir, case_ids[index], grades[index], layout), case_ids[index]
-            )
-        )
-    ]
+    total = max(int(manifest.get("num_cases", 0)), num_cases)
+    grades = {i: case_grade(seed, i, chosen.lgg_fraction) for i in range(total + num_test)}
+    ids = {i: case_id_for(layout, i) for i in range(total + num_test)}
+    train = list(range(num_cases))
+    test = list(range(num_cases, num_cases + num_test))
+    pending = [(i, i in test) for i in train + test
+               if not all((out_dir / path).is_file()
+                          for path in case_files(layout, ids[i], grades[i], i in test))]
     updated = {
         "settings": settings,
-        "num_cases": max(int(manifest.get("num_cases", 0)), num_cases),
-        "cases": {
-            **manifest.get("cases", {}),
-            **{
-                case_ids[i]: str(_case_dir(Path("."), case_ids[i], grades[i], layout))
-                for i in range(num_cases)
-            },
-        },
+        "num_cases": total,
+        "cases": {**manifest.get("cases", {}),
+                  **{ids[i]: case_record(layout, ids[i], grades[i]) for i in train}},
     }
+    if num_test:
+        updated["test_cases"] = {ids[i]: case_record(layout, ids[i], grades[i], True)
+                                 for i in test}
     if updated != manifest or not manifest_path.exists():
         write_json_atomic(manifest_path, updated, sort_keys=True)
-    if not pending:
+    if pending:
+        _write_cases(out_dir, pending, shape, spacing, seed, layout, chosen, ids)
+    else:
         logger.info("Synthetic data set in %s is complete (%d cases)", out_dir, num_cases)
-        return case_ids
+    description = dataset_json(layout, [ids[i] for i in range(total)], [ids[i] for i in test])
+    if description is not None and read_json(out_dir / DATASET_JSON_NAME) != description:
+        write_json_atomic(out_dir / DATASET_JSON_NAME, description)
+    return [ids[i] for i in train]
 
+
+def _write_cases(out_dir: Path, pending: list[tuple[int, bool]], shape: list[int],
+                 spacing: list[float], seed: int, layout: str, options: SyntheticOptions,
+                 ids: dict[int, str]) -> None:
     logger.info(
-        "Generating %d synthetic BraTS case(s) of shape %s (spacing %s, seed %d, layout %s) in %s",
-        len(pending),
-        shape,
-        spacing,
-        seed,
-        layout,
-        out_dir,
+        "Generating %d synthetic case(s) of shape %s (spacing %s, seed %d, layout %s) in %s",
+        len(pending), shape, spacing, seed, layout, out_dir,
     )
     start = time.perf_counter()
     progress = Progress(len(pending), "Generating synthetic cases", logger)
     try:
-        for index in pending:
-            case = generate_case(seed, index, shape, spacing)
-            write_case(case, _case_dir(out_dir, case.case_id, case.grade, layout))
+        for index, test in pending:
+            case = generate_case(seed, index, shape, spacing, options, case_id=ids[index])
+            write_case(layout, case, out_dir, test=test)
             progress.update()
     finally:
         progress.close()
-    logger.info(
-        "Generated %d case(s) in %.1f s (%.2f s per case)",
-        len(pending),
-        time.perf_counter() - start,
-        (time.perf_counter() - start) / len(pending),
-    )
-    return case_ids
+    elapsed = time.perf_counter() - start
+    logger.info("Generated %d case(s) in %.1f s (%.2f s per case)", len(pending), elapsed,
+                elapsed / len(pending))
 
 
 def synthetic_settings_key(synthetic_cfg: Any) -> str:
-    """Short hash of the generator settings (including the number of cases)."""
+    """Short hash of the generator settings (including the number of cases).
+
+    Args:
+        synthetic_cfg: ``data.synthetic`` (a DictConfig or dict): ``num_cases``, ``shape``,
+            ``spacing``, ``seed``, optional ``layout`` (default ``flat``), ``num_test`` (0) and
+            the ``SyntheticOptions`` keys. The default settings keep the key they had before
+            layouts and options existed; every layout and option gives another key.
+
+    Raises:
+        ConfigError: a bad ``SyntheticOptions`` value.
+    """
+    num_cases = int(synthetic_cfg["num_cases"])
     payload = _settings(
-        list(synthetic_cfg.shape),
-        list(synthetic_cfg.spacing),
-        int(synthetic_cfg.seed),
+        list(synthetic_cfg["shape"]),
+        list(synthetic_cfg["spacing"]),
+        int(synthetic_cfg["seed"]),
         str(synthetic_cfg.get("layout", "flat")),
+        options_from(synthetic_cfg),
+        int(synthetic_cfg.get("num_test", 0) or 0),
+        num_cases,
     )
-    payload["num_cases"] = int(synthetic_cfg.num_cases)
+    payload["num_cases"] = num_cases
     return short_hash(payload)

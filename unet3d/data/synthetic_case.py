@@ -4,8 +4,11 @@ Each case is generated from ``numpy.random.default_rng([seed, index])`` alone, s
 depend on how many cases are generated. The images are built from a tissue map (CSF, grey
 matter, white matter, ventricles) and a tumour (edema, necrotic core, enhancing rim) with
 modality-specific intensities, partial-volume smoothing, a smooth multiplicative bias field and
-Gaussian noise; the background is 0 as in skull-stripped BraTS data. Writing cases as a data
-set: :mod:`unet3d.data.synthetic`.
+Gaussian noise; the background is 0 as in skull-stripped BraTS data. How hard the cases are
+(``SyntheticOptions``, ``data.synthetic.*``): the defaults give the cases of ``data=synthetic``;
+the extra lesions, blur and noise of harder settings (:mod:`unet3d.data.synthetic_lesions`) draw
+from a second random stream, ``default_rng([seed, index, 1])``, so the first stream, and so the
+default cases, never change. Writing cases as a data set: :mod:`unet3d.data.synthetic`.
 """
 
 from __future__ import annotations
@@ -15,22 +18,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Fraction of LGG-like cases (no enhancing tumour).
-LGG_FRACTION = 0.25
+from unet3d.data import synthetic_lesions as lesions
+from unet3d.data.synthetic_fields import (
+    BACKGROUND,
+    CSF,
+    EDEMA,
+    ENHANCING,
+    GREY,
+    NECROSIS,
+    NON_ENHANCING,
+    TISSUE_CODES,
+    WHITE,
+    centred,
+    smooth_field,
+)
+from unet3d.data.synthetic_options import SyntheticOptions
 
-# Tissue codes of the tissue map.
-_BACKGROUND, _CSF, _GREY, _WHITE, _EDEMA, _NECROSIS, _ENHANCING, _NON_ENHANCING = range(8)
-#: Name of each tissue code of ``SyntheticCase.tissue``.
-TISSUE_CODES: dict[str, int] = {
-    "background": _BACKGROUND,
-    "csf": _CSF,
-    "grey_matter": _GREY,
-    "white_matter": _WHITE,
-    "edema": _EDEMA,
-    "necrosis": _NECROSIS,
-    "enhancing": _ENHANCING,
-    "non_enhancing": _NON_ENHANCING,
-}
+__all__ = ["LGG_FRACTION", "TISSUE_CODES", "SyntheticCase", "case_grade", "case_id_for",
+           "generate_case", "make_affine"]
+
+#: Fraction of LGG-like cases (no enhancing tumour) of the default settings.
+LGG_FRACTION = SyntheticOptions.lgg_fraction
+
 #: BraTS label of each tissue code.
 _CODE_TO_LABEL = np.array([0, 0, 0, 0, 2, 1, 4, 1], dtype=np.uint8)
 #: Mean intensity of each tissue code per modality (t1, t1ce, t2, flair), scanner-like units.
@@ -80,36 +89,13 @@ def _case_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index)])
 
 
-def case_grade(seed: int, index: int) -> str:
-    """Return "HGG" or "LGG" for a case (the first draw of the case's random stream)."""
-    return "LGG" if _case_rng(seed, index).random() < LGG_FRACTION else "HGG"
+def case_grade(seed: int, index: int, lgg_fraction: float = LGG_FRACTION) -> str:
+    """Return "HGG" or "LGG" for a case (the first draw of the case's random stream).
 
-
-def _rbf_basis(length: int, cells: int) -> np.ndarray:
-    """Rows: Gaussian weights of ``cells`` coarse nodes at each of ``length`` positions."""
-    positions = np.arange(length, dtype=np.float64)
-    step = max(length - 1, 1) / max(cells - 1, 1)
-    centres = np.linspace(-0.5 * step, length - 1 + 0.5 * step, cells)
-    weights = np.exp(-0.5 * ((positions[:, None] - centres[None, :]) / step) ** 2)
-    weights /= np.sqrt((weights**2).sum(axis=1, keepdims=True))
-    return weights.astype(np.float32)
-
-
-def _smooth_field(
-    rng: np.random.Generator, shape: Sequence[int], cells: Sequence[int]
-) -> np.ndarray:
-    """A smooth random field of unit variance: tensor-product interpolation of a coarse grid."""
-    cells = [int(max(2, min(c, n))) for c, n in zip(cells, shape, strict=True)]
-    coarse = rng.standard_normal(cells, dtype=np.float32)
-    bases = [_rbf_basis(n, c) for n, c in zip(shape, cells, strict=True)]
-    # Contract the small axes first; the last contraction produces the full-size array.
-    partial = np.einsum("kc,abc->abk", bases[2], coarse)
-    partial = np.einsum("jb,abk->ajk", bases[1], partial)
-    return np.einsum("ia,ajk->ijk", bases[0], partial)
-
-
-def _centred(field: np.ndarray) -> np.ndarray:
-    return field - field.mean()
+    Args:
+        lgg_fraction: share of LGG cases (``data.synthetic.lgg_fraction``).
+    """
+    return "LGG" if _case_rng(seed, index).random() < lgg_fraction else "HGG"
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -129,13 +115,33 @@ def _smooth3(volume: np.ndarray) -> np.ndarray:
 
 
 def generate_case(
-    seed: int, index: int, shape: Sequence[int], spacing: Sequence[float]
+    seed: int,
+    index: int,
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    options: SyntheticOptions | None = None,
+    case_id: str | None = None,
 ) -> SyntheticCase:
-    """Generate the arrays of case ``index``; deterministic in ``(seed, index, shape, spacing)``."""
+    """Generate the arrays of case ``index``.
+
+    Args:
+        seed: the data set's seed; the case draws from ``default_rng([seed, index])`` (and,
+            for the extras of harder ``options``, ``default_rng([seed, index, 1])``).
+        index: the case's 0-based index.
+        shape: (H, W, D) voxels.
+        spacing: (3,) voxel sizes in mm.
+        options: appearance and difficulty; None: ``SyntheticOptions()`` (today's cases).
+        case_id: the id to give the case; None: ``case_id_for(index)``.
+
+    Returns:
+        The case; deterministic in ``(seed, index, shape, spacing, options)``.
+    """
+    options = options or SyntheticOptions()
     shape = tuple(int(s) for s in shape)
     spacing_arr = np.asarray(spacing, dtype=np.float64)
     rng = _case_rng(seed, index)
-    grade = "LGG" if rng.random() < LGG_FRACTION else "HGG"
+    extra = np.random.default_rng([int(seed), int(index), 1]) if options.extras else None
+    grade = "LGG" if rng.random() < options.lgg_fraction else "HGG"
     fov = np.asarray(shape) * spacing_arr
 
     # --- brain: a perturbed ellipsoid with cortex, sulcal CSF and ventricles -----------------
@@ -152,12 +158,12 @@ def generate_case(
         + (grid[2] / semi_axes[2]) ** 2,
         dtype=np.float32,
     )
-    radius *= 1.0 + 0.04 * _smooth_field(rng, shape, (5, 5, 4))
-    sulci = _smooth_field(rng, shape, [max(2, n // 6) for n in shape])
+    radius *= 1.0 + 0.04 * smooth_field(rng, shape, (5, 5, 4))
+    sulci = smooth_field(rng, shape, [max(2, n // 6) for n in shape])
     brain = radius <= 1.0
-    tissue = np.full(shape, _WHITE, dtype=np.uint8)
-    tissue[radius > 0.80 + 0.05 * sulci] = _GREY
-    tissue[radius > 0.945 + 0.03 * sulci] = _CSF
+    tissue = np.full(shape, WHITE, dtype=np.uint8)
+    tissue[radius > 0.80 + 0.05 * sulci] = GREY
+    tissue[radius > 0.945 + 0.03 * sulci] = CSF
     for side in (-1.0, 1.0):
         offset = semi_axes * np.array([0.13 * side, -0.05, 0.08]) + rng.normal(0, 0.01, 3) * fov
         radii = semi_axes * rng.uniform([0.07, 0.30, 0.14], [0.10, 0.38, 0.20])
@@ -166,7 +172,7 @@ def generate_case(
             + ((grid[1] - offset[1]) / radii[1]) ** 2
             + ((grid[2] - offset[2]) / radii[2]) ** 2
         ) <= 1.0
-        tissue[ventricle] = _CSF
+        tissue[ventricle] = CSF
 
     # --- tumour: irregular edema around a core (necrosis + enhancing rim, or non-enhancing) ----
     direction = rng.normal(size=3)
@@ -212,48 +218,58 @@ def generate_case(
         )
     )
     edema_distance *= np.exp(
-        0.30 * _centred(_smooth_field(rng, box_shape, (6, 6, 6)))
-        + 0.12 * _centred(_smooth_field(rng, box_shape, (12, 12, 12)))
+        0.30 * centred(smooth_field(rng, box_shape, (6, 6, 6)))
+        + 0.12 * centred(smooth_field(rng, box_shape, (12, 12, 12)))
     )
-    core_distance *= np.exp(0.15 * _centred(_smooth_field(rng, box_shape, (5, 5, 5))))
+    core_distance *= np.exp(0.15 * centred(smooth_field(rng, box_shape, (5, 5, 5))))
     necrosis_distance = core_distance * np.exp(
-        0.15 * _centred(_smooth_field(rng, box_shape, (4, 4, 4)))
+        0.15 * centred(smooth_field(rng, box_shape, (4, 4, 4)))
     )
     box_tissue = tissue[box]
     inside = brain[box]
     # Edema spreads along white matter more than into grey matter and CSF.
-    spread = np.where(box_tissue == _WHITE, 1.15, np.where(box_tissue == _GREY, 0.85, 0.6))
+    spread = np.where(box_tissue == WHITE, 1.15, np.where(box_tissue == GREY, 0.85, 0.6))
     margin = max(float(rng.uniform(0.15, 0.4)), 1.5 * voxel / float(core_radii.min()))
     edema = (edema_distance <= spread) | (core_distance <= 1.0 + margin)
-    box_tissue[inside & edema] = _EDEMA
+    box_tissue[inside & edema] = EDEMA
     if grade == "HGG":
-        box_tissue[inside & (core_distance <= 1.0)] = _ENHANCING
+        box_tissue[inside & (core_distance <= 1.0)] = ENHANCING
         necrosis = inside & (necrosis_distance <= necrosis_fraction)
         necrosis[tuple(centre_vox - low)] = True
-        box_tissue[necrosis] = _NECROSIS
+        box_tissue[necrosis] = NECROSIS
     else:
-        box_tissue[inside & (core_distance <= 1.0)] = _NON_ENHANCING
-    tissue[~brain] = _BACKGROUND
+        box_tissue[inside & (core_distance <= 1.0)] = NON_ENHANCING
+    if extra is not None:
+        lesions.add_satellites(extra, options, tissue, brain, radius, spacing_arr, grade,
+                               float(semi_axes.mean()))
+        lesions.add_rim_gaps(extra, options, tissue)
+        if grade == "HGG":
+            lesions.add_enhancing_islands(extra, options, tissue, spacing_arr)
+    tissue[~brain] = BACKGROUND
     # The tumour centre is a brain voxel, so every case has a tumour.
-    tissue[tuple(centre_vox)] = _NECROSIS if grade == "HGG" else _NON_ENHANCING
+    tissue[tuple(centre_vox)] = NECROSIS if grade == "HGG" else NON_ENHANCING
     brain[tuple(centre_vox)] = True
     label = _CODE_TO_LABEL[tissue]
 
     # --- intensities ---------------------------------------------------------------------------
-    scale = rng.uniform(0.8, 1.25, size=4).astype(np.float32)
-    jitter = rng.uniform(0.95, 1.05, size=_INTENSITIES.shape).astype(np.float32)
-    table = _INTENSITIES * jitter * scale
-    texture = 1.0 + 0.04 * _smooth_field(rng, shape, [max(2, n // 8) for n in shape])
+    scale = rng.uniform(*options.intensity_scale, size=4).astype(np.float32)
+    spread = options.tissue_jitter
+    jitter = rng.uniform(1.0 - spread, 1.0 + spread, size=_INTENSITIES.shape).astype(np.float32)
+    table = lesions.pull_tumour_intensities(_INTENSITIES * jitter * scale,
+                                            options.tumour_contrast)
+    texture = 1.0 + 0.04 * smooth_field(rng, shape, [max(2, n // 8) for n in shape])
+    degradation = lesions.draw_degradation(extra, options, shape)
     image = np.empty(shape + (4,), dtype=np.int16)
     for channel in range(4):
-        clean = _smooth3(table[tissue, channel] * texture)
-        bias = np.exp(0.12 * _smooth_field(rng, shape, (3, 3, 3)))
-        sigma = 0.025 * table[_WHITE, channel]
+        values = degradation.tumour_texture(table[tissue, channel] * texture, tissue, channel)
+        clean = degradation.degrade(_smooth3(values))
+        bias = np.exp(options.bias * smooth_field(rng, shape, (3, 3, 3)))
+        sigma = degradation.noise * table[WHITE, channel]
         noisy = clean * bias + rng.standard_normal(shape, dtype=np.float32) * sigma
         noisy = np.where(brain, np.clip(np.rint(noisy), 1, 32767), 0)
         image[..., channel] = noisy
     return SyntheticCase(
-        case_id=case_id_for(index),
+        case_id=case_id or case_id_for(index),
         grade=grade,
         image=image,
         label=label,

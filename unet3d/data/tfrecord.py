@@ -2,8 +2,11 @@
 
 Features: ``case_id`` bytes, ``shape`` int64[3], ``image`` bytes uint8 (H, W, D, 4),
 ``label`` bytes uint8 training classes (H, W, D) (empty when the case has no label),
-``mean`` float[4], ``std`` float[4], ``spacing`` float[3], ``affine`` float[16].
-TensorFlow is imported inside the functions.
+``mean`` float[4], ``std`` float[4], ``spacing`` float[3], ``affine`` float[16], and the brain
+crop box (``unet3d.data.crop.CropBox``): ``crop_start`` / ``crop_stop`` int64[3] (voxel
+indices, stop exclusive) of the stored volume inside the original grid ``full_shape`` int64[3].
+Records written without a box (before PREPROCESS_VERSION 2) read as -1 there, which means the
+stored volume is the whole original grid. TensorFlow is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.labels import MODALITIES
+from unet3d.data.convention import MODALITIES
 from unet3d.errors import DataError
 from unet3d.runs.files import write_atomic_with
 
@@ -23,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 RECORD_SUFFIX = ".tfrecord"
 NUM_CHANNELS = len(MODALITIES)
+#: ``crop_start`` / ``crop_stop`` / ``full_shape`` of a record written without a crop box.
+NO_BOX = (-1, -1, -1)
+CROP_BOX_KEYS = ("crop_start", "crop_stop", "full_shape")
 
 
 def record_path(out_dir: str | Path, case_id: str) -> Path:
@@ -52,6 +58,7 @@ def serialize_case(record: Mapping[str, Any]) -> bytes:
             raise ValueError(f"label shape {label.shape} differs from image {image.shape[:3]}")
         label_bytes = label.tobytes()
     affine = np.asarray(record.get("affine", np.eye(4)), dtype=np.float64).reshape(16)
+    box = _box_values(record, image.shape[:3])
     spacing = np.asarray(record.get("spacing", (1.0, 1.0, 1.0)), dtype=np.float64).reshape(3)
 
     def _bytes(value: bytes) -> tf.train.Feature:
@@ -69,9 +76,25 @@ def serialize_case(record: Mapping[str, Any]) -> bytes:
         "std": _floats(np.asarray(record["std"], dtype=np.float32).reshape(NUM_CHANNELS)),
         "spacing": _floats(spacing),
         "affine": _floats(affine),
+        **{key: tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
+           for key, values in box.items()},
     }
     example = tf.train.Example(features=tf.train.Features(feature=features))
     return example.SerializeToString()
+
+
+def _box_values(record: Mapping[str, Any], shape: tuple[int, ...]) -> dict[str, list[int]]:
+    """The record's ``crop_box`` (a ``CropBox``) as feature values; -1s without one.
+
+    Raises:
+        ValueError: the box's shape is not the stored image's.
+    """
+    box = record.get("crop_box")
+    if box is None:
+        return {key: list(NO_BOX) for key in CROP_BOX_KEYS}
+    if tuple(box.shape) != tuple(int(side) for side in shape):
+        raise ValueError(f"crop box shape {list(box.shape)} differs from image {list(shape)}")
+    return box.to_record()
 
 
 def write_record(path: str | Path, record: Mapping[str, Any]) -> None:
@@ -99,6 +122,8 @@ def _feature_spec() -> dict:
         "std": tf.io.FixedLenFeature([NUM_CHANNELS], tf.float32),
         "spacing": tf.io.FixedLenFeature([3], tf.float32, default_value=[1.0, 1.0, 1.0]),
         "affine": tf.io.FixedLenFeature([16], tf.float32, default_value=[0.0] * 16),
+        **{key: tf.io.FixedLenFeature([3], tf.int64, default_value=list(NO_BOX))
+           for key in CROP_BOX_KEYS},
     }
 
 
@@ -108,7 +133,8 @@ def parse_case(serialized: Any) -> dict:
     Returns ``case_id`` string, ``shape`` int32[3], ``image`` uint8 (H, W, D, 4),
     ``label`` uint8 (H, W, D) training classes (zeros when the record has no label),
     ``has_label`` bool, ``mean`` / ``std`` float32[4], ``spacing`` float32[3],
-    ``affine`` float32 (4, 4).
+    ``affine`` float32 (4, 4), ``crop_start`` / ``crop_stop`` / ``full_shape`` int32[3]
+    (-1s for a record without a crop box).
     """
     import tensorflow as tf
 
@@ -134,6 +160,7 @@ def parse_case(serialized: Any) -> dict:
         "std": parsed["std"],
         "spacing": parsed["spacing"],
         "affine": tf.reshape(parsed["affine"], [4, 4]),
+        **{key: tf.cast(parsed[key], tf.int32) for key in CROP_BOX_KEYS},
     }
 
 
@@ -145,10 +172,15 @@ def _first_line(error: BaseException) -> str:
 def read_record(path: str | Path) -> dict[str, Any]:
     """Read and parse the single case of a record file into NumPy arrays.
 
+    Besides ``parse_case``'s arrays, ``crop_box`` is the ``CropBox`` of the stored volume in
+    its original grid (the whole grid for records written without one).
+
     Raises DataError naming the case and file when the file is missing, corrupted or
-    truncated, holds no record or several, or its content does not parse.
+    truncated, holds no record or several, or its content (or its crop box) does not parse.
     """
     import tensorflow as tf
+
+    from unet3d.data.crop import CropBox
 
     path = Path(path)
     case_id = case_id_of(path)
@@ -177,6 +209,11 @@ def read_record(path: str | Path) -> dict[str, Any]:
         ) from error
     result["case_id"] = result["case_id"].decode("utf-8")
     result["has_label"] = bool(result["has_label"])
+    try:
+        result["crop_box"] = CropBox.from_record(result, result["shape"])
+    except ValueError as error:
+        raise DataError(f"case {case_id}: {path}: {error}; delete it and rerun preprocessing"
+                        ) from None
     return result
 
 

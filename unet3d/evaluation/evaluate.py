@@ -41,16 +41,19 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return write_text_atomic(path, csv_text(rows))
 
 
-def summarize_and_log(rows: Sequence[Mapping[str, Any]], title: str) -> dict[str, float]:
+def summarize_and_log(rows: Sequence[Mapping[str, Any]], title: str,
+                      convention: Any = None) -> dict[str, float]:
     """The mean of every metric over ``rows``, logged as a table under ``title``.
 
     Args:
         rows: per-case metric rows (``case_metrics`` plus ``case_id``).
         title: the line above the table, e.g. ``held-out evaluation over 8 case(s):``.
+        convention: the data set's ``LabelConvention`` (the table's regions); None = BraTS
+            2018-2021.
 
     Returns:
         Metric name -> mean over the cases (NaN values ignored).
     """
     summary = summarize(rows)
-    log.info("%s\n%s", title, format_table(summary))
+    log.info("%s\n%s", title, format_table(summary, convention))
     return summary

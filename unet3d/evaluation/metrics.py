@@ -13,30 +13,35 @@ Conventions:
   usually larger. Both empty scores 0.0; exactly one empty scores the BraTS penalty
   ``373.1287`` mm (the diagonal of a 240x240x155 1 mm volume) rather than nan, so that case
   means stay finite.
-- Regions (BraTS labels): WT = {1, 2, 4}, TC = {1, 4}, ET = {4}. The seed's per-label names
-  are kept too: ``TumorCore`` is label 1 alone (not the TC region), ``PeritumoralEdema`` label 2,
-  ``EnhancingTumor`` label 4, ``WholeTumor`` the union {1, 2, 4}.
+- Regions come from the data set's label convention (``unet3d.data.convention``): BraTS
+  2018-2021 WT = {1, 2, 4}, TC = {1, 4}, ET = {4}; BraTS 2023+ ET = {3}, TC = {1, 3},
+  WT = {1, 2, 3} plus NETC, SNFH (and RC where the set has it); MSD Task01 WT = {1, 2, 3},
+  TC = {2, 3}, ET = {3}; an nnU-Net raw folder's from its ``dataset.json``. Metric names are
+  ``Dice_<region>`` and ``HD95_<region>``. For the BraTS 2018-2021 labels the seed's per-label
+  names are kept too: ``TumorCore`` is label 1 alone (not the TC region),
+  ``PeritumoralEdema`` label 2, ``EnhancingTumor`` label 4, ``WholeTumor`` the union {1, 2, 4}.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 #: HD95 (mm) scored when exactly one of prediction and reference is empty (BraTS penalty).
 HD95_EMPTY_PENALTY = 373.1287
-#: BraTS evaluation regions as sets of BraTS labels.
+#: BraTS 2018-2021 evaluation regions as sets of label values (``BRATS2019.regions``).
 REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
-#: The seed's per-label Dice names (BraTS label values).
+#: The seed's per-label Dice names (BraTS 2018-2021 label values; only for that convention).
 SEED_LABELS: dict[str, tuple[int, ...]] = {
     "TumorCore": (1,),
     "PeritumoralEdema": (2,),
     "EnhancingTumor": (4,),
 }
-#: Keys of ``case_metrics``, in order.
+#: Keys of ``case_metrics`` for the BraTS 2018-2021 convention, in order.
 METRIC_KEYS: tuple[str, ...] = (
     "TumorCore",
     "PeritumoralEdema",
@@ -164,53 +169,84 @@ def _region_mask(labels: np.ndarray, values: Iterable[int]) -> np.ndarray:
     return np.isin(labels, tuple(values))
 
 
+def _convention(convention: Any) -> Any:
+    if convention is None:
+        from unet3d.data.convention import BRATS2019
+
+        return BRATS2019
+    return convention
+
+
+def _seed_labels(convention: Any) -> dict[str, tuple[int, ...]]:
+    """The seed's per-label names where the convention is BraTS 2018-2021's (labels 0, 1, 2, 4)."""
+    return SEED_LABELS if tuple(convention.values) == (0, 1, 2, 4) else {}
+
+
+def metric_keys(convention: Any = None) -> tuple[str, ...]:
+    """The keys ``case_metrics`` returns for a label convention, in order.
+
+    Args:
+        convention: a ``unet3d.data.convention.LabelConvention``; None = BraTS 2018-2021.
+    """
+    convention = _convention(convention)
+    seed = tuple(_seed_labels(convention))
+    extra = (*seed, "MeanDice", "WholeTumor") if seed else ()
+    regions = tuple(convention.regions)
+    return (*extra, *(f"Dice_{r}" for r in regions), *(f"HD95_{r}" for r in regions))
+
+
 def case_metrics(
     pred_labels: np.ndarray,
     ref_labels: np.ndarray,
     spacing: Sequence[float] | float | None = (1.0, 1.0, 1.0),
     labels: str = "brats",
+    convention: Any = None,
 ) -> dict[str, float]:
     """Per-case Dice and HD95 of a predicted label volume against the reference.
 
     Args:
-        pred_labels: predicted label volume.
+        pred_labels: predicted label volume ``(H, W, D)``, integer.
         ref_labels: reference label volume of the same shape.
         spacing: voxel size in mm per axis (for HD95).
-        labels: ``"brats"`` for BraTS labels {0, 1, 2, 4}, or ``"training"`` for training
-            classes {0, 1, 2, 3} (class 3 is read as label 4).
+        labels: ``"brats"`` when the volumes hold the data set's label values on disk
+            (BraTS 2019: {0, 1, 2, 4}), or ``"training"`` for training classes
+            (indices into ``convention.values``: class 3 is label 4 in BraTS 2019).
+        convention: the data set's ``LabelConvention`` (its ``regions``); None = BraTS
+            2018-2021.
 
     Returns:
-        A dict with exactly the keys of ``METRIC_KEYS``: the seed's per-label Dice
-        ``TumorCore`` (label 1), ``PeritumoralEdema`` (2), ``EnhancingTumor`` (4), their mean
-        ``MeanDice``, ``WholeTumor`` (Dice of {1, 2, 4}), and the BraTS regions'
-        ``Dice_WT``/``Dice_TC``/``Dice_ET`` and ``HD95_WT``/``HD95_TC``/``HD95_ET`` (mm).
+        The keys of ``metric_keys(convention)``: ``Dice_<region>`` and ``HD95_<region>`` (mm)
+        for every evaluation region of the convention and, for BraTS 2018-2021, first the
+        seed's per-label Dice ``TumorCore`` (label 1), ``PeritumoralEdema`` (2),
+        ``EnhancingTumor`` (4), their mean ``MeanDice`` and ``WholeTumor`` (Dice of {1, 2, 4}).
+
+    Raises:
+        ValueError: shapes differ, ``labels`` is neither ``brats`` nor ``training``, or
+            training classes outside the convention's.
     """
+    convention = _convention(convention)
     pred = np.asarray(pred_labels)
     ref = np.asarray(ref_labels)
     _check_same_shape(pred, ref)
     if labels == "training":
-        pred = np.where(pred == 3, 4, pred)
-        ref = np.where(ref == 3, 4, ref)
+        pred = convention.to_labels(pred)
+        ref = convention.to_labels(ref)
     elif labels != "brats":
         raise ValueError(f"labels must be 'brats' or 'training', got {labels!r}")
 
     result: dict[str, float] = {}
-    for name, values in SEED_LABELS.items():
+    seed = _seed_labels(convention)
+    for name, values in seed.items():
         result[name] = dice(_region_mask(pred, values), _region_mask(ref, values))
-    result["MeanDice"] = float(np.mean([result[name] for name in SEED_LABELS]))
-    region_dice: dict[str, float] = {}
-    region_hd95: dict[str, float] = {}
-    for region, values in REGIONS.items():
+    if seed:
+        result["MeanDice"] = float(np.mean([result[name] for name in seed]))
+        result["WholeTumor"] = dice(_region_mask(pred, (1, 2, 4)), _region_mask(ref, (1, 2, 4)))
+    for region, values in convention.regions.items():
         pred_mask = _region_mask(pred, values)
         ref_mask = _region_mask(ref, values)
-        region_dice[region] = dice(pred_mask, ref_mask)
-        region_hd95[region] = hausdorff95(pred_mask, ref_mask, spacing)
-    result["WholeTumor"] = region_dice["WT"]
-    for region in REGIONS:
-        result[f"Dice_{region}"] = region_dice[region]
-    for region in REGIONS:
-        result[f"HD95_{region}"] = region_hd95[region]
-    return {key: float(result[key]) for key in METRIC_KEYS}
+        result[f"Dice_{region}"] = dice(pred_mask, ref_mask)
+        result[f"HD95_{region}"] = hausdorff95(pred_mask, ref_mask, spacing)
+    return {key: float(result[key]) for key in metric_keys(convention)}
 
 
 def _is_number(value: object) -> bool:
@@ -247,19 +283,30 @@ def _format_value(value: float | None, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
-def format_table(summary: Mapping[str, float]) -> str:
+def format_table(summary: Mapping[str, float], convention: Any = None) -> str:
     """Render a summary (or one case's metrics) as a per-region table for the log.
 
-    Rows: the BraTS regions WT, TC, ET (Dice and HD95 in mm), then the seed's per-label Dice
-    (TumorCore = label 1, PeritumoralEdema = 2, EnhancingTumor = 4) and MeanDice. Rows whose
-    keys are missing are left out.
+    Rows: the convention's evaluation regions (Dice and HD95 in mm) with their label values,
+    then, for BraTS 2018-2021, the seed's per-label Dice (TumorCore = label 1,
+    PeritumoralEdema = 2, EnhancingTumor = 4) and MeanDice. Rows whose keys are missing are
+    left out; regions found only in ``summary`` (``Dice_<name>``) are listed after the others.
+
+    Args:
+        summary: metric name -> value.
+        convention: the data set's ``LabelConvention``; None = BraTS 2018-2021.
     """
+    convention = _convention(convention)
     rows: list[tuple[str, float | None, float | None]] = []
-    for region, values in REGIONS.items():
+    regions: dict[str, tuple[int, ...] | None] = dict(convention.regions)
+    for key in summary:
+        if key.startswith("Dice_") and key[5:] not in regions and "/" not in key:
+            regions[key[5:]] = None
+    for region, values in regions.items():
         dice_key, hd_key = f"Dice_{region}", f"HD95_{region}"
         if dice_key in summary or hd_key in summary:
-            label_list = ",".join(str(value) for value in values)
-            rows.append((f"{region} {{{label_list}}}", summary.get(dice_key), summary.get(hd_key)))
+            name = region if values is None else (
+                f"{region} {{{','.join(str(value) for value in values)}}}")
+            rows.append((name, summary.get(dice_key), summary.get(hd_key)))
     for name, values in SEED_LABELS.items():
         if name in summary:
             rows.append((f"{name} (label {values[0]})", summary[name], None))

@@ -3,7 +3,9 @@
 ``segment_cases`` loads the cases one at a time (``unet3d.inference.inputs``), runs the
 predictor (``EnsemblePredictor``, the sliding window) over each, hands the probabilities and
 labels to the mode's outputs (predict: NIfTI files; evaluate: none), and scores the labels
-against the case's reference with the BraTS metrics (``unet3d.evaluation.metrics``). The modes
+against the case's reference with the metrics of the data set's regions
+(``unet3d.evaluation.metrics``). Labels are the data set's own values on disk: the
+``labeler`` (``unet3d.inference.labels``) turns the model's probabilities into them. The modes
 differ only in what they pass: ``mode=evaluate`` stops at the first bad case and keeps each
 scored case's image for its figures; ``mode=predict`` writes files, keeps going past bad cases
 and lists them at the end.
@@ -22,13 +24,12 @@ import numpy as np
 
 from unet3d.errors import DataError, Unet3dError
 from unet3d.evaluation.metrics import case_metrics
-from unet3d.inference.ensemble import probabilities_to_labels
 from unet3d.inference.inputs import InputCase, PendingCase
 
 log = logging.getLogger(__name__)
 
 #: ``on_scored(case, reference, prediction, metrics)``: the case (its image still loaded), the
-#: uint8 BraTS reference and predicted labels ``(H, W, D)`` and the case's metrics.
+#: uint8 reference and predicted labels ``(H, W, D)`` (the data set's values) and the metrics.
 ScoredCallback = Callable[[InputCase, np.ndarray, np.ndarray, dict[str, float]], None]
 
 
@@ -49,7 +50,7 @@ class CaseOutputs(Protocol):
         """Write (or skip) the float32 ``(H, W, D, K)`` probabilities of ``case``."""
 
     def write_segmentation(self, case: InputCase, labels: np.ndarray) -> None:
-        """Write the uint8 BraTS labels ``(H, W, D)`` of ``case``."""
+        """Write the uint8 labels ``(H, W, D)`` of ``case`` (the data set's values)."""
 
 
 @dataclass
@@ -86,6 +87,9 @@ def segment_cases(
     cases: Sequence[PendingCase],
     *,
     verb: str,
+    labeler: Callable[[np.ndarray], np.ndarray] | None = None,
+    convention: Any = None,
+    postprocess: Callable[[np.ndarray, Sequence[float]], np.ndarray] | None = None,
     outputs: CaseOutputs | None = None,
     on_scored: ScoredCallback | None = None,
     keep_going: bool = False,
@@ -98,6 +102,14 @@ def segment_cases(
         predictor: maps a normalised volume to class probabilities (``EnsemblePredictor``).
         cases: the cases, loaded one at a time.
         verb: the progress line's first word (``evaluated``, ``predicted``).
+        labeler: float32 probabilities ``(H, W, D, K)`` -> uint8 labels ``(H, W, D)`` in the
+            input data set's values (``unet3d.inference.labels.make_labeler``); None = argmax
+            read as BraTS 2018-2021 classes.
+        convention: the input data set's ``LabelConvention`` (its regions are scored); None =
+            BraTS 2018-2021.
+        postprocess: ``postprocess(labels uint8 (H, W, D), spacing mm) -> labels`` applied
+            before the labels are written and scored (a sweep's rules chosen by
+            cross-validation, ``unet3d.evaluation.postprocess``); None applies nothing.
         outputs: writes each case's probabilities and segmentation; None writes nothing.
         on_scored: called for each scored case while its image is still loaded.
         keep_going: a case that fails (``Unet3dError`` or ``OSError``) is logged as one ERROR
@@ -112,6 +124,9 @@ def segment_cases(
     Raises:
         Unet3dError, OSError: a case failed and ``keep_going`` is false.
     """
+    from unet3d.inference.labels import make_labeler
+
+    labeler = labeler if labeler is not None else make_labeler()
     result = CasesResult(rows=[], total=len(cases))
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -125,8 +140,8 @@ def segment_cases(
                                            disable=None))
         for index, pending in enumerate(cases, start=1):
             try:
-                case, labels = _segment_one(pending, predictor, outputs,
-                                            keep_image=on_scored is not None)
+                case, labels = _segment_one(pending, predictor, labeler, postprocess,
+                                            outputs, keep_image=on_scored is not None)
             except (Unet3dError, OSError) as error:
                 if not keep_going:
                     raise
@@ -135,7 +150,7 @@ def segment_cases(
                 result.failures.append((pending.case_id, line))
             else:
                 result.segmented += 1
-                detail = _score(case, labels, result, on_scored, warn_unlabelled)
+                detail = _score(case, labels, result, on_scored, warn_unlabelled, convention)
                 case.image = None
                 del case, labels
                 elapsed = time.perf_counter() - started
@@ -147,9 +162,11 @@ def segment_cases(
     return result
 
 
-def _segment_one(pending: PendingCase, predictor: Predictor, outputs: CaseOutputs | None,
-                 keep_image: bool) -> tuple[InputCase, np.ndarray]:
-    """Load, segment and write one case; return it and its uint8 BraTS labels (H, W, D)."""
+def _segment_one(pending: PendingCase, predictor: Predictor,
+                 labeler: Callable[[np.ndarray], np.ndarray],
+                 postprocess: Callable[[np.ndarray, Sequence[float]], np.ndarray] | None,
+                 outputs: CaseOutputs | None, keep_image: bool) -> tuple[InputCase, np.ndarray]:
+    """Load, segment and write one case; return it and its uint8 labels (H, W, D)."""
     if outputs is not None:
         outputs.check(pending.case_id)
     case = pending.load()
@@ -160,7 +177,9 @@ def _segment_one(pending: PendingCase, predictor: Predictor, outputs: CaseOutput
     probabilities = predictor.probabilities(case.image)
     if not keep_image:
         case.image = None
-    labels = probabilities_to_labels(probabilities)
+    labels = labeler(probabilities)
+    if postprocess is not None:
+        labels = postprocess(labels, case.spacing)
     if outputs is not None:
         outputs.write_probabilities(case, probabilities)
     del probabilities  # before the segmentation is written: one case's peak memory
@@ -170,7 +189,7 @@ def _segment_one(pending: PendingCase, predictor: Predictor, outputs: CaseOutput
 
 
 def _score(case: InputCase, labels: np.ndarray, result: CasesResult,
-           on_scored: ScoredCallback | None, warn_unlabelled: bool) -> str:
+           on_scored: ScoredCallback | None, warn_unlabelled: bool, convention: Any) -> str:
     """Score one segmented case into ``result``; return the progress line's detail."""
     if case.label_error is not None:
         log.warning("%s; segmentation written, metrics skipped",
@@ -182,9 +201,9 @@ def _score(case: InputCase, labels: np.ndarray, result: CasesResult,
             log.warning("case %s has no reference label: skipped in evaluation", case.case_id)
         result.unlabelled.append(case.case_id)
         return ""
-    metrics = case_metrics(labels, case.label, case.spacing)
+    metrics = case_metrics(labels, case.label, case.spacing, convention=convention)
     result.rows.append({"case_id": case.case_id, **metrics})
     if on_scored is not None:
         on_scored(case, case.label, labels, metrics)
-    return (f"  Dice WT {metrics['Dice_WT']:.3f} TC {metrics['Dice_TC']:.3f}"
-            f" ET {metrics['Dice_ET']:.3f}")
+    shown = [key for key in metrics if key.startswith("Dice_")][:3]
+    return "  Dice " + " ".join(f"{key[5:]} {metrics[key]:.3f}" for key in shown)

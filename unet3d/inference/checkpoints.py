@@ -11,7 +11,9 @@ forms (and lists of them, which make an ensemble):
   never from the folder's name. With ``fold`` given only that fold's job is taken, else all
   folds (an ensemble);
 - ``runs:/<MLflow run id>``: the output dir recorded on that run (a sweep's parent run: its
-  sweep dir), which must exist on this machine (``unet3d.tracking.run_reference``).
+  sweep dir), which must exist on this machine (``unet3d.tracking.run_reference``);
+- ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: a version of the MLflow Model
+  Registry, resolved through the run it was registered from (``unet3d.tracking.registry``).
 
 ``unet3d.inference.models.load_ensemble`` then rebuilds and restores each prefix's network.
 """
@@ -229,13 +231,14 @@ def resolve_model_checkpoints(
     Args:
         spec: a checkpoint prefix, a ``checkpoints/`` folder, a training run dir, a Hydra
             sweep dir of a cross-validation run, an MLflow run reference ``runs:/<run id>``
-            (a job's run or a sweep's parent run, looked up in ``tracking_uri``), or a list of
-            any of these (an ensemble).
+            (a job's run or a sweep's parent run, looked up in ``tracking_uri``), a registered
+            model ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` (its version's
+            run), or a list of any of these (an ensemble).
         fold: with a sweep dir, take only the job of this fold (read from the job's
             ``run_identity.json`` or ``.hydra/config.yaml``); None takes every fold. A single
             run's fold is only checked (a warning when it differs).
         key: the config key named in errors.
-        tracking_uri: the MLflow store of ``runs:/`` references.
+        tracking_uri: the MLflow store of ``runs:/`` and ``models:/`` references.
 
     Returns:
         Checkpoint prefixes (without ``.index``), duplicates removed, in spec order.
@@ -285,10 +288,12 @@ def job_model_checkpoints(cfg: Any, spec: Any, fold: int | None = None,
                           key: str = CHECKPOINT_KEY) -> list[str]:
     """``resolve_model_checkpoints`` for a job: ``runs:/`` references are looked up in the
     job's own MLflow store (``tracking.uri``, ``MLFLOW_TRACKING_URI`` or the local default)."""
+    from unet3d.tracking.registry import is_model_reference
     from unet3d.tracking.run_reference import is_run_reference
 
     tracking_uri = None
-    if any(is_run_reference(str(item)) for item in _as_list(spec)):
+    if any(is_run_reference(str(item)) or is_model_reference(str(item))
+           for item in _as_list(spec)):
         from unet3d.tracking.store import resolve_tracking_uri
 
         tracking_uri = resolve_tracking_uri(cfg.get("tracking"), cfg.paths.root_dir)

@@ -5,7 +5,13 @@ modes and of ``benchmark.target=predict``: it maps a normalised volume (H, W, D,
 probabilities (H, W, D, K), the mean of the members' softmax outputs. The mean is taken per
 window batch, inside the sliding window; since blending and flip TTA are linear, this equals the
 mean of the members' whole-volume probability maps, with one accumulator instead of one per
-member. ``probabilities_to_labels`` turns probabilities into BraTS labels.
+member.
+(``unet3d.inference.labels`` turns probabilities into a data set's labels.)
+
+With ``crop_to_brain`` (``inference.crop_to_brain``) the sliding window runs on the case's
+non-zero bounding box only and the probabilities are pasted back with background outside
+(``unet3d.data.crop``, nnU-Net's crop_to_nonzero): a BraTS brain fills about a third of
+its 240 x 240 x 155 grid, so most windows of the whole grid hold background only.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.labels import to_brats_labels
+from unet3d.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,11 @@ class EnsemblePredictor:
         batch_size: windows per forward pass.
         tta: also average the 8 flips of the spatial axes.
         jit_compile: compile the forward pass with XLA.
+        crop_to_brain: run the sliding window on the non-zero bounding box of the volume
+            only; outside it the probabilities are background.
+        background_class: the softmax channel that is background outside the box (0), or
+            None for one-sigmoid-per-region outputs (all channels 0 outside).
+        crop_margin: voxels kept around the non-zero box on every side (clipped to the grid).
 
     Raises:
         ValueError: no model.
@@ -55,7 +66,8 @@ class EnsemblePredictor:
 
     def __init__(self, models: Any, *, window_size: Sequence[int], num_classes: int,
                  overlap: float = 0.5, blend: str = "gaussian", batch_size: int = 1,
-                 tta: bool = False, jit_compile: bool = False) -> None:
+                 tta: bool = False, jit_compile: bool = False, crop_to_brain: bool = False,
+                 background_class: int | None = 0, crop_margin: int = 0) -> None:
         from unet3d.inference.sliding_window import make_keras_predict_fn
 
         members = list(models) if isinstance(models, list | tuple) else [models]
@@ -67,6 +79,11 @@ class EnsemblePredictor:
         self.blend = str(blend)
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
+        self.crop_to_brain = bool(crop_to_brain)
+        self.background_class = background_class
+        self.crop_margin = int(crop_margin)
+        if self.crop_margin < 0:
+            raise ValueError(f"crop_margin must be >= 0, got {crop_margin}")
         self.num_members = len(members)
         self._member_fns = [
             make_keras_predict_fn(member, jit_compile=jit_compile, window_size=self.window_size)
@@ -75,28 +92,48 @@ class EnsemblePredictor:
 
     @classmethod
     def from_config(cls, models: Any, inference: Any, *, crop_size: Sequence[int],
-                    num_classes: int, jit_compile: bool = False) -> EnsemblePredictor:
+                    num_classes: int, jit_compile: bool = False,
+                    background_class: int | None = 0) -> EnsemblePredictor:
         """Build from the ``inference`` config section.
 
         Args:
             models: one Keras model or a list of them (see the class).
             inference: ``window_size`` (null: ``crop_size``), ``overlap``, ``blend``,
-                ``batch_size``, ``tta``.
+                ``batch_size``, ``tta``, ``crop_to_brain`` (absent: false), ``crop_margin``
+                (absent: 0).
             crop_size: ``data.crop_size`` (H, W, D), the default window.
             num_classes: ``model.num_classes``.
             jit_compile: ``precision.xla``.
+            background_class: see the class.
+
+        Raises:
+            ConfigError: ``inference.crop_to_brain`` is not a boolean or
+                ``inference.crop_margin`` not an integer >= 0.
         """
+        crop_to_brain = inference.get("crop_to_brain", False)
+        if not isinstance(crop_to_brain, bool):
+            raise ConfigError(f"inference.crop_to_brain: must be true or false, got "
+                              f"{crop_to_brain!r}")
+        crop_margin = inference.get("crop_margin", 0)
+        if isinstance(crop_margin, bool) or not isinstance(crop_margin, int) or crop_margin < 0:
+            raise ConfigError(f"inference.crop_margin: must be an integer >= 0 (voxels), got "
+                              f"{crop_margin!r}")
         return cls(
             models, window_size=window_size(inference, crop_size), num_classes=num_classes,
             overlap=float(inference.overlap), blend=str(inference.blend),
             batch_size=int(inference.batch_size), tta=bool(inference.tta),
-            jit_compile=jit_compile,
+            jit_compile=jit_compile, crop_to_brain=crop_to_brain,
+            background_class=background_class, crop_margin=crop_margin,
         )
 
     def describe(self) -> str:
         """``window [h, w, d], overlap o, <blend> blend, batch b[, flip TTA]`` for logs."""
+        crop = ""
+        if self.crop_to_brain:
+            crop = ", cropped to the brain" + (f" + {self.crop_margin} voxels"
+                                               if self.crop_margin else "")
         return (f"window {list(self.window_size)}, overlap {self.overlap:.2f}, {self.blend} "
-                f"blend, batch {self.batch_size}{', flip TTA' if self.tta else ''}")
+                f"blend, batch {self.batch_size}{', flip TTA' if self.tta else ''}{crop}")
 
     def predict_windows(self, batch: np.ndarray) -> np.ndarray:
         """Mean softmax of the members on a window batch.
@@ -122,25 +159,21 @@ class EnsemblePredictor:
             progress: optional ``progress(done_windows, total_windows)`` callback.
 
         Returns:
-            float32 ``(H, W, D, K)``: at every voxel the blended mean over windows and members.
+            float32 ``(H, W, D, K)``: at every voxel the blended mean over windows and members
+            (with ``crop_to_brain``: background outside the non-zero box).
         """
+        from unet3d.inference.brain_box import predict_in_brain_box
         from unet3d.inference.sliding_window import sliding_window_predict
 
-        return sliding_window_predict(
-            self.predict_windows, image, self.window_size, self.num_classes,
-            overlap=self.overlap, blend=self.blend, batch_size=self.batch_size, tta=self.tta,
-            progress=progress,
-        )
+        def whole(volume: np.ndarray) -> np.ndarray:
+            return sliding_window_predict(
+                self.predict_windows, volume, self.window_size, self.num_classes,
+                overlap=self.overlap, blend=self.blend, batch_size=self.batch_size,
+                tta=self.tta, progress=progress,
+            )
 
-
-def probabilities_to_labels(probabilities: np.ndarray) -> np.ndarray:
-    """Argmax over classes, mapped to BraTS labels.
-
-    Args:
-        probabilities: ``(..., K)`` class probabilities (training classes 0..3).
-
-    Returns:
-        uint8 ``(...)`` labels in {0, 1, 2, 4} (class 3 becomes label 4).
-    """
-    classes = np.argmax(probabilities, axis=-1).astype(np.uint8)
-    return to_brats_labels(classes)
+        if not self.crop_to_brain:
+            return whole(image)
+        return predict_in_brain_box(whole, np.asarray(image, dtype=np.float32),
+                                    self.num_classes, self.background_class,
+                                    margin=self.crop_margin)

@@ -3,7 +3,9 @@
 ``load_ensemble`` rebuilds each prefix's network from its run's recorded model settings (the
 job's ``model`` group when the run has none) and restores its weights;
 ``unet3d.inference.ensemble.EnsemblePredictor`` runs them. The prefixes come from
-``unet3d.inference.checkpoints.resolve_model_checkpoints``.
+``unet3d.inference.checkpoints.resolve_model_checkpoints``. ``trained_labels`` reads the label
+convention and head the members were trained with, so that their output is translated into the
+labels of the data set they segment (``unet3d.inference.labels``).
 """
 
 from __future__ import annotations
@@ -82,15 +84,15 @@ def _member_settings(model_cfg: Any, prefix: str) -> tuple[Any, bool]:
     """The model settings to rebuild ``prefix``'s network with, and whether they are recorded.
 
     Raises:
-        CheckpointError: the recorded network takes other inputs or gives other classes than
-            ``model_cfg`` (the data and the metrics of this job).
+        CheckpointError: the recorded network takes other inputs than ``model_cfg`` (the data
+            of this job). Its classes may differ: they are translated by label convention.
     """
     recorded = _recorded_model(run_dir_of(prefix))
     if recorded is None:
         log.info("%s: its run has no recorded model settings; building the model group's "
                  "network (%s)", prefix, model_cfg.get("_target_"))
         return model_cfg, False
-    for key in ("in_channels", "num_classes"):
+    for key in ("in_channels",):
         if recorded.get(key) != model_cfg.get(key):
             raise CheckpointError(
                 f"{prefix}: its run was trained with model.{key}={recorded.get(key)!r}, this "
@@ -113,13 +115,15 @@ def load_ensemble(model_cfg: Any, prefixes: Sequence[str], runtime: Any = None) 
         model_cfg: the job's ``model`` group: the fallback, and the ``in_channels`` and
             ``num_classes`` every member must have.
         prefixes: checkpoint prefixes (``resolve_model_checkpoints``).
-        runtime: the job's runtime (its ``context.scope()``), or None.
+        runtime: the job's runtime (its ``context.scope()``; its ``precision`` is checked to
+            be the members' compute dtype), or None.
 
     Returns:
         One ``keras.Model`` per prefix, weights restored.
 
     Raises:
-        ConfigError: no prefix, or ``model_cfg``'s network does not build.
+        ConfigError: no prefix, ``model_cfg``'s network does not build, or a member does not
+            compute in the configured precision.
         CheckpointError: a checkpoint does not restore (naming the model settings of its run
             when they differ from ``model_cfg``), a recorded network cannot be rebuilt, or it
             takes other inputs or classes than ``model_cfg``.
@@ -154,5 +158,62 @@ def load_ensemble(model_cfg: Any, prefixes: Sequence[str], runtime: Any = None) 
                  settings.get("_target_"), f"{model.count_params():,}",
                  " from its run's recorded model settings" if recorded else "")
         models.append(model)
+    precision = getattr(runtime, "precision", None)
+    if getattr(precision, "compute_dtype", None) is not None:
+        from unet3d.runtime.precision import check_inference_precision
+
+        check_inference_precision(models, precision)
     log.info("loaded %d model(s): %s", len(models), ", ".join(prefixes))
     return models
+
+
+def recorded_convention(run_dir: Path) -> Any:
+    """The ``LabelConvention`` a run's data set had (BraTS 2018-2021 for older runs).
+
+    Raises:
+        CheckpointError: the recorded convention is unreadable.
+    """
+    from unet3d.data.convention import BRATS2019, LabelConvention
+
+    identity = read_identity(run_dir) if (run_dir / IDENTITY_FILE).is_file() else None
+    recorded = identity.data.get("convention") if identity is not None else None
+    if not recorded:
+        return BRATS2019
+    try:
+        return LabelConvention.from_dict(recorded)
+    except (ConfigError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{run_dir / IDENTITY_FILE}: unreadable data.convention "
+                              f"({error})") from None
+
+
+def trained_labels(prefixes: Sequence[str]) -> tuple[Any, str]:
+    """The label convention and ``model.head`` the checkpoints' runs were trained with.
+
+    Args:
+        prefixes: checkpoint prefixes of one model or an ensemble.
+
+    Returns:
+        ``(LabelConvention, head)``; runs recorded before conventions existed count as BraTS
+        2018-2021 with a softmax head.
+
+    Raises:
+        CheckpointError: the members were trained on different label conventions or heads
+            (their outputs cannot be averaged), or a recorded convention is unreadable.
+    """
+    found: list[tuple[str, Any, str]] = []
+    for prefix in prefixes:
+        run_dir = run_dir_of(prefix)
+        settings = _trained_model_settings(run_dir) or {}
+        found.append((prefix, recorded_convention(run_dir),
+                      str(settings.get("head") or "softmax")))
+    if not found:
+        raise ConfigError(f"{CHECKPOINT_KEY}: no checkpoint to load")
+    first_prefix, convention, head = found[0]
+    for prefix, other, other_head in found[1:]:
+        if other.to_dict() != convention.to_dict() or other_head != head:
+            raise CheckpointError(
+                f"{prefix}: trained on labels {other.name} with a {other_head} head, but "
+                f"{first_prefix} on {convention.name} with a {head} head; an ensemble's "
+                "members must share labels and head"
+            )
+    return convention, head

@@ -13,13 +13,14 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unet3d.data.labels import BRATS_LABELS
+from unet3d.data.convention import BRATS2019
 from unet3d.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -121,33 +122,37 @@ def _check_grid(data: np.ndarray, reference_image: Any, what: str) -> None:
 
 
 def write_segmentation(
-    labels: np.ndarray, reference_image: Any, path: str | Path, overwrite: bool = False
+    labels: np.ndarray, reference_image: Any, path: str | Path, overwrite: bool = False,
+    allowed: Sequence[int] = BRATS2019.values,
 ) -> Path:
-    """Write a BraTS label volume as a uint8 NIfTI on the reference image's grid.
+    """Write a label volume as a uint8 NIfTI on the reference image's grid.
 
     Args:
-        labels: (H, W, D) integer volume with BraTS labels {0, 1, 2, 4}.
+        labels: (H, W, D) integer volume with label values in ``allowed``.
         reference_image: a nibabel image (one of the case's input modalities, or a
             ``Nifti1Image`` built from a stored affine): its shape, affine and header geometry
             are copied.
         path: output file (``.nii.gz`` or ``.nii``).
         overwrite: replace an existing file; otherwise raise ``OutputExistsError``.
+        allowed: the data set's label values (``LabelConvention.values``; default BraTS
+            2018-2021's {0, 1, 2, 4}).
 
     Returns:
         The path written.
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is false (the file is untouched).
-        ValueError: wrong rank or shape, or labels outside {0, 1, 2, 4}.
+        ValueError: wrong rank or shape, or labels outside ``allowed``.
     """
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"labels must be (H, W, D), got shape {labels.shape}")
     _check_grid(labels, reference_image, "segmentation")
     values = np.unique(labels)
-    unexpected = [int(value) for value in values if int(value) not in BRATS_LABELS]
+    allowed = [int(value) for value in allowed]
+    unexpected = [int(value) for value in values if int(value) not in allowed]
     if unexpected:
-        raise ValueError(f"labels {unexpected} outside the BraTS labels {list(BRATS_LABELS)}")
+        raise ValueError(f"labels {unexpected} outside the data set's labels {allowed}")
     data = np.ascontiguousarray(labels, dtype=np.uint8)
     written = _write_atomic(_nifti_image(data, reference_image), Path(path), overwrite)
     logger.debug("wrote segmentation %s", written)
@@ -159,7 +164,9 @@ def write_probabilities(
 ) -> Path:
     """Write per-class probabilities (H, W, D, K) as a 4D float32 NIfTI on the reference grid.
 
-    The 4th axis holds the training classes 0..K-1 (class 3 is BraTS label 4). Raises like
+    The 4th axis holds the model's output channels: its training classes 0..K-1 (class k is
+    label ``values[k]`` of the convention it was trained on; BraTS 2019 class 3 is label 4), or
+    its evaluation regions with a region head. Raises like
     ``write_segmentation``.
     """
     probabilities = np.asarray(probabilities)

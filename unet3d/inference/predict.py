@@ -9,7 +9,7 @@ escape the folder is refused; existing files are kept unless overwriting is aske
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,11 +66,14 @@ class NiftiOutputs:
         save_probabilities: also write ``<case_id>_probabilities.nii.gz``.
         overwrite: replace existing files; otherwise a case whose outputs exist fails with
             ``OutputExistsError`` before it is loaded.
+        label_values: the label values segmentations may hold (the data set's convention);
+            None: BraTS 2018-2021's {0, 1, 2, 4}.
     """
 
     def __init__(self, folder: Path, save_probabilities: bool = False,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, label_values: Sequence[int] | None = None) -> None:
         self.folder = Path(folder)
+        self.label_values = tuple(label_values) if label_values is not None else None
         self.save_probabilities = bool(save_probabilities)
         self.overwrite = bool(overwrite)
 
@@ -113,7 +116,7 @@ class NiftiOutputs:
             write_probabilities(probabilities, case.reference, path, self.overwrite)
 
     def write_segmentation(self, case: InputCase, labels: np.ndarray) -> None:
-        """Write uint8 BraTS labels ``(H, W, D)`` on the case's grid (atomically).
+        """Write uint8 labels ``(H, W, D)`` (the data set's values) on the case's grid.
 
         Raises:
             DataError: the file cannot be written (names the case and the file).
@@ -122,7 +125,11 @@ class NiftiOutputs:
 
         path = self.paths(case.case_id)[0]
         with _write_errors(case.case_id, path):
-            write_segmentation(labels, case.reference, path, self.overwrite)
+            if self.label_values is None:
+                write_segmentation(labels, case.reference, path, self.overwrite)
+            else:
+                write_segmentation(labels, case.reference, path, self.overwrite,
+                                   allowed=self.label_values)
 
 
 @contextmanager

@@ -7,10 +7,17 @@ windows is ``ceil((L - w) / step) + 1`` with ``step = max(1, floor(w * (1 - over
 starts are spread evenly from 0 to ``L - w`` (nnU-Net's scheme), so the last window ends at the
 border and neighbours overlap by at least ``overlap``. A volume smaller than the window is padded
 with zeros (centred) and the result cropped back.
+
+Per window the host work is kept small next to the forward pass: the importance map is computed
+once per (window shape, blend) and cached (read-only), each window's prediction is weighted in
+place and added into one float32 accumulator, and the weight sum is accumulated once per window
+position (not per class). Probabilities are always accumulated in float32, whatever dtype the
+model computes in (mixed precision returns float32 softmax outputs).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -55,12 +62,32 @@ def window_starts(length: int, window: int, overlap: float) -> list[int]:
 
 
 def importance_map(window_shape: Sequence[int], blend: str = "gaussian") -> np.ndarray:
-    """Per-voxel weight of a window: a Gaussian (sigma = side/8, max 1, min 1e-4) or ones."""
+    """Per-voxel weight of a window: a Gaussian (sigma = side/8, max 1, min 1e-4) or ones.
+
+    nnU-Net's Gaussian importance map. Computed once per (window shape, blend) and cached.
+
+    Args:
+        window_shape: 3 window sides (h, w, d) in voxels.
+        blend: ``"gaussian"`` or ``"constant"``.
+
+    Returns:
+        float32 ``(h, w, d)``, read-only (shared by every caller).
+
+    Raises:
+        ValueError: bad window sides or unknown blend.
+    """
     shape = _window_shape(window_shape)
-    if blend == "constant":
-        return np.ones(shape, dtype=np.float32)
-    if blend != "gaussian":
+    if blend not in BLENDS:
         raise ValueError(f"unknown blend {blend!r}; expected one of {BLENDS}")
+    return _cached_importance_map(shape, blend)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_importance_map(shape: tuple[int, int, int], blend: str) -> np.ndarray:
+    if blend == "constant":
+        weights_constant = np.ones(shape, dtype=np.float32)
+        weights_constant.flags.writeable = False
+        return weights_constant
     weights = np.ones(shape, dtype=np.float64)
     for axis, side in enumerate(shape):
         centre = (side - 1) / 2.0
@@ -71,7 +98,9 @@ def importance_map(window_shape: Sequence[int], blend: str = "gaussian") -> np.n
         view[axis] = side
         weights = weights * profile.reshape(view)
     weights /= weights.max()
-    return np.maximum(weights, GAUSSIAN_MIN_WEIGHT).astype(np.float32)
+    result = np.maximum(weights, GAUSSIAN_MIN_WEIGHT).astype(np.float32)
+    result.flags.writeable = False
+    return result
 
 
 def _flip_combinations(tta: bool) -> list[tuple[int, ...]]:
@@ -151,6 +180,7 @@ def sliding_window_predict(
     ]
     starts = list(itertools.product(*starts_per_axis))
     weights = importance_map(window, blend)
+    class_weights = weights[..., None]
     flips = _flip_combinations(tta)
     probability_sum = np.zeros((*padded_shape, num_classes), dtype=np.float32)
     weight_sum = np.zeros(padded_shape, dtype=np.float32)
@@ -179,11 +209,12 @@ def sliding_window_predict(
             output = np.asarray(output.numpy() if hasattr(output, "numpy") else output)
             if output.shape != expected:
                 raise ValueError(f"predict_fn returned shape {output.shape}, expected {expected}")
-            predicted += np.flip(output, axis=axes) if axes else output.astype(np.float32)
+            predicted += np.flip(output, axis=axes) if axes else output
         if len(flips) > 1:
             predicted /= float(len(flips))
+        predicted *= class_weights  # in place, broadcast over the batch: no temporary
         for index, window_slice in enumerate(slices):
-            probability_sum[window_slice] += predicted[index] * weights[..., None]
+            probability_sum[window_slice] += predicted[index]
             weight_sum[window_slice] += weights
         done += len(slices)
         if progress is not None:

@@ -6,7 +6,8 @@ The contract (``docs/contracts.md``): the target returns a ``keras.Model`` with 
 rank 5, float32 ``[B, H, W, D, in_channels]`` (channels last, spatial sides free or divisible
 by ``unet3d.config.settings.input_divisor``), and one output of the same rank, float32 probabilities
 ``[B, H, W, D, num_classes]`` (a softmax over the last axis, computed in float32 under mixed
-precision), and a working ``get_config``.
+precision), and a working ``get_config``. With ``model.head=regions`` (``unet3d.model.heads``)
+the output is ``[B, H, W, D, num_regions]`` sigmoid region probabilities (each in [0, 1]).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from unet3d.config.components import check_contract, instantiate, one_line
 from unet3d.config.settings import input_divisor
 from unet3d.errors import ConfigError
+from unet3d.model.heads import model_head, output_channels
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -38,12 +40,13 @@ def build_model_from_config(model_cfg: Mapping[str, Any]) -> keras.Model:
 
     Args:
         model_cfg: the ``model`` group: ``_target_``, ``name``, ``in_channels``,
-            ``num_classes`` (and, optionally, ``num_levels``) plus the target's own arguments;
-            every key but ``_target_`` is passed to the target.
+            ``num_classes`` (and, optionally, ``num_levels``, ``head``, ``num_regions``) plus
+            the target's own arguments; every key but ``_target_`` is passed to the target.
 
     Returns:
         The built ``keras.Model`` (float32 ``[B, H, W, D, in_channels]`` ->
-        float32 ``[B, H, W, D, num_classes]``).
+        float32 ``[B, H, W, D, num_classes]``, or ``[B, H, W, D, num_regions]`` with
+        ``head=regions``).
 
     Raises:
         ConfigError: one line starting with ``model._target_``: the target does not import,
@@ -57,14 +60,18 @@ def build_model_from_config(model_cfg: Mapping[str, Any]) -> keras.Model:
             raise ConfigError(f"model.{key}: the framework needs it in every model group, "
                               f"got {value!r}")
         sizes[key] = value
+    try:
+        head, channels = model_head(model_cfg), output_channels(model_cfg)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     model = instantiate(model_cfg, "model")
-    check_model(model, sizes["in_channels"], sizes["num_classes"], input_divisor(model_cfg),
-                str(model_cfg.get("_target_")))
+    check_model(model, sizes["in_channels"], channels, input_divisor(model_cfg),
+                str(model_cfg.get("_target_")), head=head)
     return model
 
 
 def check_model(model: Any, in_channels: int, num_classes: int, divisor: int = 1,
-                target: str = "the model") -> None:
+                target: str = "the model", head: str = "softmax") -> None:
     """Check a built model against the model contract (``docs/contracts.md``).
 
     A functional model is checked from its symbolic input and output. A subclassed model that
@@ -75,9 +82,12 @@ def check_model(model: Any, in_channels: int, num_classes: int, divisor: int = 1
     Args:
         model: what the target returned.
         in_channels: the ``model.in_channels`` the data provides (C).
-        num_classes: the ``model.num_classes`` the loss and metrics expect (K).
+        num_classes: the output channels the loss and metrics expect: ``model.num_classes``
+            (K) for the softmax head, ``model.num_regions`` (R) for the regions head.
         divisor: what every input side must be divisible by (``input_divisor``).
         target: the ``_target_``, named in errors.
+        head: ``softmax`` (probabilities sum to 1 over the channels) or ``regions`` (each
+            channel a probability in [0, 1]).
 
     Raises:
         ConfigError: ``model._target_: <target> ...`` naming what is wrong.
@@ -96,8 +106,9 @@ def check_model(model: Any, in_channels: int, num_classes: int, divisor: int = 1
                        f"{target} has {len(outputs)} outputs; expected one probability map")
         shape, dtype = tuple(outputs[0].shape), str(outputs[0].dtype)
     else:
-        shape, dtype = _probe(model, target, in_channels, divisor, num_classes)
-    _check_tensor(target, "output", shape, num_classes, "num_classes")
+        shape, dtype = _probe(model, target, in_channels, divisor, num_classes, head)
+    _check_tensor(target, "output", shape, num_classes,
+                  "num_classes" if head == "softmax" else "num_regions")
     check_contract(dtype == "float32", "model", lambda: (
         f"{target} outputs {dtype}; the probabilities must be float32 (give the final "
         f"activation dtype='float32' so that mixed precision keeps it)"))
@@ -137,7 +148,7 @@ def example_side(model_cfg: Mapping[str, Any]) -> int:
 
 
 def _probe(model: Any, target: str, in_channels: int, divisor: int,
-           num_classes: int) -> tuple[tuple, str]:
+           num_classes: int, head: str = "softmax") -> tuple[tuple, str]:
     """Build a subclassed model by calling it once; return its output's shape and dtype."""
     import numpy as np
 
@@ -152,7 +163,12 @@ def _probe(model: Any, target: str, in_channels: int, divisor: int,
                    lambda: f"{target} returned a {type(output).__name__}, not one tensor")
     shape = tuple(output.shape)
     dtype = getattr(output.dtype, "name", None) or str(output.dtype)
-    if len(shape) == 5 and shape[-1] == num_classes and dtype == "float32":
+    if len(shape) == 5 and shape[-1] == num_classes and dtype == "float32" and head != "softmax":
+        values = np.asarray(output)
+        check_contract(bool(np.all((values >= 0.0) & (values <= 1.0))), "model", lambda: (
+            f"{target} outputs no region probabilities: values in [{values.min():.3g}, "
+            f"{values.max():.3g}]; model.head=regions ends with a sigmoid"))
+    elif len(shape) == 5 and shape[-1] == num_classes and dtype == "float32":
         values = np.asarray(output)
         sums = values.sum(axis=-1)
         check_contract(bool(np.all(values >= 0.0)) and bool(

@@ -8,8 +8,10 @@ Architecture (the NVIDIA / Cambricon reference, see ``/work/shared/REFERENCE.md`
   ``min(base_filters * 2**level, max_filters)`` filters;
 - up blocks mirror them: Conv3DTranspose (kernel 2, stride 2, with bias) -> concat skip ->
   two conv units;
-- head: Conv3D (kernel ``output_kernel_size``, with bias) to ``num_classes`` then a softmax
-  ``Activation`` whose dtype is float32, so mixed precision still returns float32 probabilities.
+- head (``unet3d.model.heads``): Conv3D (kernel ``output_kernel_size``, with bias) to
+  ``num_classes`` then a softmax (``head="softmax"``, the reference's), or to ``num_regions``
+  then a sigmoid (``head="regions"``); the activation's dtype is float32, so mixed precision
+  still returns float32 probabilities.
 
 ``build_unet3d`` is the ``_target_`` of ``conf/model/unet3d*.yaml``; the framework builds any
 model through ``unet3d.model.build.build_model_from_config``.
@@ -28,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from unet3d.config import NORMS, UNET3D_TARGET
+from unet3d.model.heads import DEFAULT_NUM_REGIONS, check_head, head_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -144,6 +147,8 @@ def build_unet3d(
     norm: str = "instance",
     output_kernel_size: int = 3,
     input_shape: Sequence[int | None] | None = None,
+    head: str = "softmax",
+    num_regions: int = DEFAULT_NUM_REGIONS,
 ) -> keras.Model:
     """Build the 3D U-Net as a Keras 3 functional model (channels last).
 
@@ -166,14 +171,21 @@ def build_unet3d(
             1 a 1x1x1 head (3,328 fewer parameters at the reference widths).
         input_shape: ``None`` for ``(None, None, None, in_channels)``, or the 3 spatial sides
             (optionally followed by ``in_channels``); ``None`` sides stay dynamic.
+        head: ``softmax`` (K class probabilities) or ``regions`` (one sigmoid per evaluation
+            region, ``unet3d.model.heads``).
+        num_regions: output channels R of the ``regions`` head (BraTS: 3, WT, TC, ET);
+            ignored by the softmax head.
 
     Returns:
         A ``keras.Model`` mapping float32 ``[B, H, W, D, C]`` to float32 softmax probabilities
-        ``[B, H, W, D, K]`` (the final activation computes in float32 under mixed precision).
+        ``[B, H, W, D, K]``, or with ``head="regions"`` to float32 sigmoid region
+        probabilities ``[B, H, W, D, R]`` (the final activation computes in float32 under mixed
+        precision). The decoder's feature maps are the layers ``up<level>_2_act`` (level 0 at
+        full resolution), which ``unet3d.training.deep_supervision`` taps.
 
     Raises:
-        ValueError: unknown ``norm``, non-positive or inconsistent widths, or an input shape
-            whose sides are not divisible by ``2 ** (num_levels - 1)``.
+        ValueError: unknown ``norm`` or ``head``, non-positive or inconsistent widths, or an
+            input shape whose sides are not divisible by ``2 ** (num_levels - 1)``.
     """
     import keras
 
@@ -182,6 +194,8 @@ def build_unet3d(
     _check_int("in_channels", in_channels, 1)
     _check_int("num_classes", num_classes, 1)
     _check_int("output_kernel_size", output_kernel_size, 1)
+    check_head(head)
+    channels = num_classes if head == "softmax" else _check_int("num_regions", num_regions, 1)
     filters = level_filters(base_filters, max_filters, num_levels)
     shape = _spatial_input_shape(input_shape, in_channels, num_levels)
 
@@ -200,17 +214,16 @@ def build_unet3d(
         x = keras.layers.Concatenate(axis=-1, name=f"up{level}_concat")([x, skips[level]])
         x = _conv_unit(x, filters[level], norm, f"up{level}_1")
         x = _conv_unit(x, filters[level], norm, f"up{level}_2")
-    x = keras.layers.Conv3D(
-        num_classes, kernel_size=output_kernel_size, padding="same", name="head_conv"
-    )(x)
-    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    outputs = head_layers(x, head, channels, output_kernel_size)
     model = keras.Model(inputs, outputs, name=name)
     logger.debug(
-        "built %s: levels %d, filters %s, norm %s, %d parameters",
+        "built %s: levels %d, filters %s, norm %s, %s head of %d channels, %d parameters",
         name,
         num_levels,
         filters,
         norm,
+        head,
+        channels,
         model.count_params(),
     )
     return model
@@ -233,6 +246,10 @@ def _unet_arguments(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     for argument in names:
         value = model_cfg.get(argument)
         arguments[argument] = int(defaults[argument].default if value is None else value)
+    head = model_cfg.get("head") or "softmax"
+    regions = model_cfg.get("num_regions")
+    arguments["output_channels"] = arguments["num_classes"] if check_head(head) == "softmax" \
+        else int(defaults["num_regions"].default if regions is None else regions)
     return arguments
 
 
@@ -283,5 +300,5 @@ def count_forward_flops(
         # transposed conv: every output voxel receives one tap per input channel
         macs += voxels[level] * filters[level + 1] * filters[level]
         macs += voxels[level] * 27 * (2 * filters[level] + filters[level]) * filters[level]
-    macs += voxels[0] * kwargs["output_kernel_size"] ** 3 * filters[0] * kwargs["num_classes"]
+    macs += voxels[0] * kwargs["output_kernel_size"] ** 3 * filters[0] * kwargs["output_channels"]
     return 2.0 * float(macs)

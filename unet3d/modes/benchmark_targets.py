@@ -214,7 +214,7 @@ def _case_source(job: Job, prepared: Any, in_channels: int, rng: np.random.Gener
 
 def benchmark_predict(job: Job) -> dict[str, Any] | None:
     """Time whole-volume sliding-window prediction (the chief predicts; others return None)."""
-    from unet3d.inference.ensemble import probabilities_to_labels
+    from unet3d.inference.labels import make_labeler
     from unet3d.modes.evaluate import make_predictor
 
     cfg, context = job.cfg, job.context
@@ -225,6 +225,7 @@ def benchmark_predict(job: Job) -> dict[str, Any] | None:
     if synthetic:
         volume_shape(cfg.benchmark)  # a bad shape fails before any model is built
     models = _predict_models(job)
+    labeler = make_labeler()
     predictor = make_predictor(cfg, models, bool(job.runtime.precision.xla))
     window = tuple(predictor.window_size)
     in_channels = int(cfg.model.in_channels)
@@ -262,7 +263,7 @@ def benchmark_predict(job: Job) -> dict[str, Any] | None:
         before = len(window_times)
         started = time.perf_counter()
         probabilities = predictor.probabilities(image)
-        probabilities_to_labels(probabilities)
+        labeler(probabilities)
         case_times.append(time.perf_counter() - started)
         windows_per_case.append(len(window_times) - before)
         shapes.append(list(image.shape[:3]))

@@ -79,11 +79,19 @@ def build_optimizer(cfg: DictConfig, runtime: Runtime) -> Any:
     return optimizer
 
 
-def build_loss(cfg: DictConfig) -> Callable:
-    """``loss_fn(labels, probabilities) -> (per-sample loss, parts)`` of the ``loss`` group."""
+def build_loss(cfg: DictConfig, convention: Any = None) -> Callable:
+    """``loss_fn(labels, probabilities) -> (per-sample loss, parts)`` of the ``loss`` group.
+
+    Args:
+        cfg: the job config (``loss``, ``model.num_classes``, ``model.head``).
+        convention: the data set's ``LabelConvention`` (the region loss's regions); None =
+            BraTS 2018-2021.
+    """
+    from unet3d.model.heads import output_channels
     from unet3d.training.losses import build_loss as loss_from_config
 
-    return loss_from_config(cfg.loss, int(cfg.model.num_classes))
+    return loss_from_config(cfg.loss, int(cfg.model.num_classes),
+                            output_channels=output_channels(cfg.model), convention=convention)
 
 
 def build_train_step(cfg: DictConfig, runtime: Runtime, model: Any, optimizer: Any) -> Callable:

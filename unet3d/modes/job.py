@@ -83,3 +83,11 @@ def prepare(job: Job) -> Any:
              cfg.num_folds, len(prepared.train_files), len(prepared.eval_files),
              prepared.preprocessed_dir)
     return prepared
+
+
+def data_convention(prepared: Any) -> Any:
+    """The ``LabelConvention`` of prepared data (its layout's; BraTS 2019 without one)."""
+    from unet3d.data.convention import BRATS2019
+
+    layout = getattr(prepared, "layout", None)
+    return layout.convention if layout is not None else BRATS2019

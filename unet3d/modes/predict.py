@@ -1,12 +1,17 @@
 """``mode=predict``: segment cases to BraTS-ready NIfTI with one model or a fold ensemble.
 
-Inputs: ``predict.input_dir`` (raw cases in BraTS layout, ``seg`` optional) or, when null, the
-held-out fold ``fold`` of the configured data set (preprocessed records, with labels). Each case
-is segmented by the per-case loop shared with evaluate (``unet3d.inference.cases``), and
-``<case_id>.nii.gz`` (uint8, labels {0, 1, 2, 4}, the input's grid) is written to
+Inputs: ``predict.input_dir`` (raw cases in the layout of the ``data`` group: ``data=brats2023``
+reads BraTS 2023 folders, ``data=msd_brain`` an MSD ``imagesTr``/``imagesTs``; labels optional)
+or, when null, the held-out fold ``fold`` of the configured data set (preprocessed records, with
+labels). Each case is segmented by the per-case loop shared with evaluate
+(``unet3d.inference.cases``), and ``<case_id>.nii.gz`` (uint8, in the input data set's own label
+values: BraTS 2019 {0, 1, 2, 4}, BraTS 2023 and MSD {0, 1, 2, 3}; the input's grid) is written to
 ``predict.output_dir`` (default ``<run dir>/predictions``), plus
 ``<case_id>_probabilities.nii.gz`` with ``predict.save_probabilities``. Cases with a reference
-label are scored: ``metrics/predict_per_case.csv`` and the mean of every metric.
+label are scored: ``metrics/predict_per_case.csv`` and the mean of every metric. The model's
+classes are translated by tissue from the convention its training run recorded (a BraTS 2021
+model writes 3 for enhancing tumour in a BraTS 2023 folder); a class the input's convention has
+no label for is one ConfigError before any case is read.
 
 Bad input does not stop the job: a case that cannot be read or written is logged as one ERROR
 line naming the case and the file, the other cases are written, and at the end a DataError lists
@@ -62,12 +67,13 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     from unet3d.inference.checkpoints import job_model_checkpoints
     from unet3d.inference.models import load_ensemble
     from unet3d.inference.predict import NiftiOutputs
-    from unet3d.modes.evaluate import make_predictor
+    from unet3d.modes.evaluate import make_labeler, make_predictor
 
-    pending, source = _pending_cases(cfg)
+    pending, source, convention = _pending_cases(cfg)
+    prefixes = job_model_checkpoints(cfg, cfg.predict.checkpoint, fold=selected_fold(cfg))
+    labeler = make_labeler(cfg, prefixes, convention)
     output_folder = Path(cfg.predict.get("output_dir") or output_dir / "predictions").expanduser()
     output_folder.mkdir(parents=True, exist_ok=True)
-    prefixes = job_model_checkpoints(cfg, cfg.predict.checkpoint, fold=selected_fold(cfg))
     models = load_ensemble(cfg.model, prefixes, runtime)
     predictor = make_predictor(cfg, models, bool(runtime.precision.xla))
     if tracker is not None:
@@ -75,18 +81,22 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
                           "predict.ensemble_size": str(len(prefixes))})
     outputs = NiftiOutputs(output_folder,
                            save_probabilities=bool(cfg.predict.get("save_probabilities", False)),
-                           overwrite=bool(cfg.predict.get("overwrite", False)))
+                           overwrite=bool(cfg.predict.get("overwrite", False)),
+                           label_values=convention.values)
     log.info("predicting %d case(s) (%s) with %d model(s), %s -> %s", len(pending), source,
              len(prefixes), predictor.describe(), output_folder)
 
     started = time.perf_counter()
-    result = segment_cases(predictor, pending, verb="predicted", outputs=outputs,
+    postprocess = _postprocessing(cfg, convention)
+    result = segment_cases(predictor, pending, verb="predicted", labeler=labeler,
+                           convention=convention, postprocess=postprocess, outputs=outputs,
                            keep_going=True, progress_bar="predict")
     summary: dict[str, float] = {}
     if result.rows:
         summary = summarize_and_log(
             result.rows,
-            f"prediction metrics over {len(result.rows)} case(s) with reference labels:")
+            f"prediction metrics over {len(result.rows)} case(s) with reference labels:",
+            convention)
         csv_path = write_csv(result.rows, output_dir / "metrics" / METRICS_CSV)
         if tracker is not None:
             tracker.log_metrics(summary)
@@ -113,18 +123,57 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     return {**summary, "cases_written": float(written)}
 
 
-def _pending_cases(cfg: DictConfig) -> tuple[list[Any], str]:
-    """The cases to segment and a description of where they come from."""
-    from unet3d.inference.inputs import raw_pending_cases, record_pending_cases
+def _postprocessing(cfg: DictConfig, convention: Any) -> Any:
+    """The post-processing of the sweep in ``predict.checkpoint``, or None.
+
+    A sweep folder (or ``runs:/<parent run id>``) holding ``postprocessing.json`` (written by
+    ``mode=postprocess``) gives its rules, unless ``predict.postprocess=false``.
+
+    Raises:
+        DataError: the sweep's ``postprocessing.json`` is unreadable.
+    """
+    spec = cfg.predict.get("checkpoint")
+    if not cfg.predict.get("postprocess", True) or not isinstance(spec, str) or not spec:
+        return None
+    from unet3d.evaluation.postprocess import (
+        POSTPROCESSING_FILE,
+        apply_postprocessing,
+        load_postprocessing,
+    )
+    from unet3d.tracking.registry import is_model_reference
+    from unet3d.tracking.run_reference import is_run_reference
+
+    if is_run_reference(spec) or is_model_reference(spec):
+        from unet3d.tracking.run_reference import resolve_run_references
+        from unet3d.tracking.store import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(cfg.get("tracking"), cfg.paths.root_dir)
+        spec = str(resolve_run_references(spec, uri, "predict.checkpoint"))
+    folder = Path(spec).expanduser()
+    rules = load_postprocessing(folder) if folder.is_dir() else None
+    if rules is None:
+        return None
+    log.info("post-processing from %s: %s (predict.postprocess=false turns it off)",
+             folder / POSTPROCESSING_FILE, rules)
+    return lambda labels, spacing: apply_postprocessing(labels, rules, convention, spacing)
+
+
+def _pending_cases(cfg: DictConfig) -> tuple[list[Any], str, Any]:
+    """The cases to segment, where they come from, and their ``LabelConvention``."""
+    from unet3d.inference.inputs import input_layout, raw_pending_cases, record_pending_cases
+    from unet3d.modes.job import data_convention
 
     input_dir = cfg.predict.get("input_dir")
     if input_dir:
-        return raw_pending_cases(input_dir), f"raw cases in {input_dir}"
+        layout = input_layout(cfg.data, input_dir)
+        return (raw_pending_cases(input_dir, layout),
+                f"raw {layout.convention.name} cases in {input_dir}", layout.convention)
     from unet3d.data.prepare import prepare_data
 
     prepared = prepare_data(cfg)
-    return (record_pending_cases(prepared.eval_files),
-            f"held-out fold {cfg.fold} of {prepared.preprocessed_dir}")
+    convention = data_convention(prepared)
+    return (record_pending_cases(prepared.eval_files, convention),
+            f"held-out fold {cfg.fold} of {prepared.preprocessed_dir}", convention)
 
 
 def _fold_overridden() -> bool:

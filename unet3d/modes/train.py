@@ -19,7 +19,7 @@ from unet3d.modes.build import (
     make_input_fn,
     training_steps,
 )
-from unet3d.modes.job import Job, prepare
+from unet3d.modes.job import Job, data_convention, prepare
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,23 @@ def train_model(job: Job, prepared: Any) -> tuple[Any, dict[str, float]]:
         CheckpointError: a resume without a usable checkpoint.
         FloatingPointError: the loss became NaN or infinite.
     """
+    from unet3d.model.heads import model_head
+    from unet3d.training.deep_supervision import apply_deep_supervision
     from unet3d.training.loop import train
 
     cfg, context = job.cfg, job.context
     model = build_model(cfg, job.runtime)
+    loss_fn = build_loss(cfg, data_convention(prepared))
+    # Deep supervision trains extra low-resolution outputs; `model` (one output) is what is
+    # evaluated, checkpointed for inference and logged.
+    with context.scope():
+        training_model, loss_fn = apply_deep_supervision(model, loss_fn, cfg.training,
+                                                         head=model_head(cfg.model))
     optimizer = build_optimizer(cfg, job.runtime)
     steps = training_steps(cfg, context.world_size)
     result = train(
-        context, model, optimizer,
-        loss_fn=build_loss(cfg),
+        context, training_model, optimizer,
+        loss_fn=loss_fn,
         input_fn=make_input_fn(cfg, prepared.train_files),
         steps=steps,
         batch_size=int(cfg.data.batch_size),

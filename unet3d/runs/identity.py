@@ -7,13 +7,17 @@ A job writes ``<run dir>/run_identity.json`` when it first uses its folder (see
      "fold": 0, "num_folds": 5, "seed": 42,
      "data": {"name": "synthetic", "synthetic": "<hash of the generator settings> | null",
               "raw_dir": "/abs/path | null", "cases": "<16 hex digits> | null",
-              "num_cases": 40 | null},
+              "num_cases": 40 | null,
+              "convention": {...the data set's label convention...} | null},
      "model": {...the composed `model` group...},
      "precision": {"name": "amp", "policy": "auto"}}
 
-``data.cases`` is the SHA-256 (16 hex digits) of the sorted case ids; it is filled in once,
-after the data set is prepared (`record_cases`). Runs written before this file existed are
-read from their ``.hydra/config.yaml`` instead (`read_identity`, without ``data.cases``).
+``data.cases`` is the SHA-256 (16 hex digits) of the sorted case ids and ``data.convention``
+the data set's label convention (``unet3d.data.convention.LabelConvention.to_dict``: label
+values and names, evaluation regions); both are filled in once, after the data set is prepared
+(`record_cases`). Prediction translates the model's classes through the recorded convention.
+Runs written before this file existed are read from their ``.hydra/config.yaml`` instead
+(`read_identity`, without ``data.cases``).
 
 What identifies an experiment (a resume that differs in any of these is refused):
 ``fold``, ``num_folds``, ``seed``, ``data.name``, ``data.synthetic``, ``data.cases`` and every
@@ -165,13 +169,25 @@ class RunIdentity:
         return found
 
 
+#: Keys the U-Net's group gained later, with the value that older runs were trained with.
+_LATER_MODEL_KEYS = {"head": "softmax", "num_regions": 3}
+
+
 def _with_default_target(model: dict[str, Any]) -> dict[str, Any]:
-    """A model group recorded before models were components built the U-Net: say so."""
-    if not model or "_target_" in model:
+    """A model group as today's U-Net group spells it.
+
+    Recorded before models were components: the U-Net; recorded before region heads: the
+    softmax head (``num_regions`` then unused, 3 by default).
+    """
+    if not model:
         return model
     from unet3d.config import UNET3D_TARGET
 
-    return {**model, "_target_": UNET3D_TARGET}
+    model = {**model} if "_target_" in model else {**model, "_target_": UNET3D_TARGET}
+    if model["_target_"] == UNET3D_TARGET:
+        for key, value in _LATER_MODEL_KEYS.items():
+            model.setdefault(key, value)
+    return model
 
 
 def _is_synthetic(data: Any) -> bool:
@@ -211,19 +227,33 @@ def read_identity(run_dir: str | os.PathLike) -> RunIdentity | None:
         return None
 
 
-def record_cases(run_dir: str | os.PathLike, case_ids: Iterable[str]) -> RunIdentity | None:
-    """Fill ``data.cases`` / ``data.num_cases`` of the folder's identity once (if unset).
+def record_cases(run_dir: str | os.PathLike, case_ids: Iterable[str],
+                 convention: Mapping[str, Any] | None = None) -> RunIdentity | None:
+    """Fill ``data.cases`` / ``data.num_cases`` (and ``data.convention``) once, if unset.
 
-    Returns the (possibly updated) identity, or None when the folder has no identity file.
+    Args:
+        run_dir: the run folder.
+        case_ids: the prepared data set's case ids.
+        convention: the data set's ``LabelConvention.to_dict()``, or None.
+
+    Returns:
+        The (possibly updated) identity, or None when the folder has no identity file.
     """
     path = Path(run_dir) / IDENTITY_FILE
     if not path.is_file():
         return None
     identity = read_identity(run_dir)
-    if identity is None or identity.data.get("cases") is not None:
-        return identity
-    case_ids = list(case_ids)
-    identity.data["cases"] = cases_fingerprint(case_ids)
-    identity.data["num_cases"] = len(case_ids)
-    identity.write(run_dir)
+    if identity is None:
+        return None
+    changed = False
+    if identity.data.get("cases") is None:
+        case_ids = list(case_ids)
+        identity.data["cases"] = cases_fingerprint(case_ids)
+        identity.data["num_cases"] = len(case_ids)
+        changed = True
+    if convention is not None and identity.data.get("convention") is None:
+        identity.data["convention"] = json.loads(json.dumps(dict(convention)))
+        changed = True
+    if changed:
+        identity.write(run_dir)
     return identity

@@ -121,3 +121,58 @@ def wrap_optimizer(optimizer: Any, info: PrecisionInfo) -> Any:
     if not info.loss_scale or isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
         return optimizer
     return keras.mixed_precision.LossScaleOptimizer(optimizer)
+
+
+def model_dtypes(model: Any) -> dict[str, Any]:
+    """The dtypes a built Keras model really uses (not only the policy that was asked for).
+
+    Args:
+        model: a built ``keras.Model``.
+
+    Returns:
+        ``{"compute": [...], "variables": [...], "output": str}``: the sorted compute dtypes of
+        the layers that hold weights, the sorted variable dtypes, and the first output's dtype
+        (``"float32"`` when the model has no symbolic outputs).
+    """
+    compute = sorted({str(layer.compute_dtype) for layer in model.layers if layer.weights})
+    variables = sorted({str(getattr(variable.dtype, "name", variable.dtype))
+                        for variable in model.weights})
+    outputs = getattr(model, "outputs", None)
+    output = str(getattr(outputs[0].dtype, "name", outputs[0].dtype)) if outputs else "float32"
+    return {"compute": compute, "variables": variables, "output": output}
+
+
+def check_inference_precision(models: Any, info: PrecisionInfo) -> list[dict[str, Any]]:
+    """Check that models rebuilt for inference compute in the configured precision.
+
+    A model built before ``configure_precision`` (or under another global policy) keeps the
+    dtypes it was built with; it would silently predict in float32 under ``precision=amp``.
+
+    Args:
+        models: one ``keras.Model`` or a list of them (an ensemble).
+        info: the job's ``PrecisionInfo``.
+
+    Returns:
+        ``model_dtypes`` of each model, in order.
+
+    Raises:
+        ConfigError: a model computes in another dtype than ``info.compute_dtype`` (the message
+            names ``precision.policy``), or outputs something other than float32.
+    """
+    members = list(models) if isinstance(models, list | tuple) else [models]
+    found = []
+    for index, model in enumerate(members):
+        dtypes = model_dtypes(model)
+        if dtypes["compute"] and dtypes["compute"] != [info.compute_dtype]:
+            raise ConfigError(
+                f"precision.policy: model {index} ({model.name}) computes in "
+                f"{', '.join(dtypes['compute'])}, the job's policy {info.policy_name} in "
+                f"{info.compute_dtype}; build the models after configure_precision"
+            )
+        if dtypes["output"] != "float32":
+            raise ConfigError(f"precision.policy: model {index} ({model.name}) outputs "
+                              f"{dtypes['output']}; probabilities must be float32")
+        found.append(dtypes)
+    logger.info("inference precision: %d model(s) compute in %s, output float32",
+                len(found), info.compute_dtype)
+    return found

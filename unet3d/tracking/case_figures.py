@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.labels import MODALITIES
+from unet3d.data.convention import MODALITIES
 from unet3d.tracking.figures import plot_case_slices, select_cases_for_figures, tumour_slice_index
 
 FLAIR_CHANNEL = MODALITIES.index("flair")
@@ -20,9 +20,10 @@ class CaseFigureCollector:
     ``write`` plots the best, median and worst case by WT Dice and returns the PNG paths.
     """
 
-    def __init__(self, directory: Path, key: str = "Dice_WT") -> None:
+    def __init__(self, directory: Path, key: str = "Dice_WT", convention: Any = None) -> None:
         self.directory = Path(directory)
         self.key = key
+        self.convention = convention
         self.slices: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def add(self, case: Any, reference: np.ndarray, prediction: np.ndarray,
@@ -46,5 +47,6 @@ class CaseFigureCollector:
             flair, reference, prediction = self.slices[case_id]
             title = f"{rank}: {case_id} ({self.key} {scores.get(case_id, float('nan')):.3f})"
             path = self.directory / f"case_{rank}_{case_id}.png"
-            written.append(plot_case_slices(flair, reference, prediction, title, path))
+            written.append(plot_case_slices(flair, reference, prediction, title, path,
+                                            convention=self.convention))
         return written

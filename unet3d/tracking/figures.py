@@ -19,18 +19,38 @@ from unet3d.runs.files import write_atomic_with
 
 logger = logging.getLogger(__name__)
 
-#: Overlay colours (RGB) and legend names of the BraTS labels.
-LABEL_COLOURS: dict[int, tuple[float, float, float]] = {
-    1: (0.90, 0.10, 0.10),  # NCR/NET: red
-    2: (0.15, 0.75, 0.20),  # ED: green
-    4: (1.00, 0.85, 0.10),  # ET: yellow
+#: Overlay colours (RGB) of the tissues (``unet3d.data.convention.tissue_of``), in every data
+#: set's labels alike: NETC (NCR/NET) red, SNFH (ED) green, ET yellow, RC blue.
+TISSUE_COLOURS: dict[str, tuple[float, float, float]] = {
+    "NETC": (0.90, 0.10, 0.10),
+    "SNFH": (0.15, 0.75, 0.20),
+    "ET": (1.00, 0.85, 0.10),
+    "RC": (0.20, 0.45, 0.95),
 }
-LABEL_NAMES: dict[int, str] = {
-    1: "1 necrotic / non-enhancing core",
-    2: "2 peritumoral edema",
-    4: "4 enhancing tumour",
-}
+#: Colours of labels whose tissue is not one of those (cycled).
+OTHER_COLOURS = ((0.85, 0.35, 0.85), (0.10, 0.80, 0.80), (0.95, 0.55, 0.10))
 OVERLAY_ALPHA = 0.45
+
+
+def label_colours(convention: Any = None) -> dict[int, tuple[tuple[float, float, float], str]]:
+    """Label value -> (RGB colour, legend text) of a convention's non-background labels.
+
+    Args:
+        convention: a ``LabelConvention``; None = BraTS 2018-2021 (1 NCR, 2 ED, 4 ET).
+    """
+    if convention is None:
+        from unet3d.data.convention import BRATS2019 as convention
+    colours: dict[int, tuple[tuple[float, float, float], str]] = {}
+    others = 0
+    for value, tissue in zip(convention.values, convention.tissues, strict=True):
+        if tissue == "background":
+            continue
+        colour = TISSUE_COLOURS.get(tissue)
+        if colour is None:
+            colour = OTHER_COLOURS[others % len(OTHER_COLOURS)]
+            others += 1
+        colours[value] = (colour, f"{value} {convention.labels[value]}")
+    return colours
 
 
 def tumour_slice_index(reference: np.ndarray, prediction: np.ndarray | None = None) -> int:
@@ -47,14 +67,13 @@ def tumour_slice_index(reference: np.ndarray, prediction: np.ndarray | None = No
     return int(np.asarray(reference).shape[-1] // 2)
 
 
-def _overlay(labels_slice: np.ndarray) -> np.ndarray:
-    """RGBA overlay of a 2-D BraTS label slice (training class 3 is drawn as label 4)."""
+def _overlay(labels_slice: np.ndarray,
+             colours: Mapping[int, tuple[tuple[float, float, float], str]]) -> np.ndarray:
+    """RGBA overlay of a 2-D label slice (``colours``: ``label_colours``)."""
     labels_slice = np.asarray(labels_slice)
     rgba = np.zeros(labels_slice.shape + (4,), dtype=np.float32)
-    for label, colour in LABEL_COLOURS.items():
+    for label, (colour, _) in colours.items():
         mask = labels_slice == label
-        if label == 4:
-            mask |= labels_slice == 3
         rgba[mask, :3] = colour
         rgba[mask, 3] = OVERLAY_ALPHA
     return rgba
@@ -78,12 +97,14 @@ def plot_case_slices(
     path: str | os.PathLike,
     slice_index: int | None = None,
     dpi: int = 100,
+    convention: Any = None,
 ) -> Path:
     """Save a PNG of one axial slice: FLAIR with the reference and the predicted labels.
 
-    `flair`, `reference` and `prediction` are (H, W, D) volumes; labels are BraTS {0,1,2,4}
-    (training class 3 is shown as 4). The slice is the one with the most reference tumour
-    unless `slice_index` is given. Returns the path written.
+    `flair`, `reference` and `prediction` are (H, W, D) volumes; labels are the label values of
+    `convention` (a ``LabelConvention``; None = BraTS 2018-2021 {0, 1, 2, 4}), coloured by
+    tissue. The slice is the one with the most reference tumour unless `slice_index` is given.
+    Returns the path written.
     """
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
@@ -107,6 +128,7 @@ def plot_case_slices(
     if high <= low:
         high = low + 1.0
 
+    colours = label_colours(convention)
     figure = Figure(figsize=(9, 4.8))
     axes = figure.subplots(1, 2)
     for axis, volume, name in (
@@ -114,12 +136,11 @@ def plot_case_slices(
         (axes[1], prediction, "prediction"),
     ):
         axis.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
-        axis.imshow(_overlay(np.rot90(volume[:, :, index])), interpolation="nearest")
+        axis.imshow(_overlay(np.rot90(volume[:, :, index]), colours), interpolation="nearest")
         axis.set_title(f"FLAIR + {name}")
         axis.axis("off")
     handles = [
-        Patch(facecolor=(*LABEL_COLOURS[label], 0.8), label=LABEL_NAMES[label])
-        for label in LABEL_COLOURS
+        Patch(facecolor=(*colour, 0.8), label=text) for colour, text in colours.values()
     ]
     figure.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=8)
     figure.suptitle(f"{title} (axial slice {index})")

@@ -5,6 +5,8 @@ cross-validation sweep its sweep dir (tag ``unet3d.sweep_dir``). ``runs:/<run id
 ``checkpoint=`` or ``predict.checkpoint=`` is replaced by that folder, which then resolves like
 any run dir or sweep dir (its newest checkpoint; every fold of a sweep = an ensemble). The
 folder must exist on this machine: the checkpoints live there, not in MLflow.
+``models:/<name>@<alias>`` and ``models:/<name>/<version>`` resolve through the registered
+version's run the same way (``unet3d.tracking.registry``).
 """
 
 from __future__ import annotations
@@ -80,16 +82,21 @@ def run_folder(reference: str, tracking_uri: str, key: str) -> Path:
 def resolve_run_references(spec: Any, tracking_uri: str | None, key: str) -> Any:
     """``spec`` with every ``runs:/<id>`` item replaced by its run's folder (as a string).
 
-    ``spec`` is one value or a list; other items pass through unchanged. Without a
-    ``tracking_uri`` a reference is a ConfigError.
+    ``models:/<name>@<alias>`` and ``models:/<name>/<version>`` (Model Registry) are replaced
+    by the folder of the run their version points at (``unet3d.tracking.registry``). ``spec``
+    is one value or a list; other items pass through unchanged. Without a ``tracking_uri`` a
+    reference is a ConfigError.
     """
     items = list(spec) if isinstance(spec, list | tuple) else None
     values = items if items is not None else [spec]
+    from unet3d.tracking.registry import is_model_reference, model_folder
+
     resolved = []
     for value in values:
-        if is_run_reference(value):
+        if is_run_reference(value) or is_model_reference(value):
             if tracking_uri is None:
                 raise ConfigError(f"{key}: {value}: MLflow run references need a tracking URI")
-            value = str(run_folder(value, tracking_uri, key))
+            value = str(run_folder(value, tracking_uri, key) if is_run_reference(value)
+                        else model_folder(value, tracking_uri, key))
         resolved.append(value)
     return resolved if items is not None else resolved[0]

@@ -7,6 +7,10 @@ everything (`mlflow ui --backend-store-uri sqlite:///mlflow.db` on MLflow < 3.7)
 Parallel jobs (joblib launcher, several ranks of a sweep) share one SQLite file: opening a new
 store is serialised with a file lock (`sqlite_store_lock`) and every call is retried while
 SQLite reports a lock (`retry`). MLflow is imported lazily.
+
+Experiment kind: MLflow 3 opens an experiment without the tag `mlflow.experimentKind` on its
+GenAI overview page (traces, token usage); unet3d's experiment is created, and an existing one
+marked, as `custom_model_development` (a model-training experiment: the UI opens on its runs).
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from typing import Any, TypeVar
 logger = logging.getLogger(__name__)
 
 _RETRYABLE_MESSAGES = ("database is locked", "database table is locked")
+
+#: The experiment tag that tells MLflow's UI what kind of experiment it is (MLflow >= 3.x).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+#: MLflow's kind of a model-training experiment: the UI opens on its runs and charts.
+EXPERIMENT_KIND = "custom_model_development"
 
 _T = TypeVar("_T")
 
@@ -183,6 +192,10 @@ def get_or_create_experiment(
 ) -> str:
     """Return the id of experiment `name`, creating it (with `artifact_location`) if needed.
 
+    A new experiment is created with tag `mlflow.experimentKind` = `custom_model_development`;
+    an existing one without a kind (or with a kind the UI only inferred, `*_inferred`) is given
+    that tag (`ensure_experiment_kind`). A kind someone set explicitly is kept.
+
     Args:
         client: the `mlflow.MlflowClient` of the store.
         name: the experiment name (`tracking.experiment_name`).
@@ -203,10 +216,14 @@ def get_or_create_experiment(
                 f"tracking.experiment_name: experiment {name!r} is deleted in "
                 f"{tracking_uri}; restore it (mlflow experiments restore) or rename"
             )
+        ensure_experiment_kind(client, experiment)
         return experiment.experiment_id
     try:
         return retry(
-            lambda: client.create_experiment(name, artifact_location=artifact_location),
+            lambda: client.create_experiment(
+                name, artifact_location=artifact_location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            ),
             "create experiment",
         )
     except MlflowException:
@@ -214,4 +231,32 @@ def get_or_create_experiment(
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
+        ensure_experiment_kind(client, experiment)
         return experiment.experiment_id
+
+
+def ensure_experiment_kind(client: Any, experiment: Any) -> bool:
+    """Tag `experiment` as a model-training experiment unless it has an explicit kind.
+
+    Args:
+        client: the `mlflow.MlflowClient` of the store.
+        experiment: the `mlflow.entities.Experiment` (its `tags` are read).
+
+    Returns:
+        True when the tag was set now, False when the experiment already had a kind.
+
+    Raises:
+        MlflowException: the store refuses the call (e.g. a read-only server).
+    """
+    kind = (experiment.tags or {}).get(EXPERIMENT_KIND_TAG)
+    if kind and not str(kind).endswith("_inferred"):
+        return False
+    retry(
+        lambda: client.set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+        ),
+        "set experiment kind",
+    )
+    logger.info("MLflow: experiment %s (%s) marked as %s", experiment.name,
+                experiment.experiment_id, EXPERIMENT_KIND)
+    return True

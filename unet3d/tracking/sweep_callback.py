@@ -24,6 +24,14 @@ Registered in `conf/hydra/default.yaml`::
   warnings, `SystemExit` propagates and the `python -m unet3d.run --multirun` process exits
   with that status.
 
+Hyperparameter search (`hparams_search=...`, Hydra's Optuna sweeper; unet3d.tracking.study):
+the parent run is the *study run*, reopened by a rerun of the same study (same study name and
+storage) so that all its trials nest under one run; `on_multirun_end` logs the study's best
+trial and trial counts instead of a fold summary, and exits non-zero only when no job of this
+invocation finished (a failed trial is an Optuna FAIL, the study goes on). A trial of
+`mode=cross_validate` runs its folds as a sweep of its own whose parent run, nested under the
+study run through `parent_run_id`, is the trial's run (study run -> trial run -> fold runs).
+
 If the sweep process dies before `on_multirun_end` (Ctrl-C, SIGTERM, a launcher error), an
 `atexit` hook ends the parent run KILLED (KeyboardInterrupt/SIGTERM) or FAILED, so it is never
 left RUNNING; a SIGKILL of the sweep process leaves it RUNNING (rerunning the sweep in the same
@@ -33,12 +41,10 @@ left RUNNING; a SIGKILL of the sweep process leaves it RUNNING (rerunning the sw
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
-import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +52,22 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from unet3d.runs import results as results_module
+from unet3d.runs.files import write_text_atomic
 from unet3d.runs.folder import HYDRA_SUBDIR, UNCOMMITTED_FAILURES, refuse_used_sweep_dir
 from unet3d.runs.naming import parse_override
 from unet3d.runs.provenance import git_tags
 from unet3d.runtime.signals import install_termination_handlers
+from unet3d.tracking import study as study_module
 from unet3d.tracking import summary as summary_module
-from unet3d.tracking.parent_run import PARENT_RUN_ID_FILE
+from unet3d.tracking.cv_runs import log_cv_summary
+from unet3d.tracking.parent_run import (
+    PARENT_RUN_ID_FILE,
+    hydra_config_set,
+    parent_run_name,
+    read_parent_run_id,
+)
+from unet3d.tracking.parent_run import resolved as _resolved
+from unet3d.tracking.parent_run import sweep_dir_of as _sweep_dir
 from unet3d.tracking.tracker import Tracker, read_run_id_file
 from unet3d.tracking.values import flatten_config
 
@@ -66,6 +82,11 @@ class CrossValidationCallback(Callback):
             (the sweeper re-raises the job's exception; no summary).
         exit_code: exit status of a sweep with a failed fold or a failed summary.
         group_keys_exclude: override keys that do not define a configuration group.
+        parent_run_id: nest the sweep's parent run under this run (a trial's fold sweep under
+            the study run, see unet3d.modes.cross_validate); None: a top-level run.
+        run_name: name of the parent run (default ``cv-<sweep dir>``, ``optuna-<study>``).
+        run_kind: tag ``unet3d.run_kind`` of the parent run (``cv_parent``; a study sweep's
+            run is ``optuna_study``).
     """
 
     def __init__(
@@ -73,10 +94,16 @@ class CrossValidationCallback(Callback):
         continue_on_failure: bool = True,
         exit_code: int = 1,
         group_keys_exclude: Sequence[str] = ("fold",),
+        parent_run_id: str | None = None,
+        run_name: str | None = None,
+        run_kind: str = "cv_parent",
     ) -> None:
         self.continue_on_failure = bool(continue_on_failure)
         self.exit_code = int(exit_code)
         self.group_keys_exclude = tuple(str(key) for key in group_keys_exclude)
+        self.parent_run_id = str(parent_run_id) if parent_run_id else None
+        self.run_name = str(run_name) if run_name else None
+        self.run_kind = str(run_kind)
         self.tracker: Tracker | None = None
         self._finalized = False
         self._uncaught: type[BaseException] | None = None
@@ -86,13 +113,19 @@ class CrossValidationCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Create (or reopen) the parent run and write its id to the sweep dir."""
-        from unet3d.errors import RunFolderError
+        from unet3d.errors import Unet3dError
 
         try:
             sweep_dir = _sweep_dir(config)
             refuse_used_sweep_dir(config, sweep_dir)
-        except RunFolderError as error:
-            logger.error("%s", error)
+            if study_module.is_study_sweep(config):
+                with hydra_config_set(config):
+                    study_module.prepare_study(config, sweep_dir)
+        except Exception as error:  # noqa: BLE001 - Hydra would only warn: fail loudly
+            if isinstance(error, Unet3dError):
+                logger.error("%s", error)
+            else:
+                logger.exception("Could not open the sweep's Optuna study: %s", error)
             self._finalized = True
             raise SystemExit(self.exit_code) from None
         try:
@@ -148,39 +181,24 @@ class CrossValidationCallback(Callback):
         job_return.return_value = {"status": "FAILED", "error": description}
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Summarise the folds, log the summary on the parent run, exit non-zero on failure."""
+        """Summarise the folds (or the study), log it on the parent run, exit non-zero on
+        failure."""
         failed_reason = None
         tracker = self.tracker
+        study = study_module.is_study_sweep(config)
         try:
             sweep_dir = _sweep_dir(config)
             if tracker is None:
                 tracker = self.tracker = self._parent_tracker(config, sweep_dir, log_params=False)
-            results = results_module.collect_job_results(sweep_dir, HYDRA_SUBDIR)
-            summaries = summary_module.cross_validation_summary(results, self.group_keys_exclude)
-            paths = summary_module.write_summary_tables(summaries, sweep_dir)
-            markdown = paths[summary_module.SUMMARY_MARKDOWN].read_text(encoding="utf-8")
-            failed = [(summary.label, record) for summary in summaries for record in summary.failed]
-            if not results:
-                failed_reason = f"no job results found in {sweep_dir}"
-            elif failed:
-                failed_reason = "failed folds: " + "; ".join(
-                    f"{label} fold {record.get('fold')}: {record.get('status')}"
-                    for label, record in failed
-                )
-            if UNCOMMITTED_FAILURES:
-                refused = "; ".join(f"{Path(folder).name}: {error}"
-                                    for folder, error in UNCOMMITTED_FAILURES)
-                failed_reason = f"{failed_reason}; " if failed_reason else ""
-                failed_reason += f"job(s) refused, their folders left unchanged: {refused}"
-                UNCOMMITTED_FAILURES.clear()
-            level = logging.ERROR if failed_reason else logging.INFO
-            logger.log(level, "Cross-validation summary (%s):\n%s", sweep_dir, markdown)
-            if tracker is not None and tracker.running:
-                self._log_summary(tracker, summaries, paths, markdown, sweep_dir, failed)
-                tracker.end("FAILED" if failed_reason else "FINISHED", failed_reason)
+            results = _outermost(results_module.collect_job_results(sweep_dir, HYDRA_SUBDIR))
+            if study:
+                failed_reason = self._end_study(tracker, config, sweep_dir, results)
+            else:
+                failed_reason = self._end_folds(tracker, sweep_dir, results, config)
         except Exception as error:  # noqa: BLE001 - Hydra would only warn: fail loudly
-            logger.exception("The cross-validation summary FAILED: %s", error)
-            failed_reason = f"cross-validation summary failed: {type(error).__name__}: {error}"
+            what = "study summary" if study else "cross-validation summary"
+            logger.exception("The %s FAILED: %s", what, error)
+            failed_reason = f"{what} failed: {type(error).__name__}: {error}"
             if tracker is not None:
                 try:
                     tracker.end("FAILED", error)
@@ -195,34 +213,107 @@ class CrossValidationCallback(Callback):
             logger.error("Sweep FAILED (%s); exiting with status %d", failed_reason, self.exit_code)
             raise SystemExit(self.exit_code)
 
+    def _end_folds(
+        self, tracker: Tracker | None, sweep_dir: Path, results: list[dict[str, Any]],
+        config: DictConfig | None = None,
+    ) -> str | None:
+        """The cross-validation summary; returns why the sweep failed (None: it did not).
+
+        With ``tracking.register_model``, a sweep whose folds all finished (one group) is
+        registered as a fold ensemble on its parent run (``unet3d.tracking.registry``).
+        """
+        failed_reason = None
+        summaries = summary_module.cross_validation_summary(results, self.group_keys_exclude)
+        paths = summary_module.write_summary_tables(summaries, sweep_dir)
+        markdown = paths[summary_module.SUMMARY_MARKDOWN].read_text(encoding="utf-8")
+        failed = [(summary.label, record) for summary in summaries for record in summary.failed]
+        if not results:
+            failed_reason = f"no job results found in {sweep_dir}"
+        elif failed:
+            failed_reason = "failed folds: " + "; ".join(
+                f"{label} fold {record.get('fold')}: {record.get('status')}"
+                for label, record in failed
+            )
+        failed_reason = _with_refused_jobs(failed_reason)
+        level = logging.ERROR if failed_reason else logging.INFO
+        logger.log(level, "Cross-validation summary (%s):\n%s", sweep_dir, markdown)
+        if tracker is not None and tracker.running:
+            log_cv_summary(tracker, summaries, paths, markdown, sweep_dir, failed)
+            if not failed_reason and len(summaries) == 1 and config is not None:
+                from unet3d.tracking.registry import publish_model
+
+                means = {name: stat.mean for name, stat in summaries[0].metrics.items()}
+                publish_model(tracker, config, str(sweep_dir), means, kind="ensemble")
+            tracker.end("FAILED" if failed_reason else "FINISHED", failed_reason)
+        return failed_reason
+
+    def _end_study(self, tracker: Tracker | None, config: DictConfig, sweep_dir: Path,
+                   results: list[dict[str, Any]]) -> str | None:
+        """The study summary (every invocation's trials, read from the study's storage).
+
+        Failed trials are part of a study: the sweep fails only when no job of this
+        invocation finished (or the summary itself fails).
+        """
+        with hydra_config_set(config):
+            settings = study_module.study_settings(config)
+        summary = study_module.summarize_study(settings)
+        finished = [record for record in results if record.get("status") == "FINISHED"]
+        failed_reason = None if finished else (
+            f"no trial of this invocation finished ({len(results)} job(s) in {sweep_dir})")
+        failed_reason = _with_refused_jobs(failed_reason)
+        logger.log(logging.ERROR if failed_reason else logging.INFO,
+                   "Optuna study (%s), %d of %d job(s) of this invocation finished:\n%s",
+                   settings.key, len(finished), len(results), summary.markdown())
+        if tracker is not None and tracker.running:
+            study_module.log_study_summary(tracker, summary, sweep_dir)
+            tracker.end("FAILED" if failed_reason else "FINISHED", failed_reason)
+        return failed_reason
+
     # ------------------------------------------------------------------ internals
 
     def _parent_tracker(
         self, config: DictConfig, sweep_dir: Path, log_params: bool = True
     ) -> Tracker:
-        with _hydra_config_set(config):
+        with hydra_config_set(config):
             tracking_cfg = _resolved(config, "tracking") or {}
             root_dir = _resolved(config, "paths.root_dir") or os.getcwd()
             task_overrides = [str(item) for item in config.hydra.overrides.task]
             swept = [parse_override(item)[0] for item in task_overrides]
             params = flatten_config(config, exclude=("hydra", *swept)) if log_params else None
+            study = (study_module.study_settings(config)
+                     if study_module.is_study_sweep(config) else None)
         tracker = Tracker(tracking_cfg, root_dir)
         if not tracker.active:
             logger.info("Tracking disabled: the sweep summary is written to %s only", sweep_dir)
             return tracker
         launcher = OmegaConf.select(config, "hydra.launcher._target_", default="") or ""
+        run_name, extra_tags = self.run_name or parent_run_name(sweep_dir), {}
+        if study is not None:
+            # A rerun of the study reopens its run (Tracker.start reopens the id in the file).
+            run_name = self.run_name or f"optuna-{study.study_name}"
+            extra_tags = {"unet3d.run_kind": study_module.STUDY_RUN_KIND,
+                          study_module.STUDY_TAG: study.key}
+            found = None
+            if read_parent_run_id(sweep_dir) is None:
+                experiment = str((tracking_cfg or {}).get("experiment_name") or "unet3d")
+                found = study_module.find_study_run(tracker.client, experiment, study)
+            if found:
+                write_text_atomic(sweep_dir / PARENT_RUN_ID_FILE, found + "\n")
+                logger.info("Optuna study %s: reopening its MLflow run %s", study.key, found)
         tags = {
-            "unet3d.run_kind": "cv_parent",
+            "unet3d.run_kind": self.run_kind,
             "unet3d.sweep_dir": str(sweep_dir),
             "unet3d.overrides": " ".join(task_overrides),
             "unet3d.launcher": str(launcher).rsplit(".", 1)[-1],
             **git_tags(root_dir),
+            **extra_tags,
         }
         tracker.start(
             None,
             sweep_dir,
-            run_name=_parent_run_name(sweep_dir),
+            run_name=run_name,
             tags=tags,
+            parent_run_id=self.parent_run_id,
             run_id_file=PARENT_RUN_ID_FILE,
         )
         if params:
@@ -234,83 +325,6 @@ class CrossValidationCallback(Callback):
             tracker.tracking_uri,
         )
         return tracker
-
-    def _log_summary(
-        self,
-        tracker: Tracker,
-        summaries: list[summary_module.GroupSummary],
-        paths: dict[str, Path],
-        markdown: str,
-        sweep_dir: Path,
-        failed: list[tuple[str, dict[str, Any]]],
-    ) -> None:
-        several = len(summaries) > 1
-        metrics: dict[str, float] = {}
-        for group in summaries:
-            metrics.update(summary_module.summary_metrics(group, group.group if several else None))
-        tracker.log_metrics(metrics, step=0)
-        for path in paths.values():
-            tracker.log_artifact(path, "cv_summary")
-        multirun_yaml = sweep_dir / "multirun.yaml"
-        if multirun_yaml.exists():
-            tracker.log_artifact(multirun_yaml, "cv_summary")
-        failed_text = ", ".join(
-            f"{label}:fold{record.get('fold')}" if several else f"{record.get('fold')}"
-            for label, record in failed
-        )
-        tracker.set_tags(
-            {
-                "cv.failed_folds": failed_text or "none",
-                "cv.num_groups": str(len(summaries)),
-                "cv.std": f"sample std, numpy ddof={summary_module.STD_DDOF}",
-                "mlflow.note.content": markdown,
-            }
-        )
-        if several:
-            for group in summaries:
-                self._log_group_run(tracker, group)
-        if tracker.tracking_errors:
-            raise RuntimeError(
-                f"{tracker.tracking_errors} MLflow call(s) failed while logging the summary"
-            )
-
-    def _log_group_run(self, tracker: Tracker, group: summary_module.GroupSummary) -> None:
-        """One nested summary run per configuration group (for parallel-coordinates plots)."""
-        from mlflow.entities import Metric, Param, RunTag
-
-        client = tracker.client
-        name = f"cv-summary {group.label}"
-        existing = client.search_runs(
-            [tracker.experiment_id],
-            filter_string=(
-                f"tags.mlflow.parentRunId = '{tracker.run_id}' "
-                f"and tags.`unet3d.cv_group` = '{_quote(group.label)}'"
-            ),
-            max_results=1,
-        )
-        if existing:
-            run_id = existing[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-        else:
-            run_id = client.create_run(
-                tracker.experiment_id,
-                run_name=name,
-                tags={
-                    "mlflow.parentRunId": tracker.run_id,
-                    "unet3d.run_kind": "cv_group_summary",
-                    "unet3d.cv_group": group.label,
-                },
-            ).info.run_id
-            params = [Param(key, value) for key, value in group.overrides.items()]
-            if params:
-                client.log_batch(run_id, params=params)
-        values = summary_module.summary_metrics(group)
-        client.log_batch(
-            run_id,
-            metrics=[Metric(key, value, 0, 0) for key, value in values.items()],
-            tags=[RunTag("cv.failed_folds", ",".join(str(r.get("fold")) for r in group.failed))],
-        )
-        client.set_terminated(run_id, status="FAILED" if group.failed else "FINISHED")
 
     def _register_exit_guard(self) -> None:
         previous_hook = sys.excepthook
@@ -344,45 +358,21 @@ class CrossValidationCallback(Callback):
 # ---------------------------------------------------------------------- helpers
 
 
-def _sweep_dir(config: DictConfig) -> Path:
-    sweep_dir = Path(str(config.hydra.sweep.dir))
-    if not sweep_dir.is_absolute():
-        cwd = OmegaConf.select(config, "hydra.runtime.cwd", default=None) or os.getcwd()
-        sweep_dir = Path(str(cwd)) / sweep_dir
-    return sweep_dir.resolve()
+def _with_refused_jobs(failed_reason: str | None) -> str | None:
+    """Add the jobs refused before they could write a result (and forget them)."""
+    if not UNCOMMITTED_FAILURES:
+        return failed_reason
+    refused = "; ".join(f"{Path(folder).name}: {error}" for folder, error in UNCOMMITTED_FAILURES)
+    UNCOMMITTED_FAILURES.clear()
+    prefix = f"{failed_reason}; " if failed_reason else ""
+    return prefix + f"job(s) refused, their folders left unchanged: {refused}"
 
 
-@contextlib.contextmanager
-def _hydra_config_set(config: DictConfig) -> Iterator[None]:
-    """Make `${hydra:...}` interpolations resolvable in the sweep process, then restore."""
-    from hydra.core.hydra_config import HydraConfig
-
-    instance = HydraConfig.instance()
-    previous = instance.cfg
-    readonly = config.hydra._get_flag("readonly")
-    try:
-        instance.set_config(config)
-        yield
-    finally:
-        instance.cfg = previous
-        OmegaConf.set_readonly(config.hydra, readonly)
-
-
-def _resolved(config: DictConfig, key: str) -> Any:
-    value = OmegaConf.select(config, key, default=None)
-    if isinstance(value, DictConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def _parent_run_name(sweep_dir: Path) -> str:
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", sweep_dir.parent.name):
-        return f"cv-{sweep_dir.parent.name}_{sweep_dir.name}"
-    return f"cv-{sweep_dir.name}"
-
-
-def _quote(text: str) -> str:
-    return text.replace("'", "\\'")
+def _outermost(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Leave out job dirs nested in another job dir (a cross_validate job's own fold sweep)."""
+    dirs = [Path(str(record.get("job_dir", ""))) for record in results]
+    return [record for record, path in zip(results, dirs, strict=True)
+            if not any(other != path and other in path.parents for other in dirs)]
 
 
 __all__ = [

@@ -14,7 +14,9 @@ Reading order, top to bottom:
    checksum of its weights (equal on all ranks when gradients were averaged).
 
 Nothing here reads the config: ``unet3d.modes.build`` and ``unet3d.modes.train`` assemble
-the arguments.
+the arguments. With deep supervision (``unet3d.training.deep_supervision``) the model given
+here is the training model with several outputs and the loss their weighted sum; its
+checkpoints still load into the single-output network.
 """
 
 from __future__ import annotations
@@ -97,7 +99,9 @@ def make_train_step(context: Any, model: keras.Model, optimizer: keras.optimizer
 
     Args:
         context: the distribution context (``run``, ``gradients``, ``reduce_sum``).
-        model: a Keras model mapping ``[b, h, w, d, C]`` float32 to softmax ``[b, h, w, d, K]``.
+        model: a Keras model mapping ``[b, h, w, d, C]`` float32 to probabilities
+            ``[b, h, w, d, K]`` (softmax classes or sigmoid regions), or to a list of them
+            (deep supervision), which is passed to ``loss_fn`` as it is.
         optimizer: a built Keras optimizer, possibly a ``LossScaleOptimizer``.
         loss_fn: per-sample loss and its parts (see ``LossFn``).
         global_batch: volumes per step over all replicas: the per-sample losses are summed
@@ -162,7 +166,9 @@ def train(
 
     Args:
         context: the distribution context the model and optimizer were built in.
-        model: the Keras model (built inside ``context.scope()``).
+        model: the Keras model (built inside ``context.scope()``); the deep-supervision
+            training model when ``training.deep_supervision`` is on (its checkpoints load into
+            the network it wraps).
         optimizer: its optimizer (built inside ``context.scope()``; variables built here).
         loss_fn: per-sample loss (``unet3d.training.losses.build_loss``).
         input_fn: ``input_fn(first_step)`` gives the ``dataset_fn`` of the training input

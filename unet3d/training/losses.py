@@ -148,37 +148,53 @@ class SegmentationLoss:
         return f"SegmentationLoss({arguments})"
 
 
-def build_loss(loss_cfg: Mapping[str, Any], num_classes: int) -> LossFn:
+def build_loss(loss_cfg: Mapping[str, Any], num_classes: int,
+               output_channels: int | None = None, convention: Any = None) -> LossFn:
     """Build the loss that the ``loss`` group names with ``_target_`` and check it.
 
     Args:
         loss_cfg: the ``loss`` config group (``_target_`` and its arguments).
-        num_classes: the model's ``num_classes`` (K), the last axis of the probabilities.
+        num_classes: the model's ``num_classes`` (K), the classes of the labels.
+        output_channels: the last axis of the probabilities: K for the softmax head, or the
+            region head's R (``unet3d.model.heads.output_channels``); None: the loss's
+            ``num_regions`` attribute when it has one, else K.
+        convention: the data set's label convention (``LabelConvention`` or its
+            ``to_dict()``), passed as the ``convention`` argument when the group has that key
+            set to null (``conf/loss/regions.yaml``); a group without the key never gets it.
 
     Returns:
-        ``loss_fn(labels int32 [B, h, w, d], probabilities float32 [B, h, w, d, K]) ->
+        ``loss_fn(labels int32 [B, h, w, d], probabilities float32 [B, h, w, d, K or R]) ->
         (total float32 [B], {name: float32 [B]})``.
 
     Raises:
         ConfigError: one line starting with ``loss._target_``: the target does not import,
             its call fails, or the loss breaks the contract (see ``check_loss``).
     """
-    loss_fn = instantiate(loss_cfg, "loss")
-    check_loss(loss_fn, num_classes, str(loss_cfg.get("_target_")))
+    runtime_arguments = {}
+    if convention is not None and "convention" in loss_cfg and loss_cfg.get("convention") is None:
+        runtime_arguments["convention"] = (convention.to_dict() if hasattr(convention, "to_dict")
+                                           else convention)
+    loss_fn = instantiate(loss_cfg, "loss", **runtime_arguments)
+    if output_channels is None:  # a region loss says how many region channels it scores
+        output_channels = getattr(loss_fn, "num_regions", None)
+    check_loss(loss_fn, num_classes, str(loss_cfg.get("_target_")), output_channels)
     logger.debug("loss %r over %d classes", loss_fn, num_classes)
     return loss_fn
 
 
-def check_loss(loss_fn: Any, num_classes: int, target: str = "the loss") -> None:
+def check_loss(loss_fn: Any, num_classes: int, target: str = "the loss",
+               output_channels: int | None = None) -> None:
     """Call a loss once on a probe batch and check the loss contract.
 
     The probe: int32 labels ``[2, 4, 4, 4]`` with every class, and softmax probabilities
-    ``[2, 4, 4, 4, num_classes]`` (float32, random).
+    ``[2, 4, 4, 4, output_channels]`` (float32, random; each in (0, 1), so they also probe a
+    region loss).
 
     Args:
         loss_fn: what the ``loss`` group's target returned.
-        num_classes: number of classes K.
+        num_classes: number of classes K of the labels.
         target: the ``_target_``, named in errors.
+        output_channels: the probabilities' last axis (None: ``num_classes``).
 
     Raises:
         ConfigError: ``loss._target_: <target> ...``: not callable, the call fails, or the
@@ -193,7 +209,8 @@ def check_loss(loss_fn: Any, num_classes: int, target: str = "the loss") -> None
     batch = PROBE_SHAPE[0]
     labels = tf.constant(np.arange(np.prod(PROBE_SHAPE)).reshape(PROBE_SHAPE) % num_classes,
                          dtype=tf.int32)
-    logits = np.random.default_rng(0).normal(size=(*PROBE_SHAPE, num_classes))
+    channels = int(output_channels or num_classes)
+    logits = np.random.default_rng(0).normal(size=(*PROBE_SHAPE, channels))
     probabilities = tf.nn.softmax(tf.constant(logits, dtype=tf.float32), axis=-1)
     try:
         with tf.GradientTape() as tape:
@@ -203,7 +220,7 @@ def check_loss(loss_fn: Any, num_classes: int, target: str = "the loss") -> None
         gradient = None if total is None else tape.gradient(total, probabilities)
     except Exception as error:  # noqa: BLE001 - any failure breaks the contract
         check_contract(False, "loss", f"{target} fails on int32 labels {PROBE_SHAPE} and "
-                                      f"float32 probabilities {(*PROBE_SHAPE, num_classes)}: "
+                                      f"float32 probabilities {(*PROBE_SHAPE, channels)}: "
                                       f"{one_line(error)}")
     check_contract(isinstance(result, tuple | list) and len(result) == 2, "loss", lambda: (
         f"{target} returned {type(result).__name__}; expected (total [B], parts dict)"))

@@ -32,8 +32,11 @@ def main(cfg):
                 time.sleep(cfg.sleep_seconds)
             if cfg.fold == cfg.fail_fold and cfg.precision == cfg.fail_precision:
                 raise FloatingPointError("loss is NaN at step 1")
+            if hydra_cfg.job.get("num") == cfg.fail_job:
+                raise FloatingPointError(f"job {cfg.fail_job} diverged")
             offset = 0.01 if cfg.precision == "amp" else 0.0
-            metrics = {"Dice_WT": 0.5 + 0.1 * cfg.fold + offset, "HD95_WT": 10.0 - cfg.fold}
+            metrics = {"Dice_WT": 0.5 + 0.1 * cfg.fold + offset - (cfg.lr - 0.5) ** 2,
+                       "HD95_WT": 10.0 - cfg.fold}
             tracker.log_metrics(metrics, step=2)
     except BaseException as error:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
@@ -43,7 +46,8 @@ def main(cfg):
         )  # fmt: skip
         raise
     write_job_result(output_dir, "FINISHED", cfg.fold, overrides, metrics, None, tracker.run_id)
-    return metrics
+    # An Optuna sweep needs a float (unet3d.run returns the `optimized_metric` mean likewise).
+    return metrics["Dice_WT"] if cfg.return_objective else metrics
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""The labeler: a model's probabilities to the label values of the data set it segments."""
+
+import numpy as np
+import pytest
+
+from unet3d.data.convention import BRATS2019, BRATS2023, MSD_BRAIN, LabelConvention
+from unet3d.errors import ConfigError
+from unet3d.inference.labels import make_labeler, value_translation
+
+
+def _one_hot(classes: np.ndarray, depth: int) -> np.ndarray:
+    return np.eye(depth, dtype=np.float32)[classes]
+
+
+CLASSES = np.array([[[0, 1, 2, 3]]])  # background, NCR/NETC, ED/SNFH, ET of a 2019 model
+
+
+def test_default_is_argmax_in_brats_2019_labels():
+    labels = make_labeler()(_one_hot(CLASSES, 4))
+    assert labels.dtype == np.uint8
+    assert labels.tolist() == [[[0, 1, 2, 4]]]
+
+
+@pytest.mark.parametrize("target, expected", [
+    (BRATS2023, [0, 1, 2, 3]),  # same tissues, ET is 3 since 2023
+    (MSD_BRAIN, [0, 2, 1, 3]),  # MSD: 1 edema, 2 non-enhancing tumour, 3 enhancing
+    (BRATS2019, [0, 1, 2, 4]),
+])
+def test_a_2019_model_writes_the_target_data_sets_labels(target, expected):
+    labels = make_labeler(BRATS2019, target)(_one_hot(CLASSES, 4))
+    assert labels.ravel().tolist() == expected
+
+
+def test_an_msd_model_on_brats_2019_files():
+    # MSD classes: 0 bg, 1 edema, 2 non-enhancing, 3 enhancing.
+    labels = make_labeler(MSD_BRAIN, BRATS2019)(_one_hot(CLASSES, 4))
+    assert labels.ravel().tolist() == [0, 2, 1, 4]
+    assert value_translation(MSD_BRAIN, BRATS2019).tolist() == [0, 2, 1, 4]
+
+
+def test_classes_the_target_cannot_write_are_one_error():
+    post = LabelConvention("brats2024_post", {0: "background", 1: "NETC", 2: "SNFH", 3: "ET",
+                                              4: "RC"},
+                           {"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3), "RC": (4,)})
+    with pytest.raises(ConfigError, match="RC"):
+        make_labeler(post, BRATS2019)
+    # The other way round works: the 2019 model never predicts a resection cavity.
+    labels = make_labeler(BRATS2019, post)(_one_hot(CLASSES, 4))
+    assert labels.ravel().tolist() == [0, 1, 2, 3]
+
+
+def test_unknown_head_is_a_config_error():
+    with pytest.raises(ConfigError, match="model.head"):
+        make_labeler(head="sigmoid")
