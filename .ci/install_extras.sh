@@ -3,7 +3,7 @@
 #
 # - hydra-optuna-sweeper 1.3.0 (hparams_search=unet3d_optuna) declares optuna<3, but optuna 2.x
 #   cannot open its SQLite storage with SQLAlchemy 2 (which MLflow 3 needs): it is installed
-#   without its dependencies, next to the optuna>=4,<6 of the `test` / `hpo` extras, with which
+#   without its dependencies, next to the optuna>=4,<5 of the `test` / `hpo` extras, with which
 #   the plug-in works unchanged (tests/e2e/test_optuna_e2e.py).
 # - Horovod 0.28.1, built against the installed TensorFlow (.ci/install_horovod.sh).
 #

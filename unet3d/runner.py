@@ -233,8 +233,8 @@ def check_num_classes(cfg: DictConfig, convention: Any) -> None:
         ConfigError: ``model.num_classes`` is not the data set's number of classes, or
             ``model.num_regions`` not the number of regions its region head paints.
     """
+    from unet3d.data.regions import painted_regions
     from unet3d.errors import ConfigError
-    from unet3d.inference.regions import painted_regions
     from unet3d.model.heads import head_problem
 
     if str(cfg.model.get("head") or "softmax") == "regions":

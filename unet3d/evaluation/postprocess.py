@@ -2,7 +2,7 @@
 
 Two rules, as the BraTS winners use them (Isensee et al., "nnU-Net for Brain Tumor
 Segmentation", BrainLes 2020, section 2.4; nnU-Net's ``determine_postprocessing``), in the
-terms of the data set's painted regions (``unet3d.inference.regions``; BraTS: WT ⊃ TC ⊃ ET):
+terms of the data set's painted regions (``unet3d.data.regions``; BraTS: WT ⊃ TC ⊃ ET):
 
 - **largest whole-tumour component**: keep the largest connected component of the outermost
   region (WT) and set the voxels of the others to background (``scipy.ndimage.label``,
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from unet3d.data.regions import paint_values, painted_regions
 from unet3d.errors import ConfigError, DataError
 from unet3d.evaluation.metrics import dice
-from unet3d.inference.regions import paint_values, painted_regions
 
 log = logging.getLogger(__name__)
 

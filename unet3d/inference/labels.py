@@ -7,7 +7,7 @@ segments now, which may follow another convention with the same meaning (a BraTS
 on BraTS 2023 files writes 3 for enhancing tumour, not 4): classes are matched by tissue
 (``LabelConvention.translation_to``). A model with a region head (one sigmoid channel per
 evaluation region) is painted back into its own labels first
-(``unet3d.inference.regions.region_probabilities_to_labels``), then translated the same way.
+(``unet3d.data.regions.region_probabilities_to_labels``), then translated the same way.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def make_labeler(model_convention: Any = None, target_convention: Any = None,
     if head not in HEADS:
         raise ConfigError(f"model.head: must be one of {', '.join(HEADS)}, got {head!r}")
     if head == "regions":
-        from unet3d.inference.regions import region_probabilities_to_labels
+        from unet3d.data.regions import region_probabilities_to_labels
 
         values = value_translation(source, target)
 

@@ -8,7 +8,7 @@
   Segmentation", BrainLes 2020): one sigmoid channel per painted evaluation region of the data
   set, in the convention's ``region_order`` (BraTS: WT, TC, ET), trained with
   ``unet3d.training.region_loss.RegionLoss`` and turned back into disk labels by
-  ``unet3d.inference.regions.region_probabilities_to_labels``.
+  ``unet3d.data.regions.region_probabilities_to_labels``.
 
 Either head's activation computes in float32 (``dtype="float32"``), so mixed precision still
 returns float32 probabilities. TensorFlow / Keras are imported inside the functions.
@@ -76,7 +76,7 @@ def head_problem(model_cfg: Mapping[str, Any], loss_cfg: Mapping[str, Any],
 
     Args:
         model_cfg: the ``model`` group; loss_cfg: the ``loss`` group.
-        num_painted_regions: ``len(unet3d.inference.regions.painted_regions(convention))``
+        num_painted_regions: ``len(unet3d.data.regions.painted_regions(convention))``
             when the data set's convention is known.
 
     Returns:

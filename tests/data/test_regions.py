@@ -1,17 +1,17 @@
-"""Region probabilities <-> label values (unet3d.inference.regions) for three conventions."""
+"""Region probabilities <-> label values (unet3d.data.regions) for three conventions."""
 
 import numpy as np
 import pytest
 
 from unet3d.data.convention import BRATS2019, BRATS2023, MSD_BRAIN, LabelConvention
-from unet3d.errors import ConfigError
-from unet3d.inference.regions import (
+from unet3d.data.regions import (
     class_region_table,
     labels_to_region_masks,
     paint_values,
     painted_regions,
     region_probabilities_to_labels,
 )
+from unet3d.errors import ConfigError
 
 
 def hand_volume(values):
