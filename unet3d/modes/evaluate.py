@@ -35,15 +35,28 @@ def run(job: Job) -> dict[str, float]:
     prefixes = job_model_checkpoints(cfg, cfg.checkpoint, fold=int(cfg.fold), key="checkpoint")
     models = load_ensemble(cfg.model, prefixes, job.runtime)
     job.tracker.set_tags({"checkpoint": ", ".join(prefixes)})
-    labeler = make_labeler(cfg, prefixes, data_convention(prepared))
-    return evaluate_model(job, models, prepared, labeler=labeler)
+    labeler, head = make_labeler(cfg, prefixes, data_convention(prepared))
+    return evaluate_model(job, models, prepared, labeler=labeler, head=head)
 
 
-def make_predictor(cfg: DictConfig, models: Any, jit_compile: bool) -> Any:
+def region_threshold(cfg: DictConfig) -> float:
+    """The probability above which a region head's voxel is in a region (``0.5`` unless
+    ``inference.region_threshold`` is set)."""
+    return float(cfg.inference.get("region_threshold") or 0.5)
+
+
+def make_predictor(cfg: DictConfig, models: Any, jit_compile: bool,
+                   head: str | None = None) -> Any:
     """The ``EnsemblePredictor`` of ``models`` with the ``inference`` settings of ``cfg``.
 
     The number of output channels is the members' (their recorded network), not the job's
     ``model.num_classes``: a model of another convention is translated afterwards.
+
+    Args:
+        cfg: the job config (``inference``, ``data.crop_size``).
+        models: one Keras model or a list of them.
+        jit_compile: ``precision.xla``.
+        head: the members' head (``trained_labels``); None: the job's ``model.head``.
     """
     from unet3d.inference.ensemble import EnsemblePredictor
 
@@ -56,14 +69,19 @@ def make_predictor(cfg: DictConfig, models: Any, jit_compile: bool) -> Any:
                               "channels; they must all give the same")
     # A region (sigmoid) head has no background channel: outside the brain box every region
     # probability is 0.
-    background = None if str(cfg.model.get("head") or "softmax") == "regions" else 0
+    head = head or str(cfg.model.get("head") or "softmax")
+    background = None if head == "regions" else 0
     return EnsemblePredictor.from_config(models, cfg.inference, crop_size=cfg.data.crop_size,
                                          num_classes=channels.pop(), jit_compile=jit_compile,
                                          background_class=background)
 
 
-def make_labeler(cfg: DictConfig, prefixes: Any, convention: Any) -> Any:
+def make_labeler(cfg: DictConfig, prefixes: Any, convention: Any) -> tuple[Any, str]:
     """The labeler of the checkpoints' outputs into the labels of ``convention``.
+
+    Returns:
+        ``(labeler, head)``: the labeler and the head the members were trained with (the
+        predictor's background depends on it: ``make_predictor``).
 
     Args:
         cfg: the job config (``inference.region_threshold`` when set).
@@ -78,11 +96,11 @@ def make_labeler(cfg: DictConfig, prefixes: Any, convention: Any) -> Any:
     from unet3d.inference.models import trained_labels
 
     trained, head = trained_labels(prefixes)
-    threshold = float(cfg.inference.get("region_threshold", 0.5) or 0.5)
-    return labeler_of(trained, convention, head=head, threshold=threshold)
+    return labeler_of(trained, convention, head=head, threshold=region_threshold(cfg)), head
 
 
-def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None) -> dict[str, float]:
+def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
+                   head: str | None = None) -> dict[str, float]:
     """Segment and score every held-out case once (chief only; other ranks return {}).
 
     Args:
@@ -91,6 +109,7 @@ def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None) ->
         prepared: the fold's data (``eval_files``, ``convention``).
         labeler: probabilities -> the data set's labels; None = the data set's own classes
             (a model just trained on it, with the head of ``model.head``).
+        head: the models' head (with ``labeler``); None: ``model.head``.
 
     Returns:
         The mean of every metric over the scored cases.
@@ -110,11 +129,12 @@ def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None) ->
     convention = data_convention(prepared)
     key = "Dice_WT" if "WT" in convention.regions else f"Dice_{next(iter(convention.regions))}"
     figures = CaseFigureCollector(job.output_dir / "figures", key=key, convention=convention)
+    head = head or str(job.cfg.model.get("head") or "softmax")
     if labeler is None:
-        head = str(job.cfg.model.get("head") or "softmax")
-        threshold = float(job.cfg.inference.get("region_threshold") or 0.5)
-        labeler = labeler_of(convention, convention, head=head, threshold=threshold)
-    predictor = make_predictor(job.cfg, models, bool(job.runtime.precision.xla))
+        labeler = labeler_of(convention, convention, head=head,
+                             threshold=region_threshold(job.cfg))
+    predictor = make_predictor(job.cfg, models, bool(job.runtime.precision.xla), head=head)
+
     def on_scored(case: Any, reference: Any, labels: Any, metrics: Any) -> None:
         # Out-of-fold predictions: mode=postprocess chooses the sweep's rules on them.
         write_oof_prediction(job.output_dir, case.case_id, labels, reference, case.spacing)

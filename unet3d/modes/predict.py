@@ -71,11 +71,11 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
 
     pending, source, convention = _pending_cases(cfg)
     prefixes = job_model_checkpoints(cfg, cfg.predict.checkpoint, fold=selected_fold(cfg))
-    labeler = make_labeler(cfg, prefixes, convention)
+    labeler, head = make_labeler(cfg, prefixes, convention)
     output_folder = Path(cfg.predict.get("output_dir") or output_dir / "predictions").expanduser()
     output_folder.mkdir(parents=True, exist_ok=True)
     models = load_ensemble(cfg.model, prefixes, runtime)
-    predictor = make_predictor(cfg, models, bool(runtime.precision.xla))
+    predictor = make_predictor(cfg, models, bool(runtime.precision.xla), head=head)
     if tracker is not None:
         tracker.set_tags({"predict.checkpoints": ", ".join(prefixes),
                           "predict.ensemble_size": str(len(prefixes))})
