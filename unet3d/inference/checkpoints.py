@@ -284,17 +284,36 @@ def resolve_model_checkpoints(
     return prefixes
 
 
+def _job_tracking_uri(cfg: Any, spec: Any) -> str | None:
+    """The job's MLflow store when ``spec`` holds a ``runs:/`` or ``models:/`` reference."""
+    from unet3d.tracking.registry import is_model_reference
+    from unet3d.tracking.run_reference import is_run_reference
+
+    if not any(is_run_reference(str(item)) or is_model_reference(str(item))
+               for item in _as_list(spec)):
+        return None
+    from unet3d.tracking.store import resolve_tracking_uri
+
+    return resolve_tracking_uri(cfg.get("tracking"), cfg.paths.root_dir)
+
+
 def job_model_checkpoints(cfg: Any, spec: Any, fold: int | None = None,
                           key: str = CHECKPOINT_KEY) -> list[str]:
     """``resolve_model_checkpoints`` for a job: ``runs:/`` references are looked up in the
     job's own MLflow store (``tracking.uri``, ``MLFLOW_TRACKING_URI`` or the local default)."""
-    from unet3d.tracking.registry import is_model_reference
-    from unet3d.tracking.run_reference import is_run_reference
+    return resolve_model_checkpoints(spec, fold, key, _job_tracking_uri(cfg, spec))
 
-    tracking_uri = None
-    if any(is_run_reference(str(item)) or is_model_reference(str(item))
-           for item in _as_list(spec)):
-        from unet3d.tracking.store import resolve_tracking_uri
 
-        tracking_uri = resolve_tracking_uri(cfg.get("tracking"), cfg.paths.root_dir)
-    return resolve_model_checkpoints(spec, fold, key, tracking_uri)
+def job_reference_folder(cfg: Any, spec: str, key: str) -> Path:
+    """The folder a spec names: a path, or the output dir of a ``runs:/`` / ``models:/``
+    reference, looked up in the job's own MLflow store (a sweep's parent run: its sweep dir).
+
+    Raises:
+        CheckpointError: a reference that does not resolve (named with ``key``).
+    """
+    uri = _job_tracking_uri(cfg, spec)
+    if uri is not None:
+        from unet3d.tracking.run_reference import resolve_run_references
+
+        spec = str(resolve_run_references(spec, uri, key))
+    return Path(str(spec)).expanduser()

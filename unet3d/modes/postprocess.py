@@ -36,15 +36,9 @@ def resolve_sweep_dir(cfg: Any) -> Path:
     if not spec:
         raise ConfigError(f"{SWEEP_KEY}: name the K-fold sweep (its folder or "
                           "runs:/<parent run id>), e.g. checkpoint=outputs/multirun/<date>/<time>")
-    from unet3d.tracking.run_reference import is_run_reference
+    from unet3d.inference.checkpoints import job_reference_folder
 
-    if is_run_reference(spec):
-        from unet3d.tracking.run_reference import resolve_run_references
-        from unet3d.tracking.store import resolve_tracking_uri
-
-        uri = resolve_tracking_uri(cfg.get("tracking"), cfg.paths.root_dir)
-        spec = resolve_run_references(spec, uri, SWEEP_KEY)
-    folder = Path(str(spec)).expanduser()
+    folder = job_reference_folder(cfg, str(spec), SWEEP_KEY)
     if not folder.is_dir():
         raise ConfigError(f"{SWEEP_KEY}: {folder} is not a folder")
     return folder
@@ -61,9 +55,9 @@ def sweep_oof_cases(sweep_dir: Path) -> tuple[list[Any], Any]:
         ConfigError: no fold job below ``sweep_dir``.
         DataError: a job without out-of-fold predictions, or jobs of different conventions.
     """
-    from unet3d.data.convention import BRATS2019, LabelConvention
     from unet3d.evaluation.postprocess import OOF_FOLDER, read_oof_predictions
     from unet3d.inference.checkpoints import sweep_job_folders
+    from unet3d.inference.models import recorded_convention
     from unet3d.runs.identity import read_identity
 
     jobs = sweep_job_folders(sweep_dir)
@@ -74,8 +68,7 @@ def sweep_oof_cases(sweep_dir: Path) -> tuple[list[Any], Any]:
     for job_dir in jobs:
         identity = read_identity(job_dir)
         fold = identity.fold if identity is not None else None
-        recorded = (getattr(identity, "data", None) or {}).get("convention")
-        conventions.add(LabelConvention.from_dict(recorded) if recorded else BRATS2019)
+        conventions.add(recorded_convention(job_dir))
         found = read_oof_predictions(job_dir, fold)
         if not found:
             raise DataError(f"{job_dir}: no out-of-fold predictions in {OOF_FOLDER}/ (the "

@@ -140,16 +140,9 @@ def _postprocessing(cfg: DictConfig, convention: Any) -> Any:
         apply_postprocessing,
         load_postprocessing,
     )
-    from unet3d.tracking.registry import is_model_reference
-    from unet3d.tracking.run_reference import is_run_reference
+    from unet3d.inference.checkpoints import job_reference_folder
 
-    if is_run_reference(spec) or is_model_reference(spec):
-        from unet3d.tracking.run_reference import resolve_run_references
-        from unet3d.tracking.store import resolve_tracking_uri
-
-        uri = resolve_tracking_uri(cfg.get("tracking"), cfg.paths.root_dir)
-        spec = str(resolve_run_references(spec, uri, "predict.checkpoint"))
-    folder = Path(spec).expanduser()
+    folder = job_reference_folder(cfg, spec, "predict.checkpoint")
     rules = load_postprocessing(folder) if folder.is_dir() else None
     if rules is None:
         return None
