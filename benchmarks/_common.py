@@ -37,15 +37,72 @@ MODEL_OVERRIDES: dict[str, list[str]] = {"reference": ["model=unet3d"],
 PRECISION_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
 
+#: CPU flags that decide which oneDNN kernels run (bf16: AVX-512 BF16 or AMX).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def host_cpu() -> dict[str, Any]:
+    """The host's CPU: ``lscpu``'s model name, family and model numbers, and its bf16 flags.
+
+    ``model_name`` comes from ``lscpu`` (else ``/proc/cpuinfo``); ``flags`` says for each of
+    ``CPU_FLAGS`` whether the CPU has it; ``bf16`` is ``amx`` (AMX-BF16), ``avx512_bf16`` or
+    ``none``: what precision=auto's probe can use.
+    """
+    fields: dict[str, str] = {}
+    try:
+        listed = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
+                                env={**os.environ, "LC_ALL": "C"})
+        for line in listed.stdout.splitlines():
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    flags = set(fields.get("Flags", "").split()) or _cpuinfo_flags()
+    has = {flag: flag in flags for flag in CPU_FLAGS}
+    bf16 = ("amx" if has["amx_bf16"] and has["amx_tile"]
+            else "avx512_bf16" if has["avx512_bf16"] else "none")
+    return {
+        "model_name": fields.get("Model name") or _cpu_model(),
+        "vendor": fields.get("Vendor ID"),
+        "family": fields.get("CPU family"),
+        "model": fields.get("Model"),
+        "cpus": fields.get("CPU(s)") or os.cpu_count(),
+        "flags": has,
+        "bf16": bf16,
+    }
+
+
+def host_label(cpu: dict[str, Any] | None = None) -> str:
+    """``AMD EPYC (family 26, 2 CPUs, AVX-512 BF16, no AMX)``: the host of a README row."""
+    cpu = cpu or host_cpu()
+    kind = {"amx": "AMX-BF16", "avx512_bf16": "AVX-512 BF16, no AMX",
+            "none": "no bf16 instructions"}[cpu["bf16"]]
+    family = f"family {cpu['family']}, " if cpu.get("family") else ""
+    return f"{cpu['model_name']} ({family}{cpu['cpus']} CPUs, {kind})"
+
+
+def _cpuinfo_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def environment() -> dict[str, Any]:
     """Facts about the machine and its load, stored next to every result."""
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    cpu = host_cpu()
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu["model_name"],
+        "cpu": cpu,
+        "host": host_label(cpu),
         "load_average": load,
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "note": "numbers measured while other processes load the machine are pessimistic; "

@@ -13,7 +13,13 @@ Target (issue 6): pipeline-only >= 5 x the model's training throughput. Settings
 - ``reference``: the reference training shape (128^3 crops, batch 2, the reference widths) on
   BraTS-sized synthetic volumes (240 x 240 x 155, ``--reference-cases`` cases).
 
+``--augmentation`` picks the ``augmentation`` option (conf/augmentation/): ``reference`` (the
+default job's flips and brightness) or ``nnunet`` (nnU-Net's rotation, scaling, noise, blur,
+brightness, contrast, low resolution, gamma and mirroring; only the pipeline runs change).
+
     python benchmarks/pipeline.py --out benchmarks/results/pipeline.json
+    python benchmarks/pipeline.py --augmentation nnunet --settings default \
+        --out benchmarks/results/pipeline_nnunet.json
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from _common import (  # noqa: E402
     write_result,
 )
 
+AUGMENTATIONS = sorted(path.stem for path in (Path(__file__).resolve().parents[1] / "conf"
+                                              / "augmentation").glob("*.yaml"))
 SETTINGS: dict[str, list[str]] = {
     "default": [],
     "reference": [
@@ -55,6 +63,8 @@ def main() -> None:
                         help="synthetic 240x240x155 cases of the reference setting")
     parser.add_argument("--skip-real", action="store_true",
                         help="skip the model-with-pipeline runs")
+    parser.add_argument("--augmentation", default="reference", choices=AUGMENTATIONS,
+                        help="the augmentation option of the pipeline (conf/augmentation/)")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra runner overrides")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "pipeline.json")
@@ -62,7 +72,8 @@ def main() -> None:
 
     results: dict[str, Any] = {}
     for name in arguments.settings:
-        overrides = [*SETTINGS[name], *arguments.overrides]
+        overrides = [*SETTINGS[name], f"augmentation={arguments.augmentation}",
+                     *arguments.overrides]
         if name == "reference":
             overrides.append(f"data.synthetic.num_cases={arguments.reference_cases}")
         model_steps = arguments.model_steps[0 if name == "default" else 1]
@@ -84,14 +95,15 @@ def main() -> None:
         record["ratio_pipeline_to_model"] = ratio
         record["meets_target"] = ratio >= 5.0
         results[name] = record
-        line = (f"{name}: pipeline {pipeline['throughput']:.2f} vol/s, model "
+        line = (f"{name} (augmentation={arguments.augmentation}): pipeline "
+                f"{pipeline['throughput']:.2f} vol/s, model "
                 f"{record['model_synthetic']['throughput']:.3f} vol/s -> {ratio:.1f}x "
                 f"(target >= 5x)")
         if "model_real" in record:
             line += f"; model with pipeline {record['model_real']['throughput']:.3f} vol/s"
         print(line, flush=True)
     write_result(arguments.out, {"benchmark": "pipeline", "target_ratio": 5.0,
-                                 "settings": results})
+                                 "augmentation": arguments.augmentation, "settings": results})
 
 
 if __name__ == "__main__":

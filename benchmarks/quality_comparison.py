@@ -1,22 +1,29 @@
-"""Segmentation quality side by side (issue 14): baseline vs region head vs region head + deep
-supervision, each with and without the post-processing chosen on the folds.
+"""Segmentation quality side by side (issue 20): what each quality feature buys.
 
-Runs one K-fold ``--multirun`` sweep (``mode=train_and_evaluate``) per training
-configuration on the same data set, folds and training budget, then ``mode=postprocess`` on
-each sweep, and reports mean and std over the folds of Dice and HD95 (mm) per region, from the
+Runs one K-fold ``--multirun`` sweep (``mode=train_and_evaluate``) per training configuration
+("arm") on the same data set, folds and training budget, then ``mode=postprocess`` on each
+sweep, and reports mean and std over the folds of Dice and HD95 (mm) per region, from the
 out-of-fold predictions every fold job writes (``<job>/oof/<case>.npz``): without
 post-processing, and with the rules chosen on that sweep's folds (chosen and scored on the
 same out-of-fold cases, as nnU-Net does: slightly optimistic).
+
+Arms: ``baseline`` (the reference recipe: softmax head, dice+ce, flips + brightness),
+``augmentation`` (+ nnU-Net's augmentation), ``regions`` (region head + region loss),
+``regions+ds`` (+ deep supervision), ``augmentation+regions+ds`` (all three) and ``preset``
+(``experiment=brats_winner``, run when that preset exists; it is built from the other arms'
+table). Every arm trains in fp32 whatever ``precision=auto`` would choose on the host.
 
     python benchmarks/quality_comparison.py --out /tmp/quality-cmp            # run + table
     python benchmarks/quality_comparison.py --out /tmp/quality-cmp --dry-run  # commands only
     python benchmarks/quality_comparison.py --out /tmp/quality-cmp --collect  # table only
 
 Defaults: ``data=synthetic_hard``, 3 folds, ``model=unet3d_small`` (4 levels, 8-64 filters),
-``training.max_steps=600`` with crops of 64^3; everything lands under ``--out`` (sweeps,
-MLflow store ``mlflow.db``, ``comparison.md`` and ``comparison.json``). Prefix the command with
-``flock /tmp/unet3d-cpu.lock`` on a shared machine. Needs the wiring of issue 14 (``model.head``,
-``loss=regions``, ``training.deep_supervision``, ``mode=postprocess``, out-of-fold writing).
+``training.max_steps=600`` with crops of 64^3, batch 2; everything lands under ``--out``
+(sweeps, MLflow store ``mlflow.db``, ``timings.json``, ``comparison.md``), and the summary
+(commit, host CPU, settings, wall time per arm, per-fold scores) in ``--results``
+(``benchmarks/results/quality_comparison.json``). An arm whose sweep finished is not run
+again. Start it alone on the machine, e.g. ``nice -n 5 python benchmarks/quality_comparison.py
+--out /tmp/quality-cmp``.
 """
 
 from __future__ import annotations
@@ -26,19 +33,37 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-#: Training configurations: name -> runner overrides.
+from _common import environment  # noqa: E402
+
+#: The preset built from this comparison's table (the ``preset`` arm runs when it exists).
+PRESET = "brats_winner"
+#: Training configurations: arm name -> runner overrides.
 CONFIGURATIONS: dict[str, list[str]] = {
     "baseline": [],
+    "augmentation": ["augmentation=nnunet"],
     "regions": ["model.head=regions", "loss=regions"],
     "regions+ds": ["model.head=regions", "loss=regions", "training.deep_supervision=true"],
+    "augmentation+regions+ds": ["augmentation=nnunet", "model.head=regions", "loss=regions",
+                                "training.deep_supervision=true"],
+    "preset": [f"experiment={PRESET}"],
 }
 METRICS = ("Dice", "HD95")
+TIMINGS = "timings.json"
+
+
+def arms(args: argparse.Namespace) -> list[str]:
+    """The arms to run: ``--only`` or all (``preset`` only once its YAML exists)."""
+    chosen = args.only or list(CONFIGURATIONS)
+    preset_file = ROOT / "conf" / "experiment" / f"{PRESET}.yaml"
+    return [name for name in chosen if name != "preset" or preset_file.is_file()]
 
 
 def sweep_command(name: str, args: argparse.Namespace) -> list[str]:
@@ -46,11 +71,14 @@ def sweep_command(name: str, args: argparse.Namespace) -> list[str]:
     folds = ",".join(str(fold) for fold in range(args.folds))
     return [sys.executable, "-m", "unet3d.run", "--multirun", f"fold={folds}",
             f"num_folds={args.folds}", f"data={args.data}", f"model={args.model}",
+            *CONFIGURATIONS[name],
             f"training.max_steps={args.steps}", f"data.crop_size=[{args.crop},{args.crop},"
             f"{args.crop}]", f"seed={args.seed}", "mode=train_and_evaluate",
+            # fp32 on every host: precision=auto would pick bf16 where it is faster, and the
+            # arms must not differ by host.
+            "precision=fp32",
             f"hydra.sweep.dir={args.out / name}", f"tracking.uri=sqlite:///{args.out}/mlflow.db",
-            *([f"paths.data_dir={args.data_dir}"] if args.data_dir else []),
-            *CONFIGURATIONS[name], *args.extra]
+            *([f"paths.data_dir={args.data_dir}"] if args.data_dir else []), *args.extra]
 
 
 def postprocess_command(name: str, args: argparse.Namespace) -> list[str]:
@@ -58,6 +86,11 @@ def postprocess_command(name: str, args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "unet3d.run", "mode=postprocess",
             f"checkpoint={args.out / name}", f"tracking.uri=sqlite:///{args.out}/mlflow.db",
             f"hydra.run.dir={args.out / (name + '_postprocess')}"]
+
+
+def finished(sweep_dir: Path, folds: int) -> bool:
+    """Whether every fold job of the sweep wrote its ``results.json``."""
+    return len(list(sweep_dir.glob("*/results.json"))) >= folds
 
 
 def fold_scores(sweep_dir: Path, postprocessed: bool) -> dict[int, dict[str, float]]:
@@ -93,42 +126,108 @@ def summarize(folds: dict[int, dict[str, float]]) -> dict[str, tuple[float, floa
                   float(np.std([row[key] for row in folds.values()]))) for key in keys}
 
 
-def table(rows: dict[str, dict[str, tuple[float, float]]]) -> str:
-    """Markdown: one row per configuration, ``mean ± std`` per region and metric."""
+def table(rows: dict[str, dict[str, tuple[float, float]]], minutes: dict[str, float]) -> str:
+    """Markdown: one row per arm, ``mean ± std`` per region and metric, wall minutes."""
     keys = list(next(iter(rows.values())))
-    lines = ["| configuration | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines = ["| arm | " + " | ".join(keys) + " | wall min |",
+             "|---|" + "---|" * (len(keys) + 1)]
     for name, values in rows.items():
         cells = [f"{values[key][0]:.3f} ± {values[key][1]:.3f}" if not math.isnan(values[key][0])
                  else "n/a" for key in keys]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        arm = name.removesuffix(" + post-processing")
+        wall = f"{minutes[arm]:.1f}" if arm in minutes and arm == name else ""
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {wall} |")
     return "\n".join(lines)
 
 
+def _git(*command: str) -> str:
+    result = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True)
+    return result.stdout.strip()
+
+
+def _model_settings(model: str) -> dict[str, Any]:
+    """Widths and depth of ``conf/model/<model>.yaml`` (with its defaults)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={model}"])
+    return {key: cfg.model.get(key) for key in ("base_filters", "max_filters", "num_levels",
+                                                  "norm")}
+
+
+def _read_timings(out: Path) -> dict[str, Any]:
+    path = out / TIMINGS
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def run_arm(name: str, args: argparse.Namespace) -> None:
+    """Run one arm's sweep (unless finished) and its post-processing; record wall times."""
+    sweep = args.out / name
+    timings = _read_timings(args.out)
+    steps = [("sweep", sweep_command(name, args)), ("postprocess", postprocess_command(name, args))]
+    for step, command in steps:
+        print(" ".join(command), flush=True)
+        if args.dry_run:
+            continue
+        if step == "sweep" and finished(sweep, args.folds):
+            print(f"{name}: sweep finished earlier, kept", flush=True)
+            continue
+        if step == "postprocess" and (sweep / "postprocessing.json").is_file():
+            continue
+        args.out.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        subprocess.run(command, cwd=ROOT, check=True)
+        timings.setdefault(name, {})[f"{step}_s"] = round(time.monotonic() - started, 1)
+        timings[name]["commit"] = _git("rev-parse", "HEAD")
+        (args.out / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
+
+
 def collect(args: argparse.Namespace) -> dict[str, Any]:
-    """Score every finished sweep under ``--out``; write ``comparison.md`` / ``.json``."""
+    """Score every finished sweep under ``--out``; write the table and ``--results``."""
     rows: dict[str, dict[str, tuple[float, float]]] = {}
     folds: dict[str, Any] = {}
+    rules: dict[str, Any] = {}
     for name in CONFIGURATIONS:
         sweep = args.out / name
-        if not sweep.is_dir():
+        if not sweep.is_dir() or not finished(sweep, args.folds):
             continue
         for postprocessed in (False, True):
-            label = f"{name}+postprocessing" if postprocessed else name
-            if postprocessed and not (sweep / "postprocessing.json").is_file():
+            label = f"{name} + post-processing" if postprocessed else name
+            record = sweep / "postprocessing.json"
+            if postprocessed and not record.is_file():
                 continue
+            if postprocessed:
+                rules[name] = json.loads(record.read_text(encoding="utf-8")).get("rules")
             per_fold = fold_scores(sweep, postprocessed)
             folds[label] = per_fold
             rows[label] = summarize(per_fold)
     if not rows:
         raise SystemExit(f"no finished sweep under {args.out}")
-    text = table(rows)
+    timings = _read_timings(args.out)
+    minutes = {name: sum(value for key, value in entry.items() if key.endswith("_s")) / 60
+               for name, entry in timings.items()}
+    text = table(rows, minutes)
     (args.out / "comparison.md").write_text(text + "\n", encoding="utf-8")
-    (args.out / "comparison.json").write_text(json.dumps(
-        {"settings": {key: str(value) for key, value in vars(args).items()},
-         "summary": {label: {key: list(value) for key, value in values.items()}
-                     for label, values in rows.items()},
-         "folds": folds}, indent=2) + "\n", encoding="utf-8")
+    payload = {
+        "benchmark": "quality_comparison",
+        "commit": _git("rev-parse", "HEAD"),
+        "settings": {"data": args.data, "folds": args.folds, "steps": args.steps,
+                     "crop": [args.crop] * 3, "batch_size": "data default (2)",
+                     "seed": args.seed, "model": args.model,
+                     "model_settings": _model_settings(args.model), "extra": args.extra},
+        "arms": {name: {"overrides": CONFIGURATIONS[name], **timings.get(name, {})}
+                 for name in CONFIGURATIONS if name in timings},
+        "postprocessing_rules": rules,
+        "summary": {label: {key: list(value) for key, value in values.items()}
+                    for label, values in rows.items()},
+        "folds": folds,
+        "table_markdown": text,
+        "environment": environment(),
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     print(text)
+    print(f"wrote {args.results}")
     return rows
 
 
@@ -136,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the sweeps and post-processing (unless ``--collect``), then print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder of everything written")
+    parser.add_argument("--results", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "quality_comparison.json")
     parser.add_argument("--data", default="synthetic_hard")
     parser.add_argument("--data-dir", default=None, help="paths.data_dir (data cache)")
     parser.add_argument("--model", default="unet3d_small")
@@ -150,12 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     if not args.collect:
-        for name in args.only or list(CONFIGURATIONS):
-            for command in (sweep_command(name, args), postprocess_command(name, args)):
-                print(" ".join(command), flush=True)
-                if not args.dry_run:
-                    args.out.mkdir(parents=True, exist_ok=True)
-                    subprocess.run(command, cwd=ROOT, check=True)
+        for name in arms(args):
+            run_arm(name, args)
         if args.dry_run:
             return 0
     collect(args)

@@ -11,6 +11,12 @@
 #                 crop's and amp's segmentation agreement (benchmarks/predict_crop.py agree)
 #   WORKDIR=dir   runner working folder: MLflow store, run dirs, synthetic data cache
 #                 (default $TMPDIR/unet3d-benchmarks)
+#   TORCH_PYTHON=p  python of a venv with torch and monai: also time predict against MONAI
+#                 (benchmarks/predict_vs_monai.py; how to make the venv: benchmarks/_monai_predict.py)
+#
+# Every result file records the host: lscpu's model name, family and model, and whether the CPU
+# has avx512_bf16 / amx_bf16 (benchmarks/_common.py: environment.cpu, environment.host);
+# host.json holds them alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
@@ -22,6 +28,12 @@ WORKDIR="${WORKDIR:-${TMPDIR:-/tmp}/unet3d-benchmarks}"
 mkdir -p "$RESULTS"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 step() { echo; echo "=== $* ($(date +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null))"; }
+host() {
+    python -c "import sys; sys.path.insert(0, 'benchmarks'); import _common; \
+print('host:', _common.host_label()); \
+_common.write_result('$RESULTS/host.json', {'benchmark': 'host', 'cpu': _common.host_cpu()})"
+}
+host
 
 if [[ "${QUICK:-0}" == "1" ]]; then
     step cpu_peak
@@ -44,6 +56,14 @@ if [[ "${QUICK:-0}" == "1" ]]; then
     step startup
     python benchmarks/startup.py --repeats 1 --train-repeats 1 --workdir "$WORKDIR" \
         --out "$RESULTS/startup.json"
+    step onednn_verbose
+    python benchmarks/onednn_verbose.py --side 32 --out "$RESULTS/onednn_verbose.json"
+    if [[ -n "${TORCH_PYTHON:-}" ]]; then
+        step predict_vs_monai
+        python benchmarks/predict_vs_monai.py --torch-python "$TORCH_PYTHON" --rounds 1 \
+            --model small --volume 96 96 64 --generate 96 96 80 --shift 0 0 0 --window 64 \
+            --workdir "$WORKDIR/predict_vs_monai" --out "$RESULTS/predict_vs_monai.json"
+    fi
     exit 0
 fi
 
@@ -63,15 +83,27 @@ step "runner_overhead: the default job's training loop vs its bare step, 7 inter
 python benchmarks/runner_overhead.py --workdir "$WORKDIR" --out "$RESULTS/runner_overhead.json"
 step "pipeline: pipeline-only vs training throughput, default job and 128^3 reference shape"
 python benchmarks/pipeline.py --workdir "$WORKDIR" --out "$RESULTS/pipeline.json"
-step "inference: one 240x240x155 case, reference widths, 128^3 windows, overlap 0.5"
-python benchmarks/inference.py --precisions fp32 bf16 --workdir "$WORKDIR" \
+step "inference: one 240x240x155 case, reference widths, 128^3 windows, overlap 0.5, op shares"
+python benchmarks/inference.py --precisions fp32 bf16 --op-profile --workdir "$WORKDIR" \
     --out "$RESULTS/inference.json"
+step "train_step: where a 128^3 reference step's time goes (op time per op type / layer kind)"
+python benchmarks/train_step.py --models reference --shapes 128 --steps 2 --op-profile \
+    --peak-json "$RESULTS/cpu_peak.json" --out "$RESULTS/train_step_profile.json"
+step "onednn_verbose: conv kernels per dtype and reorders, 128^3 train step and window"
+python benchmarks/onednn_verbose.py --side 128 --out "$RESULTS/onednn_verbose.json"
 step "predict_crop: today's path vs brain crop fp32 vs crop amp, interleaved, 3 rounds"
 python benchmarks/predict_crop.py time --rounds 3 --out "$RESULTS/predict_crop.json"
 if [[ -n "${CHECKPOINT:-}" ]]; then  # a trained checkpoint (default small model) for agreement
     step "predict_crop: segmentation agreement of crop / amp with today's fp32 ($CHECKPOINT)"
     python benchmarks/predict_crop.py agree --checkpoint "$CHECKPOINT" \
         --out "$RESULTS/predict_crop_agreement.json"
+fi
+if [[ -n "${TORCH_PYTHON:-}" ]]; then
+    step "predict_vs_monai: mode=predict fp32 / auto vs MONAI sliding window, 3 interleaved rounds"
+    python benchmarks/predict_vs_monai.py --torch-python "$TORCH_PYTHON" --rounds 3 \
+        --workdir "$WORKDIR/predict_vs_monai" --out "$RESULTS/predict_vs_monai.json"
+else
+    step "predict_vs_monai skipped: set TORCH_PYTHON (see benchmarks/_monai_predict.py)"
 fi
 step "startup: --help, a config error, time to the first training step"
 python benchmarks/startup.py --workdir "$WORKDIR" --out "$RESULTS/startup.json"

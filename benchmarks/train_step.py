@@ -13,7 +13,11 @@ fp32 and bf16, XLA off (a few minutes on 2 cores). The README set adds 128^3 and
     python benchmarks/train_step.py --shapes 64 128 --xla off on
 
 Also measures, with ``--sync-every``, what waiting for the loss after every step costs
-(the training loop calls ``float(loss)`` each step).
+(the training loop calls ``float(loss)`` each step). ``--op-profile`` adds where a step's time
+goes (``tf.profiler``: op time per op type, layer and layer kind, in each row's
+``op_profile``), e.g. before and after a change to the model:
+
+    python benchmarks/train_step.py --models reference --shapes 128 --op-profile
 """
 
 from __future__ import annotations
@@ -39,22 +43,20 @@ from _common import (  # noqa: E402
     subprocess_env,
     write_result,
 )
+from _profile import shares_line  # noqa: E402
 
 
-def measure(model_name: str, side: int, batch: int, precision: str, xla: bool,
-            warmup: int, steps: int, sync_every: int, intra: int, inter: int,
-            norm: str = "instance") -> dict[str, Any]:
-    """Time one configuration in this process (call before TensorFlow has started)."""
-    import numpy as np
+def build_train_step(model_name: str, side: int, batch: int, precision: str, xla: bool,
+                     norm: str = "instance") -> dict[str, Any]:
+    """The model, its compiled train step (dice+ce, Adam) and in-memory inputs.
+
+    Returns ``{"model", "spec", "step", "images", "labels"}``; ``step(images, labels)``
+    returns the loss. The global Keras policy is set to ``precision``'s.
+    """
+    import keras
     import tensorflow as tf
 
-    if intra > 0:
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-    if inter > 0:
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
-    import keras
-
-    from unet3d.model.unet3d import build_unet3d, count_forward_flops
+    from unet3d.model.unet3d import build_unet3d
     from unet3d.training.losses import segmentation_loss
 
     keras.mixed_precision.set_global_policy(PRECISION_POLICIES[precision])
@@ -76,6 +78,33 @@ def measure(model_name: str, side: int, batch: int, precision: str, xla: bool,
         gradients = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return loss
+
+    return {"model": model, "spec": spec, "step": train_step, "images": images,
+            "labels": labels}
+
+
+def measure(model_name: str, side: int, batch: int, precision: str, xla: bool,
+            warmup: int, steps: int, sync_every: int, intra: int, inter: int,
+            norm: str = "instance", op_profile: bool = False) -> dict[str, Any]:
+    """Time one configuration in this process (call before TensorFlow has started).
+
+    With ``op_profile`` one more step runs under ``tf.profiler`` after the timed ones: its op
+    time per op type, layer and layer kind (``_profile.profile_call``) is the row's
+    ``op_profile``.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    if intra > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter > 0:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+    from unet3d.model.unet3d import count_forward_flops
+
+    built = build_train_step(model_name, side, batch, precision, xla, norm)
+    model, spec, train_step = built["model"], built["spec"], built["step"]
+    images, labels = built["images"], built["labels"]
 
     started = time.perf_counter()
     float(train_step(images, labels))
@@ -100,6 +129,12 @@ def measure(model_name: str, side: int, batch: int, precision: str, xla: bool,
     forward = count_forward_flops(spec, side)
     gflops = 3.0 * forward * batch / step_time / 1e9
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    profile = None
+    if op_profile:
+        from _profile import profile_call
+
+        profile = profile_call(lambda: float(train_step(images, labels)),
+                               [layer.name for layer in model.layers])
     return {
         "model": model_name, "norm": norm, "side": side, "batch": batch,
         "precision": precision,
@@ -117,6 +152,7 @@ def measure(model_name: str, side: int, batch: int, precision: str, xla: bool,
         "forward_gflop_per_volume": forward / 1e9,
         "achieved_gflops": gflops,
         "peak_rss_mb": peak_kib / 1024.0,
+        **({"op_profile": profile} if profile is not None else {}),
     }
 
 
@@ -152,6 +188,9 @@ def main() -> None:
                         help="intra:inter thread pool sizes to try (0 = TensorFlow's default)")
     parser.add_argument("--onednn", choices=["0", "1"], default=None,
                         help="set TF_ENABLE_ONEDNN_OPTS in the children")
+    parser.add_argument("--op-profile", action="store_true",
+                        help="also profile one step (tf.profiler): time shares per op type, "
+                             "layer and layer kind in each row's op_profile")
     parser.add_argument("--peak-json", type=Path, default=RESULTS_DIR / "cpu_peak.json")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "train_step.json")
@@ -175,7 +214,7 @@ def main() -> None:
         config = {"model_name": model_name, "side": side, "batch": arguments.batch,
                   "precision": precision, "xla": xla == "on", "warmup": arguments.warmup,
                   "steps": arguments.steps, "sync_every": sync_every, "intra": intra,
-                  "inter": inter, "norm": norm}
+                  "inter": inter, "norm": norm, "op_profile": arguments.op_profile}
         row = _child(arguments, config)
         if "error" not in row and peaks.get(precision):
             row["peak_gflops"] = peaks[precision]
@@ -191,6 +230,8 @@ def main() -> None:
               f"{row['achieved_gflops']:.1f} GFLOP/s{share}, CPU "
               f"{row['cpu_seconds_per_step']:.2f} s/step, first step "
               f"{row['first_step_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MiB", flush=True)
+        if "op_profile" in row:
+            print("    op time shares: " + shares_line(row["op_profile"]), flush=True)
     write_result(arguments.out, {
         "benchmark": "train_step",
         "description": "bare tf.function train step (model, dice+ce, Adam) on in-memory tensors",

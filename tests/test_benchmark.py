@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +18,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from unet3d.errors import ConfigError
-from unet3d.modes.benchmark import write_report
-from unet3d.modes.benchmark_stats import (
-    flat_metrics,
-    format_table,
+from unet3d.modes.benchmark.measure import (
     latency_statistics,
     overhead_summary,
     runner_loop_steps,
-    volume_shape,
+    timed_result,
 )
+from unet3d.modes.benchmark.predict_target import volume_shape
+from unet3d.modes.benchmark.report import flat_metrics, format_table, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3
@@ -78,6 +78,15 @@ def test_json_is_written_atomically(tmp_path: Path) -> None:
     assert json.loads(path.read_text()) == {"a": 1, "b": [1.5], "c": 0.5, "d": [0, 1, 2],
                                             "e": 7, "f": [2.0, "x"]}
     assert [item.name for item in path.parent.iterdir()] == ["benchmark.json"]
+
+
+def test_a_timed_result_has_every_targets_layout() -> None:
+    result = timed_result([0.5, 1.5], 4, 2, (8, 8, 4), 10, {"x": 1.0}, devices="2 x CPU")
+    assert result["throughput"] == pytest.approx(4.0)  # 4 volumes per mean 1 s step
+    assert result["latency_ms"]["count"] == 2 and result["step_seconds"] == [0.5, 1.5]
+    assert (result["batch"], result["per_replica_batch"], result["input_shape"],
+            result["parameters"], result["extra"], result["devices"]) == (
+        4, 2, [8, 8, 4], 10, {"x": 1.0}, "2 x CPU")
 
 
 def test_runner_rounds_cover_the_steps_after_one_untimed_window() -> None:
@@ -170,10 +179,16 @@ def test_benchmark_mode_reports_sane_numbers(workdir: Path, name: str) -> None:
     assert report["peak_rss_mb"] > 0
     # The seed-shaped table is printed.
     assert f"throughput_{target} [vol/s]" in output and f"latency_{target}_99 [ms]" in output
-    # amp on a CPU is mixed_bfloat16, and the report says so.
-    amp = "precision=amp" in overrides
-    assert (report["precision"], report["compute_dtype"]) == (
-        ("mixed_bfloat16", "bfloat16") if amp else ("float32", "float32"))
+    # amp on a CPU is mixed_bfloat16; the default (precision=auto) is what its log line says it
+    # chose on this host (float32, or mixed_bfloat16 where bf16 convolutions are faster).
+    if "precision=amp" in overrides:
+        policy = "mixed_bfloat16"
+    else:
+        chosen = re.search(r"precision auto: (\w+) on ", output)
+        assert chosen, output[-3000:]
+        policy = chosen.group(1)
+    dtypes = {"mixed_bfloat16": "bfloat16", "float32": "float32"}
+    assert (report["precision"], report["compute_dtype"]) == (policy, dtypes[policy])
     if target == "train":
         assert report["achieved_gflops"] > 0 and report["forward_gflop_per_volume"] > 0
         assert report["step_time_s"] == pytest.approx(latency["mean"] / 1000.0)

@@ -33,7 +33,7 @@ def test_default_config_is_valid() -> None:
     assert cfg.mode.name == "train_and_evaluate"
     assert cfg.data.name == "synthetic"
     assert cfg.device.type == "auto"
-    assert cfg.precision.name == "fp32"
+    assert (cfg.precision.name, cfg.precision.policy) == ("auto", "auto")
     assert cfg.num_folds == 5 and cfg.fold == 0
 
 
@@ -41,6 +41,7 @@ def test_default_config_is_valid() -> None:
     "overrides",
     [
         ["precision=amp"], ["precision=bf16"], ["precision=fp16", "precision.xla=true"],
+        ["precision=fp32"], ["precision=fp32", "precision.policy=auto", "precision.reprobe=true"],
         ["device=cpu"], ["device=gpu"], ["device=mlu"],
         ["strategy=mirrored"], ["strategy=multi_worker"], ["strategy=horovod"],
         ["mode=train"], ["mode=benchmark"], ["model=unet3d", "data.crop_size=[128,128,128]"],
@@ -85,12 +86,17 @@ def test_debug_preset_shrinks_everything() -> None:
         (["mode=predict"], "predict.checkpoint"),
         (["data.synthetic.num_cases=3"], "data.synthetic.num_cases"),
         (["precision.policy=float16"], "precision.policy"),
+        (["precision.min_speedup=0"], "precision.min_speedup"),
+        (["precision.reprobe=maybe"], "precision.reprobe"),
         (["seed=-3"], "seed"),
         (["model._target_=nowhere.Net"], "model._target_"),
         (["loss._target_=unet3d.training.losses.Nowhere"], "loss._target_"),
         (["lr_schedule.warmup_steps=-1"], "lr_schedule.warmup_steps"),
         (["loss.num_classes=3"], "loss.num_classes"),
         (["data.synthetic.shape=[4,40,32]"], "data.synthetic.shape"),
+        (["tracking.model_alias=champion"], "tracking.model_alias"),
+        (["tracking.register_model=brats", "tracking.model_alias=v2"], "tracking.model_alias"),
+        (["tracking.register_model=a/b"], "tracking.register_model"),
     ],
 )
 def test_bad_values_name_their_key(overrides: list[str], key: str) -> None:
@@ -116,6 +122,22 @@ def test_every_list_of_allowed_values_has_one_home() -> None:
     assert cfg.lr_schedule._target_ == config.LR_SCHEDULE_TARGET
     assert cfg.data._target_ == config.SYNTHETIC_DATASET_TARGET
     assert compose_config("data=brats2019").data._target_ == config.BRATS_FOLDER_TARGET
+
+
+def test_head_rules_between_head_loss_and_data_set() -> None:
+    """unet3d.config.head_problem: the region head and the region loss go together."""
+    from unet3d.config import REGION_LOSS_TARGET, SEGMENTATION_LOSS_TARGET, head_problem
+
+    segmentation, regions = {"_target_": SEGMENTATION_LOSS_TARGET}, {"_target_": REGION_LOSS_TARGET}
+    assert head_problem({"head": "softmax"}, segmentation) is None
+    assert head_problem({"head": "regions"}, regions, num_painted_regions=3) is None
+    assert head_problem({"head": "regions"}, segmentation).startswith("loss: model.head=regions")
+    assert head_problem({"head": "softmax"}, regions).startswith("model.head: loss=regions")
+    assert head_problem({"head": "sigmoid"}, segmentation).startswith("model.head: must be one")
+    assert head_problem({"head": "regions", "num_regions": 3}, regions,
+                        num_painted_regions=5).startswith("model.num_regions: the data set")
+    with pytest.raises(ConfigError, match="^loss: model.head=regions"):
+        validate(compose_config("model.head=regions"))
 
 
 def test_groups_resolve_without_tensorflow() -> None:
@@ -198,3 +220,88 @@ def test_num_classes_must_be_the_data_sets():
     with pytest.raises(ConfigError, match=r"^model.num_classes: .*brats2024_post has 5 classes.*"
                                           r"model.num_classes=5$"):
         check_num_classes(cfg, post)
+
+
+# ---- data.augmentation (conf/augmentation/) -----------------------------------------------------
+
+DATA_OPTIONS = sorted(path.stem for path in (CONF / "data").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("data", DATA_OPTIONS)
+@pytest.mark.parametrize("augmentation", ["reference", "nnunet"])
+def test_every_data_set_composes_with_every_augmentation(data: str, augmentation: str) -> None:
+    from unet3d.data.augmentation import Augmentation
+
+    raw = [] if data.startswith("synthetic") else ["data.raw_dir=/"]
+    for extra in ([], ["debug=fast"]):
+        cfg = compose_config(f"data={data}", f"augmentation={augmentation}", *raw, *extra)
+        validate(cfg)
+        assert cfg.data.name and cfg.data.augmentation.name == augmentation
+        assert Augmentation.from_config(cfg.data.augmentation).name == augmentation
+
+
+def test_the_default_augmentation_is_the_reference_recipe_of_the_pipeline() -> None:
+    """conf/augmentation/reference.yaml and the pipeline's default (REFERENCE) agree."""
+    from unet3d.config import DATA_PIPELINE_KEYS
+    from unet3d.data.augmentation import NNUNET_TRANSFORMS, Augmentation
+    from unet3d.data.pipeline import REFERENCE
+
+    cfg = compose_config()
+    composed = Augmentation.from_config(cfg.data.augmentation)
+    assert cfg.data.augment is True and composed.name == "reference"
+    assert not composed.uses_nnunet_transforms
+    for field in ("mirror_probability", "mirror_axes", "intensity_scale"):
+        assert getattr(composed, field) == getattr(REFERENCE, field)
+    assert all(getattr(REFERENCE, name).probability == 0.0 for name in NNUNET_TRANSFORMS)
+    assert "augmentation" in DATA_PIPELINE_KEYS  # never passed to the data set's _target_
+    nnunet = Augmentation.from_config(compose_config("augmentation=nnunet").data.augmentation)
+    assert nnunet.uses_nnunet_transforms and nnunet.mirror_probability == 0.5
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "message"),
+    [
+        ("data.augmentation.rotation.probability=1.5", "data.augmentation.rotation.probability",
+         "must be in [0, 1], got 1.5"),
+        ("data.augmentation.scaling.range=[1.4,0.7]", "data.augmentation.scaling.range",
+         "low must be <= high"),
+        ("data.augmentation.scaling.range=[0,1.4]", "data.augmentation.scaling.range",
+         "low must be > 0"),
+        ("data.augmentation.rotation.angle=[-30,200]", "data.augmentation.rotation.angle",
+         "high must be <= 180"),
+        ("data.augmentation.mirror.axes=[0,3]", "data.augmentation.mirror.axes",
+         "must be a list of values from 0, 1, 2"),
+        ("data.augmentation.mirror.axes=[1,1]", "data.augmentation.mirror.axes",
+         "every value at most once"),
+        ("data.augmentation.low_resolution.zoom=[0.5,1.5]", "data.augmentation.low_resolution.zoom",
+         "high must be <= 1"),
+        ("data.augmentation.blur.channel_probability=-0.1",
+         "data.augmentation.blur.channel_probability", "must be in [0, 1]"),
+        ("data.augmentation.noise.std=0.1", "data.augmentation.noise.std",
+         "must be [low, high] (2 numbers)"),
+        ("data.augmentation.gamma.probability=often", "data.augmentation.gamma.probability",
+         "must be a number"),
+        ("+data.augmentation.rotation.angel=[0,1]", "data.augmentation.rotation.angel",
+         "unknown key; rotation has angle, probability"),
+        ("+data.augmentation.mixup={probability:1}", "data.augmentation.mixup",
+         "unknown transform"),
+    ],
+)
+def test_bad_augmentation_values_name_their_key(override: str, key: str, message: str) -> None:
+    cfg = compose_config("augmentation=nnunet", override)
+    with pytest.raises(ConfigError) as raised:
+        validate(cfg)
+    text = str(raised.value)
+    assert text.startswith(f"{key}: ") and message in text, text
+    assert "\n" not in text
+
+
+def test_cli_rejects_a_bad_augmentation_value_with_one_line(tmp_path: Path) -> None:
+    result = _run_cli("augmentation=nnunet", "data.augmentation.rotation.probability=1.5",
+                      cwd=tmp_path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() + result.stdout.splitlines()
+              if "ERROR" in line]
+    assert len(errors) == 1
+    assert errors[0].endswith("data.augmentation.rotation.probability: must be in [0, 1], got 1.5")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "data").exists()

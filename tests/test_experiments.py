@@ -43,6 +43,8 @@ PRESETS = (
     "brats2021_reference",
     "brats2023_gli_reference",
 )
+#: Presets of recipes measured here (not the seed's): they leave data, model and budget alone.
+QUALITY_PRESETS = ("brats_winner",)
 #: The data set of the presets that are not on BraTS 2019.
 PRESET_DATA = {"brats2021_reference": "brats2021", "brats2023_gli_reference": "brats2023"}
 #: Launchers and whether they need arguments.
@@ -77,7 +79,25 @@ def _mandatory(name: str, folder: Path) -> list[str]:
 
 def test_every_seed_recipe_has_a_preset() -> None:
     found = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
-    assert found == sorted(PRESETS)
+    assert found == sorted(PRESETS + QUALITY_PRESETS)
+
+
+def test_winner_preset_sets_only_what_the_quality_table_chose(tmp_path: Path) -> None:
+    # The augmentation and nothing else: data, model, budget and the head are the user's
+    # (benchmarks/quality_comparison.py runs it with the arms' data, model and steps).
+    plain = compose_config("data=synthetic_hard")
+    winner = compose_config("experiment=brats_winner", "data=synthetic_hard")
+    validate(winner)
+    assert winner.data.augmentation.name == "nnunet"
+    assert plain.data.augmentation.name == "reference"
+    winner.data.augmentation = plain.data.augmentation
+    assert OmegaConf.to_container(winner, resolve=False) == OmegaConf.to_container(
+        plain, resolve=False)
+    real = compose_config("experiment=brats_winner", "data=brats2021", f"data.raw_dir={tmp_path}",
+                          "model=unet3d", "training.max_steps=16000")
+    validate(real)
+    assert real.data.name == "brats2021" and real.training.max_steps == 16000
+    assert real.model.head == "softmax" and real.data.augmentation.rotation.probability > 0
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -431,6 +451,16 @@ def test_reference_preset_runs(trained_run: Path) -> None:
     saved = OmegaConf.load(trained_run / ".hydra" / "config.yaml")
     assert saved.training.lr_schedule == "constant" and saved.training.learning_rate == 2e-4
     assert (trained_run / "checkpoints" / "ckpt-2.index").exists()
+
+
+@pytest.mark.slow
+def test_winner_preset_trains_two_steps(workdir: Path) -> None:
+    before = _run_dirs(workdir)
+    _run_cli(workdir, "experiment=brats_winner", *TINY)
+    run_dir = _new_run_dir(workdir, before)
+    assert _results(run_dir)["metrics"]["train_steps"] == 2
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert saved.data.augmentation.name == "nnunet"
 
 
 @pytest.mark.slow

@@ -23,3 +23,16 @@ class CheckpointError(Unet3dError):
 
 class RunFolderError(Unet3dError):
     """A run folder cannot be used by this job (it holds another run, or a resume differs)."""
+
+
+class StorageError(Unet3dError, OSError):
+    """A file cannot be written: the disk is full, a quota is reached, or the folder is
+    read-only or not writable. Nothing later can be written there either, so the job stops at
+    once (``mode=predict`` does not go on with the next case); files written before are intact.
+
+    ``errno`` and ``filename`` are those of the underlying ``OSError``; ``str()`` is the one-line
+    message (naming the file).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -169,12 +169,14 @@ def main(cfg: DictConfig) -> Any:
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM as TerminationRequested
         if multirun:
             raise  # stops the sweep; the sweep callback ends its parent run KILLED
+        from unet3d.config import TRAINING_MODES
+        from unet3d.runs.folder import stop_hint
         from unet3d.runtime.signals import TerminationRequested
 
         terminated = isinstance(error, TerminationRequested)
-        log.error("job stopped: %s; its MLflow run is KILLED (resume=true with the same "
-                  "hydra.run.dir continues from the last checkpoint)",
-                  error if terminated else "interrupted (Ctrl-C)")
+        hint = stop_hint(output_dir, OmegaConf.select(cfg, "mode.name") in TRAINING_MODES)
+        log.error("job stopped: %s; its MLflow run is KILLED (%s)",
+                  error if terminated else "interrupted (Ctrl-C)", hint)
         sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     except Exception as error:
         if isinstance(error, Unet3dError):

@@ -25,8 +25,12 @@ log = logging.getLogger(__name__)
 
 
 
-def setup_runtime(cfg: DictConfig) -> Runtime:
-    """Configure devices, the Keras dtype policy and the distribution context.
+def setup_runtime(cfg: DictConfig, recorded_precision: Any = None) -> Runtime:
+    """Configure devices, the distribution context and the Keras dtype policy, in that order
+    (``precision=auto`` may run a probe convolution, which starts TensorFlow's runtime).
+
+    ``recorded_precision``: the ``precision`` record of the run being resumed (``auto`` keeps
+    its resolved policy).
 
     Raises:
         DeviceError: the device, precision or strategy is not available here.
@@ -40,8 +44,9 @@ def setup_runtime(cfg: DictConfig) -> Runtime:
     process = process_env(cfg.strategy)
     device = configure_devices(cfg.device, local_rank=process.local_rank,
                                local_size=process.local_size)
-    precision = configure_precision(cfg.precision, device.type)
     context = create_context(cfg.strategy, device)
+    precision = configure_precision(cfg.precision, device.type, cache_dir=cfg.paths.data_dir,
+                                    recorded=recorded_precision)
     log.info("device %s (%s), precision %s (compute %s, variables %s%s), strategy %s with "
              "%d replica(s) in %d process(es)", device.type, ", ".join(device.names),
              precision.policy_name, precision.compute_dtype, precision.variable_dtype,
@@ -83,9 +88,9 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[
     run_mode = mode_function(mode)
     resuming = bool(cfg.resume) and mode in TRAINING_MODES
     identity = RunIdentity.from_config(cfg)
-    if resuming:
-        check_resume(output_dir, identity)
-    runtime = setup_runtime(cfg)
+    recorded = check_resume(output_dir, identity) if resuming else None
+    runtime = setup_runtime(cfg, recorded.precision if recorded is not None else None)
+    identity.precision.update(runtime.precision.identity(runtime.device.type))
     context = runtime.context
     tracker = Tracker(cfg.tracking, root_dir, enabled=bool(cfg.tracking.enabled),
                       is_chief=context.is_chief)
@@ -125,6 +130,8 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[
             write_identity(output_dir, identity, resuming)
         tracker.start(cfg, output_dir, run_name=f"{mode}-fold{cfg.fold}", tags=tags,
                       parent_run_id=current_parent_run_id())
+        if runtime.precision.params:  # precision=auto's choice, the CPU and its probe
+            tracker.log_params(runtime.precision.params)
 
     def check_data(prepared: Any) -> None:
         _check_data(cfg, output_dir, prepared, context.is_chief)
@@ -146,7 +153,7 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[
             if (context.is_chief and mode in TRAINING_MODES
                     and current_parent_run_id() is None):
                 # Inside a sweep the parent run registers the fold ensemble instead.
-                from unet3d.tracking.registry import publish_model
+                from unet3d.serving.registration import publish_model
 
                 publish_model(tracker, cfg, str(output_dir), metrics, kind="job")
         finally:
@@ -155,8 +162,11 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[
     return metrics
 
 
-def check_resume(output_dir: Path, identity: Any) -> None:
+def check_resume(output_dir: Path, identity: Any) -> Any:
     """Refuse a resume whose experiment differs from the run recorded in ``output_dir``.
+
+    Returns:
+        The recorded ``RunIdentity`` (None when the folder has none).
 
     Raises:
         RunFolderError: one line naming every differing key (fold, num_folds, seed, data set,
@@ -169,7 +179,7 @@ def check_resume(output_dir: Path, identity: Any) -> None:
     if recorded is None:
         log.warning("resume: %s has no run identity record; cannot check that it is the same "
                     "experiment", output_dir)
-        return
+        return None
     differences = recorded.differences(identity)
     if differences:
         raise RunFolderError(
@@ -177,6 +187,7 @@ def check_resume(output_dir: Path, identity: Any) -> None:
             "; resume it with its own settings, or drop resume=true to start a new run in "
             "another folder"
         )
+    return recorded
 
 
 def _describe(difference: str) -> str:
@@ -233,9 +244,9 @@ def check_num_classes(cfg: DictConfig, convention: Any) -> None:
         ConfigError: ``model.num_classes`` is not the data set's number of classes, or
             ``model.num_regions`` not the number of regions its region head paints.
     """
+    from unet3d.config import head_problem
     from unet3d.data.regions import painted_regions
     from unet3d.errors import ConfigError
-    from unet3d.model.heads import head_problem
 
     if str(cfg.model.get("head") or "softmax") == "regions":
         problem = head_problem(cfg.model, cfg.loss, len(painted_regions(convention)))

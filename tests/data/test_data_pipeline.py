@@ -235,3 +235,167 @@ def test_training_crops_of_a_cropped_record_fall_in_the_brain(tmp_path):
     images, labels = _batches(_dataset([str(path)], crop_size=[8, 8, 8]), 2)[0]
     assert images.shape == (2, 8, 8, 8, 4) and labels.shape == (2, 8, 8, 8)
     assert (np.abs(images[..., 0]) > 0).mean() > 0.9  # the full grid is 38% brain
+
+
+# ---- augmentation (data.augmentation, conf/augmentation/) --------------------------------------
+
+
+def _legacy_crop_and_augment(index, element, base_seed, crop_size, foreground_probability,
+                             augment):
+    """unet3d.data.pipeline._crop_and_augment as of commit 3bae22b (before data.augmentation),
+    frozen here so that the default job's batches are checked against it bit for bit."""
+    import tensorflow as tf
+
+    from unet3d.data.preprocess import EPSILON
+
+    seeds = tf.random.experimental.stateless_split(
+        tf.stack([tf.constant(base_seed, tf.int64), tf.cast(index, tf.int64)]), num=6
+    )
+    image, label = element["image"], element["label"]
+    shape = tf.shape(label)
+    crop = tf.constant(crop_size, dtype=tf.int32)
+    extent = tf.minimum(shape, crop)
+    max_start = shape - extent
+    uniform = tf.random.stateless_uniform([3], seed=seeds[0])
+    random_start = tf.cast(tf.floor(uniform * tf.cast(max_start + 1, tf.float32)), tf.int32)
+    start = tf.minimum(random_start, max_start)
+    if foreground_probability > 0.0:
+        foreground = element["foreground"]
+        count = tf.shape(foreground)[0]
+        draws = tf.random.stateless_uniform([2], seed=seeds[1])
+        pick = tf.minimum(tf.cast(draws[1] * tf.cast(count, tf.float32), tf.int32), count - 1)
+        padded = tf.concat([foreground, tf.zeros([1, 3], tf.int32)], axis=0)
+        centre = tf.gather(padded, tf.maximum(pick, 0))
+        centred_start = tf.clip_by_value(centre - crop // 2, 0, max_start)
+        use_foreground = tf.logical_and(draws[0] < foreground_probability, count > 0)
+        start = tf.where(use_foreground, centred_start, start)
+    image = tf.slice(image, tf.concat([start, [0]], 0), tf.concat([extent, [4]], 0))
+    label = tf.slice(label, start, extent)
+    missing = crop - extent
+    pad_uniform = tf.random.stateless_uniform([3], seed=seeds[2])
+    before = tf.minimum(
+        tf.cast(tf.floor(pad_uniform * tf.cast(missing + 1, tf.float32)), tf.int32), missing
+    )
+    paddings = tf.stack([before, missing - before], axis=1)
+    image = tf.pad(image, tf.concat([paddings, tf.zeros([1, 2], tf.int32)], 0))
+    label = tf.pad(label, paddings)
+    image = tf.ensure_shape(image, crop_size + [4])
+    label = tf.ensure_shape(label, crop_size)
+    factor = tf.constant(1.0, tf.float32)
+    if augment:
+        flips = tf.random.stateless_uniform([3], seed=seeds[3])
+        for axis in range(3):
+            flip = flips[axis] < 0.5
+            image = tf.cond(flip, lambda a=axis, x=image: tf.reverse(x, [a]), lambda x=image: x)
+            label = tf.cond(flip, lambda a=axis, y=label: tf.reverse(y, [a]), lambda y=label: y)
+        apply = tf.random.stateless_uniform([], seed=seeds[4]) < 0.5
+        scale = tf.random.stateless_uniform([], seed=seeds[5], minval=0.7, maxval=1.3)
+        factor = tf.where(apply, scale, factor)
+    inverse_std = 1.0 / (element["std"] + EPSILON)
+    return image, label, factor * inverse_std, -element["mean"] * inverse_std
+
+
+def _legacy_dataset(files, crop_size, batch_size, augment, seed, foreground_probability,
+                    shuffle_buffer):
+    """train_dataset as of commit 3bae22b (one shard, cached)."""
+    import tensorflow as tf
+
+    from unet3d.data.pipeline import _normalize_batch, _training_element
+
+    base_seed = (int(seed) * 1_000_003) % (2**62)
+    dataset = tf.data.TFRecordDataset([str(f) for f in files])
+    dataset = dataset.map(lambda s: _training_element(s, foreground_probability > 0.0)).cache()
+    dataset = dataset.shuffle(min(shuffle_buffer, len(files)), seed=base_seed % (2**31),
+                              reshuffle_each_iteration=True)
+    dataset = dataset.repeat().enumerate().map(lambda i, e: _legacy_crop_and_augment(
+        i, e, base_seed, list(crop_size), foreground_probability, augment))
+    return dataset.batch(batch_size, drop_remainder=True).map(_normalize_batch)
+
+
+def _reference_section():
+    from tests.test_config import compose_config
+
+    return compose_config().data.augmentation  # the default job's: augmentation=reference
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_the_reference_augmentation_gives_the_batches_of_before(tiny_records, augment):
+    legacy = _batches(_legacy_dataset(tiny_records, [16, 16, 16], 2, augment, 42, 0.5, 8), 6)
+    for augmentation in (None, _reference_section()):
+        batches = _batches(train_dataset(tiny_records, [16, 16, 16], 2, augment, 42, 0.5, 8,
+                                         True, augmentation=augmentation), 6)
+        for (x1, y1), (x2, y2) in zip(legacy, batches, strict=True):
+            np.testing.assert_array_equal(x1, x2)
+            np.testing.assert_array_equal(y1, y2)
+
+
+def _nnunet_section(**probabilities):
+    """augmentation=nnunet, with some probabilities changed (name -> probability)."""
+    from omegaconf import OmegaConf
+
+    from tests.test_config import compose_config
+
+    section = OmegaConf.to_container(compose_config("augmentation=nnunet").data.augmentation)
+    for name, probability in probabilities.items():
+        section[name]["probability"] = probability
+    return section
+
+
+def test_nnunet_augmentation_batches(coordinate_files):
+    """Shapes, dtypes, label values, determinism; data.augment=false still turns it off."""
+    section = _nnunet_section(rotation=1.0)
+    first = _batches(_dataset(coordinate_files, augment=True, augmentation=section), 4)
+    again = _batches(_dataset(coordinate_files, augment=True, augmentation=section), 4)
+    other = _batches(_dataset(coordinate_files, augment=True, augmentation=section, seed=4), 4)
+    volume_labels = set(np.unique(_coordinate_case()["label"]))
+    for (x1, y1), (x2, y2) in zip(first, again, strict=True):
+        assert x1.shape == (2, 8, 8, 8, 4) and x1.dtype == np.float32 and np.isfinite(x1).all()
+        assert y1.shape == (2, 8, 8, 8) and y1.dtype == np.int32
+        assert set(np.unique(y1)) <= volume_labels
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert any(not np.array_equal(x1, x3) for (x1, _), (x3, _) in zip(first, other, strict=True))
+    off = _batches(_dataset(coordinate_files, augment=False, augmentation=section), 2)
+    plain = _batches(_dataset(coordinate_files, augment=False), 2)
+    for (x1, y1), (x2, y2) in zip(off, plain, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
+def test_nnunet_path_draws_the_reference_crops_flips_and_brightness(tiny_records):
+    """With only neutral nnU-Net transforms drawn (brightness x 1, rotation by 0 degrees) the
+    float path gives the reference path's batches: the same windows, flips and intensity
+    scaling from the same seed, the same z-score."""
+    section = _nnunet_section(**{name: 0.0 for name in (
+        "scaling", "elastic", "noise", "blur", "contrast", "low_resolution", "inverted_gamma",
+        "gamma")})
+    section["intensity_scale"]["probability"] = 0.5
+    section["brightness"] = {"probability": 1.0, "range": [1.0, 1.0]}
+    section["rotation"] = {"probability": 1.0, "angle": [0.0, 0.0]}
+    neutral = _batches(train_dataset(tiny_records, [16, 16, 16], 2, True, 7, 0.5, 8, True,
+                                     augmentation=section), 6)
+    reference = _batches(train_dataset(tiny_records, [16, 16, 16], 2, True, 7, 0.5, 8, True), 6)
+    for (x1, y1), (x2, y2) in zip(neutral, reference, strict=True):
+        np.testing.assert_allclose(x1, x2, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(y1, y2)
+
+
+def test_rotated_crops_stay_aligned_through_the_pipeline(coordinate_files):
+    """The coordinate channels of every interior voxel decode to the point it was sampled at;
+    its label is the stored label of the nearest voxel."""
+    volume_label = _coordinate_case()["label"]
+    section = _nnunet_section(**{name: 0.0 for name in (
+        "elastic", "noise", "blur", "brightness", "contrast", "low_resolution",
+        "inverted_gamma", "gamma")}, rotation=1.0, scaling=1.0)
+    checked = 0
+    for image, label in _batches(_dataset(coordinate_files[:1], augment=True, seed=5,
+                                          foreground_probability=1.0, augmentation=section), 4):
+        for sample in range(2):
+            interior = np.isclose(image[sample, ..., 3], 100.0, atol=1e-3)
+            points = image[sample, ..., :3][interior] - 1.0
+            clear = (np.abs(points - np.floor(points) - 0.5) > 0.01).all(axis=-1)
+            nearest = np.floor(points[clear] + 0.5).astype(int)
+            expected = volume_label[nearest[:, 0], nearest[:, 1], nearest[:, 2]]
+            np.testing.assert_array_equal(label[sample][interior][clear], expected)
+            checked += int(clear.sum())
+    assert checked > 1000

@@ -7,9 +7,9 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import ndimage
 
+from unet3d.config.synthetic_options import OPTION_KEYS, SyntheticOptions, options_from
 from unet3d.data.synthetic import generate_dataset, synthetic_settings_key
 from unet3d.data.synthetic_case import TISSUE_CODES, case_grade, generate_case
-from unet3d.data.synthetic_options import OPTION_KEYS, SyntheticOptions, options_from
 from unet3d.errors import ConfigError, DataError
 
 SHAPE = (40, 40, 32)

@@ -63,7 +63,7 @@ def test_served_model_matches_mode_predict(tmp_path: Path) -> None:
     import nibabel as nib
     from omegaconf import OmegaConf
 
-    from unet3d.tracking.registry import publish_model
+    from unet3d.serving.registration import publish_model
     from unet3d.tracking.tracker import Tracker
 
     train_dir = tmp_path / "train"

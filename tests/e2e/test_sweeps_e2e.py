@@ -35,6 +35,10 @@ TRAIN_METRICS = ("loss", "dice_loss", "ce_loss", "learning_rate", "volumes_per_s
 #: Tags every job run carries.
 JOB_TAGS = ("mode", "fold", "num_folds", "device", "precision", "strategy", "replicas",
             "output_dir", "overrides")
+#: The params precision=auto adds (unet3d.runtime.precision_auto.AutoChoice.params).
+AUTO_PRECISION_PARAMS = {"precision.auto_choice", "precision.auto_reason", "precision.cpu",
+                         "precision.cpu_bf16_flags", "precision.probe_fp32_ms",
+                         "precision.probe_bf16_ms", "precision.probe"}
 GIT_TAGS = ("mlflow.source.git.commit", "mlflow.source.git.branch", "git_dirty")
 #: The tiny 2-fold sweep every test builds on.
 TWO_FOLDS = ("debug=fast", "num_folds=2", "fold=0,1", "training.max_steps=2")
@@ -92,7 +96,13 @@ def _check_job_run(client, run, max_steps: int, git: dict[str, str]) -> None:
     # Git tags: present with the right values when the root dir is a repository, else absent.
     assert {key: tags[key] for key in GIT_TAGS if key in tags} == git
     # Params: the whole composed config, flattened.
-    assert set(params) == _config_keys(Path(tags["output_dir"]))
+    # Params: the whole composed config, flattened, plus what precision=auto chose and why
+    # (the host facts and probe timings; which ones depends on the host's CPU).
+    config_keys = _config_keys(Path(tags["output_dir"]))
+    assert set(params) - config_keys <= AUTO_PRECISION_PARAMS
+    assert config_keys <= set(params)
+    if params.get("precision.name") == "auto":
+        assert params["precision.auto_choice"] == tags["precision"]
     assert params["training.max_steps"] == str(max_steps)
     assert params["fold"] == tags["fold"] and params["num_folds"] == "2"
     assert params["model.num_levels"] == "3" and params["mode.name"] == "train_and_evaluate"
@@ -515,7 +525,9 @@ def test_parallel_sweep_against_mlflow_server(tmp_path: Path, mlflow_server) -> 
         assert run["tags"]["mlflow.parentRunId"] == parent_id
         assert set(JOB_TAGS) <= set(run["tags"])
         assert run["params"]["training.max_steps"] == "2"
-        assert set(run["params"]) == _config_keys(Path(run["tags"]["output_dir"]))
+        config_keys = _config_keys(Path(run["tags"]["output_dir"]))
+        assert config_keys <= set(run["params"])
+        assert set(run["params"]) - config_keys <= AUTO_PRECISION_PARAMS
         assert set(EVAL_METRICS) | set(TRAIN_METRICS) <= set(run["metrics"])
         history = _rest(base_url, f"metrics/get-history?run_id={run_id}&metric_key=loss")
         assert [item["step"] for item in history["metrics"]] == [2]

@@ -227,14 +227,20 @@ def test_quality_comparison_collects_mean_and_std_over_folds(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("quality_comparison", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    sweep = make_sweep(tmp_path)
-    sweep.rename(tmp_path / "regions")
+    out = tmp_path / "out"
+    out.mkdir()
+    sweep = make_sweep(tmp_path).rename(out / "regions")
+    for job_dir in sweep.iterdir():
+        (job_dir / "results.json").write_text("{}")  # what marks a fold job finished
     selection = select_postprocessing(cases(), BRATS2019, thresholds=[5])
-    save_postprocessing(tmp_path / "regions", selection, BRATS2019)
-    rows = module.collect(module.argparse.Namespace(out=tmp_path))
-    assert set(rows) == {"regions", "regions+postprocessing"}
+    save_postprocessing(sweep, selection, BRATS2019)
+    results = tmp_path / "quality_comparison.json"
+    assert module.main(["--out", str(out), "--collect", "--folds", "2",
+                        "--results", str(results)]) == 0
+    rows = json.loads(results.read_text())["summary"]
+    assert set(rows) == {"regions", "regions + post-processing"}
     # fold 0 = cases a, b (ET Dice 0 and 1), fold 1 = case c (1): mean 0.75, std 0.25
-    assert rows["regions"]["Dice_ET"] == pytest.approx((0.75, 0.25))
-    assert rows["regions+postprocessing"]["Dice_ET"] == pytest.approx((1.0, 0.0))
-    assert rows["regions+postprocessing"]["HD95_WT"] == pytest.approx((0.0, 0.0))
-    assert "| regions+postprocessing |" in (tmp_path / "comparison.md").read_text()
+    assert rows["regions"]["Dice_ET"] == pytest.approx([0.75, 0.25])
+    assert rows["regions + post-processing"]["Dice_ET"] == pytest.approx([1.0, 0.0])
+    assert rows["regions + post-processing"]["HD95_WT"] == pytest.approx([0.0, 0.0])
+    assert "regions + post-processing" in (out / "comparison.md").read_text()

@@ -1,6 +1,7 @@
 """Tests of sliding-window inference: tiling, blending, padding and flip TTA."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -230,3 +231,149 @@ def test_float64_predictions_are_accumulated_in_float32():
     result = sliding_window_predict(float64_model, image, (8, 6, 4), NUM_CLASSES, batch_size=3)
     assert result.dtype == np.float32
     np.testing.assert_allclose(result, pointwise_model(image[None])[0], rtol=1e-5, atol=1e-6)
+
+
+def reference_sliding_window(predict_fn, image, window, num_classes, overlap, blend,
+                             batch_size, tta):
+    """The sliding window as it was before host work overlapped compute (one thread, a zeroed
+    buffer per batch, weighting in place): the new code must give bitwise the same result."""
+    padded_shape = image.shape[:3]  # volumes at least the window here
+    starts = list(itertools.product(*[window_starts(padded_shape[axis], window[axis], overlap)
+                                      for axis in range(3)]))
+    weights = importance_map(window, blend)
+    flips = [()] if not tta else [combo for size in range(4)
+                                  for combo in itertools.combinations((1, 2, 3), size)]
+    probability_sum = np.zeros((*padded_shape, num_classes), dtype=np.float32)
+    weight_sum = np.zeros(padded_shape, dtype=np.float32)
+    for first in range(0, len(starts), batch_size):
+        corners = starts[first:first + batch_size]
+        slices = [tuple(slice(s, s + w) for s, w in zip(corner, window, strict=True))
+                  for corner in corners]
+        batch = np.stack([image[window_slice] for window_slice in slices])
+        predicted = np.zeros((len(slices), *window, num_classes), dtype=np.float32)
+        for axes in flips:
+            flipped = np.ascontiguousarray(np.flip(batch, axis=axes)) if axes else batch
+            output = np.asarray(predict_fn(flipped))
+            predicted += np.flip(output, axis=axes) if axes else output
+        if len(flips) > 1:
+            predicted /= float(len(flips))
+        predicted *= weights[..., None]
+        for index, window_slice in enumerate(slices):
+            probability_sum[window_slice] += predicted[index]
+            weight_sum[window_slice] += weights
+    probability_sum /= weight_sum[..., None]
+    return probability_sum
+
+
+@pytest.mark.parametrize(("batch_size", "tta", "blend"), [
+    (1, False, "gaussian"), (2, False, "gaussian"), (3, True, "gaussian"), (2, False, "constant"),
+])
+def test_overlapping_host_work_changes_nothing_bitwise(batch_size, tta, blend):
+    image = volume((20, 17, 13), seed=3)
+    window = (8, 8, 8)
+    expected = reference_sliding_window(positional_model, image, window, NUM_CLASSES, 0.5,
+                                        blend, batch_size, tta)
+    for overlapped in (True, False):
+        result = sliding_window_predict(positional_model, image, window, NUM_CLASSES,
+                                        overlap=0.5, blend=blend, batch_size=batch_size,
+                                        tta=tta, overlap_host_work=overlapped)
+        np.testing.assert_array_equal(result, expected)
+
+
+def test_the_first_batch_runs_here_the_others_in_one_worker_in_order():
+    import threading
+
+    seen = []
+
+    def recording_model(batch):
+        seen.append((threading.current_thread(), float(batch[0, 0, 0, 0, 0])))
+        return pointwise_model(batch)
+
+    image = volume((24, 8, 8), seed=4)
+    progress = []
+    sliding_window_predict(recording_model, image, 8, NUM_CLASSES, overlap=0.0, batch_size=1,
+                           progress=lambda done, total: progress.append((done, total)))
+    threads = [thread for thread, _ in seen]
+    assert threads[0] is threading.current_thread()
+    assert len(set(threads[1:])) == 1 and threads[1] is not threading.current_thread()
+    assert [value for _, value in seen] == [float(image[start, 0, 0, 0]) for start in (0, 8, 16)]
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_a_read_only_prediction_is_never_written_to():
+    def read_only_model(batch):
+        output = pointwise_model(batch)
+        output.flags.writeable = False
+        return output
+
+    image = volume((12, 9, 7))
+    for tta in (False, True):
+        result = sliding_window_predict(read_only_model, image, (8, 6, 4), NUM_CLASSES,
+                                        batch_size=2, tta=tta)
+        np.testing.assert_allclose(result, pointwise_model(image[None])[0], rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_an_error_in_the_worker_reaches_the_caller():
+    calls = []
+
+    def failing_model(batch):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("model broke")
+        return pointwise_model(batch)
+
+    with pytest.raises(RuntimeError, match="model broke"):
+        sliding_window_predict(failing_model, volume((24, 8, 8)), 8, NUM_CLASSES, overlap=0.0)
+
+
+def test_the_keras_predict_fn_is_traced_once_for_every_batch_and_precision():
+    import keras
+
+    from unet3d.model.unet3d import build_unet3d
+
+    image = volume((16, 8, 24), seed=6)
+    results = {}
+    previous = keras.mixed_precision.global_policy()
+    try:
+        for policy in ("float32", "mixed_bfloat16"):
+            keras.mixed_precision.set_global_policy(policy)
+            keras.utils.set_random_seed(1)
+            model = build_unet3d(in_channels=2, num_classes=NUM_CLASSES, base_filters=4,
+                                 max_filters=8, num_levels=2)
+            predict_fn = make_keras_predict_fn(model, window_size=(8, 8, 8))
+            predict_fn.trace()
+            assert predict_fn.tracing_count() == 1
+            # 3 x 1 x 5 windows in batches of 2: the short last batch must not retrace, nor
+            # the calls from the worker thread
+            for overlapped in (True, False):
+                results[policy, overlapped] = sliding_window_predict(
+                    predict_fn, image, 8, NUM_CLASSES, overlap=0.5, batch_size=2,
+                    overlap_host_work=overlapped)
+            assert predict_fn.tracing_count() == 1
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    for policy in ("float32", "mixed_bfloat16"):
+        np.testing.assert_array_equal(results[policy, True], results[policy, False])
+    difference = np.abs(results["float32", True] - results["mixed_bfloat16", True]).max()
+    assert 0.0 < difference < 0.05  # the bf16 model really computed in bfloat16
+
+
+@pytest.mark.parametrize(("side", "count"), [(100, 1), (128, 1), (129, 2), (192, 2), (193, 3),
+                                             (240, 3), (256, 3), (257, 4)])
+def test_window_counts_at_128_with_overlap_half(side, count):
+    from unet3d.inference.sliding_window import window_counts
+
+    assert window_counts((side, 128, 90), 128, 0.5) == (count, 1, 1)
+    monai = max(0, math.ceil((max(side, 128) - 128) / 64)) + 1  # MONAI's dense_patch_slices
+    assert count == monai
+
+
+def test_a_brats_grid_and_its_brain_box_take_18_and_12_windows():
+    from unet3d.data.crop import CropBox
+    from unet3d.inference.sliding_window import window_counts
+
+    assert np.prod(window_counts((240, 240, 155), 128, 0.5)) == 18
+    box = CropBox((64, 17, 11), (218, 192, 152), (240, 240, 155)).expanded(16)
+    assert tuple(box.shape) == (186, 207, 155)  # 154 x 175 x 141 brain + 16 voxels a side
+    assert window_counts(box.shape, 128, 0.5) == (2, 3, 2)

@@ -9,7 +9,7 @@ import yaml
 
 from unet3d.errors import ConfigError
 from unet3d.model.build import build_model_from_config, check_model
-from unet3d.model.heads import head_problem, output_channels
+from unet3d.model.heads import output_channels
 from unet3d.model.unet3d import build_unet3d, count_forward_flops
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,15 +64,7 @@ def test_contract_names_the_region_key():
         build_model_from_config(model_cfg(head="sigmoid"))
 
 
-def test_output_channels_and_rules():
+def test_output_channels():
     assert output_channels({"num_classes": 4}) == 4
     assert output_channels({"num_classes": 4, "head": "regions"}) == 3
     assert output_channels({"num_classes": 4, "head": "regions", "num_regions": 2}) == 2
-    segmentation = {"_target_": "unet3d.training.losses.SegmentationLoss"}
-    regions = {"_target_": "unet3d.training.region_loss.RegionLoss"}
-    assert head_problem({"head": "softmax"}, segmentation) is None
-    assert head_problem({"head": "regions"}, regions, num_painted_regions=3) is None
-    assert head_problem({"head": "regions"}, segmentation).startswith("loss: model.head=regions")
-    assert head_problem({"head": "softmax"}, regions).startswith("model.head: loss=regions")
-    assert head_problem({"head": "regions", "num_regions": 3}, regions,
-                        num_painted_regions=5).startswith("model.num_regions: the data set")

@@ -28,10 +28,14 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
             for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-@pytest.mark.parametrize("marker", ["checkpoints/ckpt-1.index", "mlflow_run_id", "results.json"])
-def test_used_folder_refused_without_resume(tmp_path: Path, marker: str) -> None:
-    (tmp_path / marker).parent.mkdir(parents=True, exist_ok=True)
-    (tmp_path / marker).write_text("x")
+@pytest.mark.parametrize("markers", [
+    ("checkpoints/ckpt-1.index", "checkpoints/ckpt-1.data-00000-of-00001"),
+    ("results.json", "mlflow_run_id"),
+], ids=["checkpoint", "results"])
+def test_used_folder_refused_without_resume(tmp_path: Path, markers: tuple[str, ...]) -> None:
+    for marker in markers:
+        (tmp_path / marker).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / marker).write_text("x")
     (tmp_path / LOG_FILE).write_text("earlier log\n")
     before = _snapshot(tmp_path)
     folder = RunFolder(tmp_path, resume=False)

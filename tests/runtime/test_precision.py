@@ -10,7 +10,15 @@ import pytest
 import tensorflow as tf
 
 from unet3d.errors import ConfigError
+from unet3d.runtime.cpu_probe import CpuInfo, ProbeResult
 from unet3d.runtime.precision import configure_precision, resolve_policy, wrap_optimizer
+from unet3d.runtime.precision_auto import Host
+
+#: A CPU whose (faked) probe runs bfloat16 twice as fast: explicit amp neither probes for real
+#: nor warns.
+FAST_BF16 = Host(cpu=lambda: CpuInfo("Fake CPU", frozenset({"avx512_bf16"})),
+                 probe=lambda: ProbeResult(10.0, 5.0), threads=lambda: 2,
+                 tf_version=lambda: "test")
 
 
 @pytest.fixture(autouse=True)
@@ -23,9 +31,9 @@ def restore_policy():
 @pytest.mark.parametrize(
     ("policy", "device", "expected"),
     [
-        ("auto", "CPU", "mixed_bfloat16"),
-        ("auto", "GPU", "mixed_float16"),
-        ("auto", "MLU", "mixed_float16"),
+        ("mixed", "CPU", "mixed_bfloat16"),
+        ("mixed", "GPU", "mixed_float16"),
+        ("mixed", "MLU", "mixed_float16"),
         ("float32", "GPU", "float32"),
         ("mixed_bfloat16", "GPU", "mixed_bfloat16"),
         ("mixed_float16", "CPU", "mixed_float16"),
@@ -35,13 +43,19 @@ def test_resolve_policy(policy, device, expected):
     assert resolve_policy(policy, device) == expected
 
 
+def test_auto_is_not_a_fixed_policy():
+    with pytest.raises(ValueError, match="depends on the host"):
+        resolve_policy("auto", "CPU")
+
+
 def test_unknown_policy_names_the_key():
     with pytest.raises(ConfigError, match=r"^precision\.policy: must be one of"):
         configure_precision({"name": "x", "policy": "int8", "xla": False}, "CPU")
 
 
 def test_amp_on_cpu_is_bfloat16():
-    info = configure_precision({"name": "amp", "policy": "auto", "xla": False}, "CPU")
+    info = configure_precision({"name": "amp", "policy": "mixed", "xla": False}, "CPU",
+                               host=FAST_BF16)
     assert (info.name, info.policy_name) == ("amp", "mixed_bfloat16")
     assert (info.compute_dtype, info.variable_dtype) == ("bfloat16", "float32")
     assert not info.loss_scale and not info.xla
@@ -100,7 +114,8 @@ def test_amp_inference_computes_in_bfloat16_and_accumulates_float32():
     fp32_info = configure_precision({"name": "fp32", "policy": "float32", "xla": False}, "CPU")
     keras.utils.set_random_seed(3)
     reference = _small_unet()
-    info = configure_precision({"name": "amp", "policy": "auto", "xla": False}, "CPU")
+    info = configure_precision({"name": "amp", "policy": "mixed", "xla": False}, "CPU",
+                               host=FAST_BF16)
     with pytest.raises(ConfigError, match=r"^precision\.policy: model 0 .* computes in float32"):
         check_inference_precision(reference, info)  # built before the policy was set
     model = _small_unet()  # rebuilt under the policy, as load_ensemble does

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from unet3d.errors import ConfigError
 from unet3d.modes.cross_validate import fold_sweep_command, selected_folds
+from unet3d.sweep_callback import _outermost
 from unet3d.tracking.study import (
     STUDY_FILE,
     StudySettings,
@@ -24,7 +25,6 @@ from unet3d.tracking.study import (
     summarize_study,
     trial_number,
 )
-from unet3d.tracking.sweep_callback import _outermost
 
 APP = Path(__file__).resolve().parent / "_sweep_app" / "app.py"
 

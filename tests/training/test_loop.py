@@ -144,7 +144,7 @@ def test_train_checkpoints_at_the_cadence_and_resumes_from_the_newest(context, t
     with context.scope():
         model = tiny_model(seed=2)
     result = run_training(context, model, tmp_path, steps=5, recorder=recorder,
-                          on_restored=lambda: events.append(f"restored {len(recorder.logged)}"))
+                          on_restored=lambda _: events.append(f"restored {len(recorder.logged)}"))
     assert events == ["restored 0"]  # before the first step
     assert (result.first_step, result.last_step) == (0, 5)
     assert Path(result.checkpoint).name == "ckpt-5"
@@ -164,7 +164,7 @@ def test_train_checkpoints_at_the_cadence_and_resumes_from_the_newest(context, t
     assert not np.allclose(other.get_weights()[0], trained[0])
     seen: list[list[np.ndarray]] = []
     result = run_training(context, other, tmp_path, steps=8, recorder=resumed, resume=True,
-                          on_restored=lambda: seen.append(other.get_weights()), keep=3)
+                          on_restored=lambda _: seen.append(other.get_weights()), keep=3)
     assert len(seen) == 1
     for restored, saved in zip(seen[0], trained, strict=True):
         np.testing.assert_array_equal(restored, saved)
@@ -191,7 +191,7 @@ def test_resume_without_a_checkpoint_fails_before_anything_happens(context, tmp_
         model = tiny_model(seed=5)
     with pytest.raises(CheckpointError, match="resume: no checkpoint in"):
         run_training(context, model, tmp_path / "run", steps=4, recorder=recorder,
-                     resume=True, on_restored=lambda: called.append(True))
+                     resume=True, on_restored=lambda _: called.append(True))
     assert called == [] and recorder.first_steps == []
     assert not (tmp_path / "run").exists()
 

@@ -6,7 +6,7 @@ options and keys. This package holds the rest of what a setting is:
 - the vocabularies (``NORMS``, ``LOSSES``, ...): every list of allowed values, which the
   modules import from here;
 - ``SETTINGS``: the framework's keys, each with its type and range or allowed values
-  (``unet3d.config.settings``);
+  (``unet3d.config.settings``; the ``data.augmentation`` keys: ``unet3d.config.augmentation``);
 - ``MODE_SETTINGS``: the keys that only one mode reads;
 - ``COMPONENT_ARGUMENTS``: the arguments of the built-in components (the U-Net, the
   segmentation loss, the learning-rate schedule, the synthetic and BraTS data sets), keyed by
@@ -21,8 +21,12 @@ instant. ``unet3d.config.components`` builds a component from its group.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from omegaconf import DictConfig
 
+from unet3d.config.augmentation import AUGMENTATION_SETTINGS, check_unknown_keys
 from unet3d.config.settings import (
     Boolean,
     ExistingPath,
@@ -48,12 +52,16 @@ STRATEGIES = ("auto", "mirrored", "multi_worker", "horovod")
 CLUSTER_RESOLVERS = ("tf_config", "slurm")
 #: Collective communication of strategy=multi_worker.
 COMMUNICATIONS = ("auto", "ring", "nccl")
-PRECISION_POLICIES = ("float32", "auto", "mixed_bfloat16", "mixed_float16")
+#: Keras dtype policies of ``precision.policy``: ``auto`` the fastest on this host
+#: (unet3d.runtime.precision_auto), ``mixed`` mixed_bfloat16 on CPU / mixed_float16 on GPU/MLU.
+PRECISION_POLICIES = ("auto", "float32", "mixed", "mixed_bfloat16", "mixed_float16")
 #: Normalisations of the U-Net's conv units (``none``: no norm, the convolutions get a bias).
 NORMS = ("instance", "group", "batch", "none")
 #: Output heads (``model.head``): a softmax over the classes, or one sigmoid per evaluation
 #: region (region-based training, nnU-Net's ``regions_class_order``).
 HEADS = ("softmax", "regions")
+#: ``model.num_regions`` when a model group has none: BraTS's WT, TC and ET.
+DEFAULT_NUM_REGIONS = 3
 #: Units of the post-processing's ET volume threshold (``postprocess.unit``).
 VOLUME_UNITS = ("voxels", "mm3")
 #: Kernels of the U-Net's class-logit convolution (3: the reference's published head).
@@ -81,7 +89,7 @@ BRATS_FOLDER_TARGET = "unet3d.data.datasets.BraTSFolder"
 #: Keys of the ``data`` group that the framework reads (preprocessing cache, training input);
 #: the data set's ``_target_`` is called with every other key of the group.
 DATA_PIPELINE_KEYS = ("name", "preprocessed_dir", "crop_size", "batch_size", "augment",
-                      "foreground_probability", "shuffle_buffer", "cache",
+                      "augmentation", "foreground_probability", "shuffle_buffer", "cache",
                       # the layout and label convention (unet3d/data/layout.py)
                       "reader", "convention", "labels", "regions", "region_order")
 
@@ -108,6 +116,8 @@ SETTINGS: dict[str, Setting] = {
     "data.cache": Boolean(),
     "data.shuffle_buffer": Integer(minimum=1),
     "data.foreground_probability": Number(0.0, 1.0, True, True),
+    # data.augmentation: conf/augmentation/ (mounted into the data group)
+    **AUGMENTATION_SETTINGS,
     "training.max_steps": Integer(minimum=1),
     "training.optimizer": OneOf(OPTIMIZERS),
     "training.learning_rate": Number(0.0),
@@ -131,6 +141,8 @@ SETTINGS: dict[str, Setting] = {
     "inference.crop_margin": Integer(minimum=0),
     "precision.policy": OneOf(PRECISION_POLICIES),
     "precision.xla": Boolean(),
+    "precision.min_speedup": Number(0.0),
+    "precision.reprobe": Boolean(),
     "device.type": OneOf(DEVICE_TYPES),
     "device.memory_growth": Boolean(),
     "device.mlu_thread_mode": Text(),
@@ -223,6 +235,7 @@ def validate(cfg: DictConfig) -> None:
         ConfigError: one line starting with the dotted key, e.g.
             ``fold: must be in [0, num_folds=5), got 7``.
     """
+    check_unknown_keys(get(cfg, "data.augmentation"))
     for key, setting in SETTINGS.items():
         setting.check(cfg, key)
     mode = get(cfg, "mode.name")
@@ -237,6 +250,62 @@ def validate(cfg: DictConfig) -> None:
     for key, setting in MODE_SETTINGS.get(mode, {}).items():
         setting.check(cfg, key)
     _check_rules(cfg, mode)
+
+
+def head_problem(model_cfg: Any, loss_cfg: Any, num_painted_regions: int | None = None
+                 ) -> str | None:
+    """What is inconsistent between the head, the loss and the data set; None when nothing.
+
+    ``model.head=regions`` (one sigmoid per region, nnU-Net's region-based training) needs the
+    region loss (``loss=regions``) and the region loss needs ``model.head=regions``; with the
+    data set's convention known (``unet3d.runner.check_num_classes``), ``model.num_regions``
+    (default ``DEFAULT_NUM_REGIONS``) must equal its painted regions.
+
+    Args:
+        model_cfg: the ``model`` group; loss_cfg: the ``loss`` group (mappings).
+        num_painted_regions: ``len(unet3d.data.regions.painted_regions(convention))``
+            when the data set's convention is known.
+
+    Returns:
+        One line starting with the key to change, or None.
+    """
+    head = model_cfg.get("head") or "softmax"
+    if head not in HEADS:
+        return f"model.head: must be one of {', '.join(HEADS)}, got {head!r}"
+    loss_target = loss_cfg.get("_target_")
+    if head == "regions" and loss_target == SEGMENTATION_LOSS_TARGET:
+        return ("loss: model.head=regions predicts one sigmoid per region; use loss=regions "
+                "(BCE + soft Dice per region) instead of the class loss")
+    if loss_target == REGION_LOSS_TARGET and head != "regions":
+        return "model.head: loss=regions needs model.head=regions, got model.head=softmax"
+    if head == "regions" and num_painted_regions is not None:
+        regions = model_cfg.get("num_regions") or DEFAULT_NUM_REGIONS
+        if regions != num_painted_regions:
+            return (f"model.num_regions: the data set paints {num_painted_regions} regions, "
+                    f"got {regions}")
+    return None
+
+
+def registry_problem(name: Any, alias: Any) -> str | None:
+    """What is wrong with ``tracking.register_model`` / ``tracking.model_alias``; None if nothing.
+
+    A name is a non-empty string without ``@`` and ``/`` (it becomes ``models:/<name>@...``);
+    an alias follows MLflow's rule (letters, digits, ``_``, ``-``; not ``latest`` or
+    ``v<number>``, which MLflow reserves) and needs a name.
+    """
+    if name is not None and (not isinstance(name, str) or not name.strip() or "@" in name
+                             or "/" in name):
+        return f"tracking.register_model: must be null or a model name without '@' and '/', " \
+               f"got {name!r}"
+    if alias is None:
+        return None
+    if name is None:
+        return "tracking.model_alias: needs tracking.register_model=<name>"
+    if (not isinstance(alias, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias)
+            or alias == "latest" or re.fullmatch(r"[vV]\d+", alias)):
+        return (f"tracking.model_alias: must be null or an alias of letters, digits, '_' and "
+                f"'-' (not 'latest' or v<number>), got {alias!r}")
+    return None
 
 
 def _check_rules(cfg: DictConfig, mode: str) -> None:
@@ -260,17 +329,17 @@ def _check_rules(cfg: DictConfig, mode: str) -> None:
         if loss_classes is not None and loss_classes != classes:
             raise ConfigError(
                 f"loss.num_classes: must equal model.num_classes={classes}, got {loss_classes}")
-    from unet3d.model.heads import head_problem
-
-    problem = head_problem(cfg.model, cfg.loss)
-    if problem is not None:
-        raise ConfigError(problem)
+    for problem in (head_problem(cfg.model, cfg.loss),
+                    registry_problem(get(cfg, "tracking.register_model"),
+                                     get(cfg, "tracking.model_alias"))):
+        if problem is not None:
+            raise ConfigError(problem)
     if get(cfg, "data._target_") == SYNTHETIC_DATASET_TARGET:
         cases = get(cfg, "data.synthetic.num_cases")
         if cases is not None and cases < num_folds:
             raise ConfigError(
                 f"data.synthetic.num_cases: must be >= num_folds={num_folds}, got {cases}")
-        from unet3d.data.synthetic_options import options_from
+        from unet3d.config.synthetic_options import options_from
 
         options_from(get(cfg, "data.synthetic"))  # the appearance settings (data=synthetic_hard)
     strategy = get(cfg, "strategy.name")

@@ -238,3 +238,49 @@ class Target(Setting):
         if problem is not None:
             raise ConfigError(f"{key}: {problem}")
         return value
+
+
+@dataclass(frozen=True)
+class Interval(Setting):
+    """``[low, high]`` of a uniform draw: two numbers, ``low <= high``, within the bounds.
+
+    ``minimum`` / ``maximum``: the bounds (None: unbounded); ``open_minimum``: ``low`` must be
+    strictly above ``minimum`` (a factor or a sigma, which must stay > 0).
+    """
+
+    minimum: float | None = None
+    maximum: float | None = None
+    open_minimum: bool = False
+
+    def check(self, cfg: DictConfig, key: str) -> tuple[float, float]:  # noqa: D102
+        value = get(cfg, key)
+        if (not isinstance(value, list) or len(value) != 2 or any(
+                isinstance(item, bool) or not isinstance(item, int | float) for item in value)):
+            raise ConfigError(f"{key}: must be [low, high] (2 numbers), got {value!r}")
+        low, high = float(value[0]), float(value[1])
+        if low > high:
+            raise ConfigError(f"{key}: low must be <= high, got {value!r}")
+        if self.minimum is not None and (low <= self.minimum if self.open_minimum
+                                         else low < self.minimum):
+            bound = ">" if self.open_minimum else ">="
+            raise ConfigError(f"{key}: low must be {bound} {self.minimum:g}, got {value!r}")
+        if self.maximum is not None and high > self.maximum:
+            raise ConfigError(f"{key}: high must be <= {self.maximum:g}, got {value!r}")
+        return low, high
+
+
+@dataclass(frozen=True)
+class SubsetOf(Setting):
+    """A list of distinct values, each one of ``choices`` (may be empty)."""
+
+    choices: Sequence[Any]
+
+    def check(self, cfg: DictConfig, key: str) -> list:  # noqa: D102
+        value = get(cfg, key)
+        listed = ", ".join(str(choice) for choice in self.choices)
+        if not isinstance(value, list) or any(
+                isinstance(item, bool) or item not in self.choices for item in value):
+            raise ConfigError(f"{key}: must be a list of values from {listed}; got {value!r}")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{key}: every value at most once, got {value!r}")
+        return value

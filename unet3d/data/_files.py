@@ -5,16 +5,15 @@ Atomic writes are `unet3d.runs.files`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from unet3d.runs.files import TEMPORARY_NAME
+from unet3d.runs import naming
+from unet3d.runs.files import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -27,41 +26,17 @@ def read_json(path: Path) -> Any | None:
 
 
 def short_hash(payload: Any, length: int = 10) -> str:
-    """Return a short, stable hex digest of a JSON-serialisable payload."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+    """Return a short, stable hex digest (SHA-256) of a JSON-serialisable payload.
+
+    The payload's canonical JSON (sorted keys, no spaces) hashed by
+    ``unet3d.runs.naming.short_hash``: a cache key that only changes with the payload.
+    """
+    return naming.short_hash(json.dumps(payload, sort_keys=True, separators=(",", ":")), length)
 
 
 def remove_stale_tmp_files(folder: Path) -> int:
     """Delete ``*.tmp-<pid>`` files under ``folder`` left by processes that no longer run."""
-    removed = 0
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    for candidate in folder.rglob("*.tmp-*"):
-        match = TEMPORARY_NAME.search(candidate.name)
-        if not match or not candidate.is_file() or _process_alive(int(match.group(1))):
-            continue
-        try:
-            candidate.unlink()
-            removed += 1
-        except OSError:
-            pass
-    if removed:
-        logger.info("Removed %d stale temporary file(s) under %s", removed, folder)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return remove_stale_temporaries(folder)
 
 
 class Progress:

@@ -213,7 +213,28 @@ class CaseFolders:
                 raise DataError(f"case {case_id}: missing file {expected}")
             modalities[name] = expected if path is None else path
         label = self._volume(folder, case_id, self.label)
-        if label is None and require_label:
-            raise DataError(f"case {case_id}: missing file "
-                            f"{folder / f'{case_id}{self.separator}{self.label}.nii.gz'}")
+        if label is None:
+            others = [child.name for child in sorted(folder.iterdir())
+                      if strip_extension(child.name) is not None
+                      and child not in modalities.values()]
+            if require_label or others:
+                message = self._missing_label(folder, case_id, require_label)
+                if require_label:
+                    raise DataError(message)
+                logger.warning("%s", message)
         return CaseFiles(case_id=case_id, modalities=modalities, label=label)
+
+    def _missing_label(self, folder: Path, case_id: str, required: bool) -> str:
+        """One line: the segmentation looked for, the files found, what to do.
+
+        (BraTS 2020 ships case BraTS20_Training_355 with its segmentation named
+        ``W39_1998.09.19_Segm.nii``.)
+        """
+        expected = f"{case_id}{self.separator}{self.label}.nii.gz"
+        found = ", ".join(sorted(child.name for child in folder.iterdir()
+                                 if not child.name.startswith("."))) or "nothing"
+        fix = (f"rename the segmentation to {expected} (or .nii), or move the case out of "
+               f"{folder.parent}" if required
+               else "the case is read without a label (segmented, not scored)")
+        return (f"case {case_id}: missing file {folder / expected} (the segmentation; also "
+                f"looked for {expected[:-3]}); found {found}: {fix}")

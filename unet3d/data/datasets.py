@@ -61,7 +61,7 @@ class SyntheticBraTS:
             ``shape`` (3 ints, voxels H, W, D), ``spacing`` (3 floats, mm), ``seed`` (int) and
             ``layout`` (``flat``, ``brats2019``, ... see ``unet3d.config.SYNTHETIC_LAYOUTS``),
             optional ``num_test`` (int, cases without labels in ``imagesTs/``) and the appearance
-            options of ``unet3d.data.synthetic_options.OPTION_KEYS`` (null: default).
+            options of ``unet3d.config.synthetic_options.OPTION_KEYS`` (null: default).
         raw_dir: where to write the cases; None derives it from the settings.
     """
 
@@ -72,7 +72,7 @@ class SyntheticBraTS:
         self.seed = int(synthetic["seed"])
         self.layout = str(synthetic.get("layout", "flat"))
         self.num_test = int(synthetic.get("num_test", 0) or 0)
-        from unet3d.data.synthetic_options import OPTION_KEYS
+        from unet3d.config.synthetic_options import OPTION_KEYS
 
         self.options = {key: synthetic[key] for key in OPTION_KEYS
                         if synthetic.get(key) is not None}

@@ -2,21 +2,31 @@
 
 Training: files (sharded at file level) -> TFRecordDataset -> parse (+ tumour voxel coordinates)
 -> cache -> seeded shuffle -> repeat -> random or tumour-centred uint8 crop -> flips -> batch
--> brightness and z-score (one fused per-channel affine map) -> prefetch. Every random draw
-is a stateless op seeded by ``(seed, element index)``, so a given seed yields the same
+-> brightness and z-score (one fused per-channel affine map) -> prefetch. With nnU-Net's
+augmentation (``augmentation=nnunet``) the crop step instead resamples the crop from the cached
+volume when it is rotated, scaled or deformed, z-scores it and runs the intensity transforms
+and flips on the float32 crop (``unet3d.data.augmentation``), before batching. Every random
+draw is a stateless op seeded by ``(seed, element index)``, so a given seed yields the same
 batches whatever the parallelism.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from unet3d.data.augmentation import (
+    Augmentation,
+    intensity_scale,
+    intensity_transforms,
+    mirror,
+    spatial_crop,
+)
 from unet3d.data.convention import MODALITIES
 from unet3d.data.preprocess import EPSILON, normalize
 from unet3d.data.tfrecord import parse_case, read_record
@@ -28,7 +38,9 @@ NUM_CHANNELS = len(MODALITIES)
 #: At most this many tumour voxel coordinates are kept per case for foreground sampling
 #: (an evenly strided subset of all of them, so they stay spread over the whole tumour).
 MAX_FOREGROUND_POINTS = 4096
-BRIGHTNESS_RANGE = (0.7, 1.3)
+#: ``train_dataset``'s augmentation when it is given none: the reference recipe (flips and
+#: brightness, the values of conf/augmentation/reference.yaml).
+REFERENCE = Augmentation()
 
 
 @dataclass
@@ -116,26 +128,17 @@ def _training_element(serialized: Any, with_foreground: bool) -> dict:
     }
 
 
-def _crop_and_augment(
-    index: Any,
-    element: dict,
-    base_seed: int,
-    crop_size: list[int],
-    foreground_probability: float,
-    augment: bool,
-) -> tuple[Any, Any, Any, Any]:
-    """Crop and augment one cached element; randomness seeded by ``(seed, index)``.
+def _crop_window(element: dict, seeds: Any, crop_size: list[int],
+                 foreground_probability: float) -> tuple[Any, Any, Any]:
+    """Where a crop lies: ``(start, extent, before)``, int32 ``[3]`` each.
 
-    Returns the uint8 image and label crops and the per-channel ``scale`` and ``offset`` of
-    the normalisation (applied after batching by ``_normalize_batch``).
+    The volume block ``start : start + extent`` fills the crop from voxel ``before`` on (the
+    rest is zero padding when the volume is smaller than the crop); with probability
+    ``foreground_probability`` the crop is centred on a tumour voxel. Draws: ``seeds[0:3]``.
     """
     import tensorflow as tf
 
-    seeds = tf.random.experimental.stateless_split(
-        tf.stack([tf.constant(base_seed, tf.int64), tf.cast(index, tf.int64)]), num=6
-    )
-    image, label = element["image"], element["label"]
-    shape = tf.shape(label)
+    shape = tf.shape(element["label"])
     crop = tf.constant(crop_size, dtype=tf.int32)
     extent = tf.minimum(shape, crop)
     max_start = shape - extent
@@ -153,14 +156,47 @@ def _crop_and_augment(
         centred_start = tf.clip_by_value(centre - crop // 2, 0, max_start)
         use_foreground = tf.logical_and(draws[0] < foreground_probability, count > 0)
         start = tf.where(use_foreground, centred_start, start)
-
-    image = tf.slice(image, tf.concat([start, [0]], 0), tf.concat([extent, [NUM_CHANNELS]], 0))
-    label = tf.slice(label, start, extent)
     missing = crop - extent
     pad_uniform = tf.random.stateless_uniform([3], seed=seeds[2])
     before = tf.minimum(
         tf.cast(tf.floor(pad_uniform * tf.cast(missing + 1, tf.float32)), tf.int32), missing
     )
+    return start, extent, before
+
+
+def _element_seeds(base_seed: int, index: Any) -> tuple[Any, Any]:
+    """The 6 stateless seeds of crop ``index`` (crop, flips, brightness) and the seed of its
+    nnU-Net transforms (a key folded from the same ``(seed, index)``)."""
+    import tensorflow as tf
+
+    root = tf.stack([tf.constant(base_seed, tf.int64), tf.cast(index, tf.int64)])
+    seeds = tf.random.experimental.stateless_split(root, num=6)
+    return seeds, tf.random.experimental.stateless_fold_in(root, 1)
+
+
+def _crop_and_augment(
+    index: Any,
+    element: dict,
+    base_seed: int,
+    crop_size: list[int],
+    foreground_probability: float,
+    augment: bool,
+    augmentation: Augmentation = REFERENCE,
+) -> tuple[Any, Any, Any, Any]:
+    """Crop one cached element; mirror it and scale its intensities (the reference recipe).
+
+    Randomness seeded by ``(seed, index)``. Returns the uint8 image and label crops and the
+    per-channel ``scale`` and ``offset`` of the normalisation (applied after batching by
+    ``_normalize_batch``).
+    """
+    import tensorflow as tf
+
+    seeds, _ = _element_seeds(base_seed, index)
+    image, label = element["image"], element["label"]
+    start, extent, before = _crop_window(element, seeds, crop_size, foreground_probability)
+    image = tf.slice(image, tf.concat([start, [0]], 0), tf.concat([extent, [NUM_CHANNELS]], 0))
+    label = tf.slice(label, start, extent)
+    missing = tf.constant(crop_size, dtype=tf.int32) - extent
     paddings = tf.stack([before, missing - before], axis=1)
     image = tf.pad(image, tf.concat([paddings, tf.zeros([1, 2], tf.int32)], 0))
     label = tf.pad(label, paddings)
@@ -173,19 +209,49 @@ def _crop_and_augment(
     # foreground mask), with far fewer passes over the crop.
     factor = tf.constant(1.0, tf.float32)
     if augment:
-        flips = tf.random.stateless_uniform([3], seed=seeds[3])
-        for axis in range(3):
-            flip = flips[axis] < 0.5
-            image = tf.cond(flip, lambda a=axis, x=image: tf.reverse(x, [a]), lambda x=image: x)
-            label = tf.cond(flip, lambda a=axis, y=label: tf.reverse(y, [a]), lambda y=label: y)
-        apply = tf.random.stateless_uniform([], seed=seeds[4]) < 0.5
-        scale = tf.random.stateless_uniform(
-            [], seed=seeds[5], minval=BRIGHTNESS_RANGE[0], maxval=BRIGHTNESS_RANGE[1]
-        )
+        image, label = mirror(image, label, seeds[3], augmentation.mirror_probability,
+                              augmentation.mirror_axes)
         # Background voxels are 0 and stay 0: only the foreground is scaled.
-        factor = tf.where(apply, scale, factor)
+        factor = intensity_scale(seeds[4:6], augmentation.intensity_scale)
     inverse_std = 1.0 / (element["std"] + EPSILON)
     return image, label, factor * inverse_std, -element["mean"] * inverse_std
+
+
+def _crop_and_augment_nnunet(
+    index: Any,
+    element: dict,
+    base_seed: int,
+    crop_size: list[int],
+    foreground_probability: float,
+    augmentation: Augmentation,
+) -> tuple[Any, Any]:
+    """Crop one cached element with nnU-Net's transforms: float32 image, uint8 label.
+
+    The same crop window, flips and ``intensity_scale`` draws as ``_crop_and_augment`` for
+    the same ``(seed, index)``; the crop is resampled from the whole volume when rotated,
+    scaled or deformed, z-scored, then the intensity transforms and mirroring follow
+    (``unet3d.data.augmentation``).
+    """
+    import tensorflow as tf
+
+    seeds, nnunet_seed = _element_seeds(base_seed, index)
+    start, _, before = _crop_window(element, seeds, crop_size, foreground_probability)
+    factor = intensity_scale(seeds[4:6], augmentation.intensity_scale)
+    inverse_std = 1.0 / (element["std"] + EPSILON)
+    spatial_seed, intensity_seed = tf.unstack(
+        tf.random.experimental.stateless_split(nnunet_seed, num=2))
+    image, label = spatial_crop(element["image"], element["label"], start - before, crop_size,
+                                factor * inverse_std, -element["mean"] * inverse_std,
+                                augmentation, spatial_seed)
+    image = intensity_transforms(image, augmentation, intensity_seed)
+    return mirror(image, label, seeds[3], augmentation.mirror_probability,
+                  augmentation.mirror_axes)
+
+
+def _label_to_int32(image: Any, label: Any) -> tuple[Any, Any]:
+    import tensorflow as tf
+
+    return image, tf.cast(label, tf.int32)
 
 
 def _normalize_batch(image: Any, label: Any, scale: Any, offset: Any) -> tuple[Any, Any]:
@@ -209,6 +275,7 @@ def train_dataset(
     cache: bool,
     input_context: Any = None,
     shard: tuple[int, int] | None = None,
+    augmentation: Augmentation | Mapping[str, Any] | None = None,
 ) -> Any:
     """Infinite dataset of ``(image float32 [B, h, w, d, 4], label int32 [B, h, w, d])``.
 
@@ -216,10 +283,25 @@ def train_dataset(
     ``num_shards``-th file before caching. Crops smaller volumes are zero-padded; with
     probability ``foreground_probability`` a crop is centred on a tumour voxel. Deterministic
     for a given ``seed`` (None draws a random one).
+
+    ``augmentation`` (used when ``augment``): an ``Augmentation``, a ``data.augmentation``
+    section (``conf/augmentation/``), or None for the reference recipe (``REFERENCE``). With
+    only mirroring and ``intensity_scale`` drawn, crops stay uint8 until after batching;
+    nnU-Net's transforms run on float32 crops per element (``unet3d.data.augmentation``).
+
+    Raises:
+        ConfigError: a bad argument or ``augmentation`` value (one line naming the key).
+        DataError: no files, a missing file, an empty shard.
     """
     import tensorflow as tf
 
     crop = _check_arguments(files, crop_size, batch_size, foreground_probability, shuffle_buffer)
+    if augmentation is None:
+        augmentation = REFERENCE
+    elif not isinstance(augmentation, Augmentation):
+        augmentation = Augmentation.from_config(augmentation)
+    nnunet_path = bool(augment) and augmentation.uses_nnunet_transforms
+    logger.info("training augmentation %s", augmentation.describe() if augment else "off")
     files = [str(f) for f in files]
     shard_index = 0
     if shard is None and input_context is not None:
@@ -247,15 +329,26 @@ def train_dataset(
         reshuffle_each_iteration=True,
     )
     dataset = dataset.repeat().enumerate()
-    dataset = dataset.map(
-        lambda index, element: _crop_and_augment(
-            index, element, base_seed, crop, float(foreground_probability), bool(augment)
-        ),
-        num_parallel_calls=autotune,
-    )
-    # Batching the uint8 crops and normalising afterwards copies 4x less data.
-    dataset = dataset.batch(int(batch_size), drop_remainder=True)
-    dataset = dataset.map(_normalize_batch, num_parallel_calls=autotune)
+    if nnunet_path:
+        dataset = dataset.map(
+            lambda index, element: _crop_and_augment_nnunet(
+                index, element, base_seed, crop, float(foreground_probability), augmentation
+            ),
+            num_parallel_calls=autotune,
+        )
+        dataset = dataset.batch(int(batch_size), drop_remainder=True)
+        dataset = dataset.map(_label_to_int32, num_parallel_calls=autotune)
+    else:
+        dataset = dataset.map(
+            lambda index, element: _crop_and_augment(
+                index, element, base_seed, crop, float(foreground_probability), bool(augment),
+                augmentation,
+            ),
+            num_parallel_calls=autotune,
+        )
+        # Batching the uint8 crops and normalising afterwards copies 4x less data.
+        dataset = dataset.batch(int(batch_size), drop_remainder=True)
+        dataset = dataset.map(_normalize_batch, num_parallel_calls=autotune)
     options = tf.data.Options()
     options.deterministic = True
     dataset = dataset.with_options(options)

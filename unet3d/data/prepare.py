@@ -1,4 +1,11 @@
-"""From config to ready-to-use files: the data set's raw cases, preprocessing, fold split."""
+"""From config to ready-to-use files: the data set's raw cases, preprocessing, fold split.
+
+Jobs started at once (two sweeps, joblib workers, the ranks of a launch) share the data cache:
+making the raw cases ready (a synthetic data set is generated) runs under an exclusive lock on
+``<paths.data_dir>/.prepare.lock``, preprocessing and the split under one on
+``<preprocessed dir>/.prepare.lock`` (``fcntl.flock``, `unet3d.runs.files.exclusive_lock`), so
+the cache is built once: the other jobs wait (an INFO line says so), then find it up to date.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +20,12 @@ from unet3d.data.folds import load_or_create_split
 from unet3d.data.layout import DataLayout, resolve_layout
 from unet3d.data.preprocess import preprocess_dataset
 from unet3d.data.tfrecord import case_id_of, record_path
+from unet3d.runs.files import exclusive_lock
 
 logger = logging.getLogger(__name__)
+
+#: The lock file of a data cache folder (see the module doc).
+LOCK_NAME = ".prepare.lock"
 
 
 @dataclass
@@ -89,12 +100,16 @@ def prepare_data(cfg: Any) -> PreparedData:
     """
     num_folds = int(cfg.num_folds)
     fold = int(cfg.fold)
-    raw_dir, layout = resolve_data(cfg)
+    data_dir = Path(str(cfg.paths.data_dir)).expanduser()
+    with exclusive_lock(data_dir / LOCK_NAME, what=f"preparing the data set in {data_dir}"):
+        raw_dir, layout = resolve_data(cfg)
     preprocessed_dir = resolve_preprocessed_dir(cfg, raw_dir)
-    files = preprocess_dataset(raw_dir, preprocessed_dir, layout)
-    case_ids = [case_id_of(path) for path in files]
-    split_file = preprocessed_dir / f"splits_k{num_folds}_seed{int(cfg.seed)}.json"
-    split = load_or_create_split(split_file, case_ids, num_folds, int(cfg.seed))
+    with exclusive_lock(preprocessed_dir / LOCK_NAME,
+                        what=f"preprocessing into {preprocessed_dir}"):
+        files = preprocess_dataset(raw_dir, preprocessed_dir, layout)
+        case_ids = [case_id_of(path) for path in files]
+        split_file = preprocessed_dir / f"splits_k{num_folds}_seed{int(cfg.seed)}.json"
+        split = load_or_create_split(split_file, case_ids, num_folds, int(cfg.seed))
     train_files = [str(record_path(preprocessed_dir, case)) for case in split[fold]["train"]]
     eval_files = [str(record_path(preprocessed_dir, case)) for case in split[fold]["val"]]
     logger.info(

@@ -5,7 +5,7 @@ depend on how many cases are generated. The images are built from a tissue map (
 matter, white matter, ventricles) and a tumour (edema, necrotic core, enhancing rim) with
 modality-specific intensities, partial-volume smoothing, a smooth multiplicative bias field and
 Gaussian noise; the background is 0 as in skull-stripped BraTS data (one case:
-:mod:`unet3d.data.synthetic_case`; harder settings: :mod:`unet3d.data.synthetic_options`). The
+:mod:`unet3d.data.synthetic_case`; harder settings: :mod:`unet3d.config.synthetic_options`). The
 same cases are written in any of the layouts and label conventions of
 :mod:`unet3d.data.synthetic_layouts` (``flat``, ``brats2019``, ``brats2023``, ``msd_brain``,
 ``nnunet_raw``).
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unet3d.config.synthetic_options import OPTION_KEYS, SyntheticOptions, options_from
 from unet3d.data._files import Progress, read_json, remove_stale_tmp_files, short_hash
 from unet3d.data.synthetic_case import case_grade, generate_case
 from unet3d.data.synthetic_layouts import (
@@ -30,7 +31,6 @@ from unet3d.data.synthetic_layouts import (
     dataset_json,
     write_case,
 )
-from unet3d.data.synthetic_options import OPTION_KEYS, SyntheticOptions, options_from
 from unet3d.errors import ConfigError, DataError
 from unet3d.runs.files import write_json_atomic
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unet3d.config.synthetic_options import SyntheticOptions
 from unet3d.data import synthetic_lesions as lesions
 from unet3d.data.synthetic_fields import (
     BACKGROUND,
@@ -32,7 +33,6 @@ from unet3d.data.synthetic_fields import (
     centred,
     smooth_field,
 )
-from unet3d.data.synthetic_options import SyntheticOptions
 
 __all__ = ["LGG_FRACTION", "TISSUE_CODES", "SyntheticCase", "case_grade", "case_id_for",
            "generate_case", "make_affine"]
@@ -187,6 +187,8 @@ def generate_case(
         core_radii = edema_radii * rng.uniform(0.45, 0.70)
     else:
         core_radii = edema_radii * rng.uniform(0.50, 0.80)
+    if options.core_scale != 1.0:
+        core_radii = core_radii * options.core_scale
     core_radii = np.maximum(core_radii, 3.5 * voxel)
     edema_radii = np.maximum(edema_radii, core_radii * 1.35)
     necrosis_fraction = float(rng.uniform(0.35, 0.65))
@@ -256,7 +258,7 @@ def generate_case(
     spread = options.tissue_jitter
     jitter = rng.uniform(1.0 - spread, 1.0 + spread, size=_INTENSITIES.shape).astype(np.float32)
     table = lesions.pull_tumour_intensities(_INTENSITIES * jitter * scale,
-                                            options.tumour_contrast)
+                                            options.tumour_contrast, options.core_contrast)
     texture = 1.0 + 0.04 * smooth_field(rng, shape, [max(2, n // 8) for n in shape])
     degradation = lesions.draw_degradation(extra, options, shape)
     image = np.empty(shape + (4,), dtype=np.int16)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unet3d.config.synthetic_options import SyntheticOptions
 from unet3d.data.synthetic_fields import (
     CSF,
     EDEMA,
@@ -28,7 +29,6 @@ from unet3d.data.synthetic_fields import (
     centred,
     smooth_field,
 )
-from unet3d.data.synthetic_options import SyntheticOptions
 
 _NORMAL = (CSF, GREY, WHITE)
 
@@ -186,21 +186,30 @@ def draw_degradation(rng: np.random.Generator | None, options: SyntheticOptions,
     return Degradation(noise, blur, thickness, texture)
 
 
-def pull_tumour_intensities(table: np.ndarray, contrast: float) -> np.ndarray:
+def pull_tumour_intensities(table: np.ndarray, contrast: float,
+                            core_contrast: float | None = None) -> np.ndarray:
     """Move the tumour tissues' mean intensities towards normal brain.
 
     Args:
         table: float32 (8, 4) mean intensity per tissue code and modality.
         contrast: 1 keeps them; c moves each to ``ref + c * (value - ref)`` with ref the mean
             of grey and white matter of that modality.
+        core_contrast: None: the core tissues (necrosis, enhancing rim, non-enhancing core)
+            follow ``contrast`` like the edema; k: they sit at ``edema' + k * (value - edema)``
+            around the moved edema ``edema'`` (so k = contrast is the same as None), which
+            sets the core's contrast to the edema (TC's boundary) apart from the edema's
+            contrast to the brain (WT's boundary).
 
     Returns:
         A new float32 (8, 4) table.
     """
-    if contrast == 1.0:
+    if contrast == 1.0 and core_contrast is None:
         return table
     out = table.copy()
     reference = 0.5 * (table[GREY] + table[WHITE])
     for code in TUMOUR_CODES:
         out[code] = reference + np.float32(contrast) * (table[code] - reference)
+    if core_contrast is not None:
+        for code in (NECROSIS, ENHANCING, NON_ENHANCING):
+            out[code] = out[EDEMA] + np.float32(core_contrast) * (table[code] - table[EDEMA])
     return out

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from unet3d.errors import DataError, Unet3dError
+from unet3d.errors import DataError, StorageError, Unet3dError
 from unet3d.evaluation.metrics import case_metrics
 from unet3d.inference.inputs import InputCase, PendingCase
 
@@ -113,7 +113,8 @@ def segment_cases(
         outputs: writes each case's probabilities and segmentation; None writes nothing.
         on_scored: called for each scored case while its image is still loaded.
         keep_going: a case that fails (``Unet3dError`` or ``OSError``) is logged as one ERROR
-            line and listed in ``failures``; without it the error propagates at once.
+            line and listed in ``failures``; without it the error propagates at once. A
+            ``StorageError`` (disk full, read-only folder) always propagates at once.
         warn_unlabelled: log a WARNING for a case without a reference label.
         progress_bar: the label of a tqdm progress bar (shown on a terminal only); None
             shows none.
@@ -143,8 +144,8 @@ def segment_cases(
                 case, labels = _segment_one(pending, predictor, labeler, postprocess,
                                             outputs, keep_image=on_scored is not None)
             except (Unet3dError, OSError) as error:
-                if not keep_going:
-                    raise
+                if not keep_going or isinstance(error, StorageError):
+                    raise  # a full disk or a read-only folder: no later case can be written
                 line = case_error_line(pending.case_id, error)
                 log.error("%s", line)
                 result.failures.append((pending.case_id, line))

@@ -11,9 +11,9 @@ forms (and lists of them, which make an ensemble):
   never from the folder's name. With ``fold`` given only that fold's job is taken, else all
   folds (an ensemble);
 - ``runs:/<MLflow run id>``: the output dir recorded on that run (a sweep's parent run: its
-  sweep dir), which must exist on this machine (``unet3d.tracking.run_reference``);
+  sweep dir), which must exist on this machine (``unet3d.tracking.references``);
 - ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: a version of the MLflow Model
-  Registry, resolved through the run it was registered from (``unet3d.tracking.registry``).
+  Registry, resolved through the run it was registered from (``unet3d.tracking.references``).
 
 ``unet3d.inference.models.load_ensemble`` then rebuilds and restores each prefix's network.
 """
@@ -62,12 +62,14 @@ def _as_list(spec: Any) -> list[Any]:
 
 
 def _latest_in_folder(folder: Path) -> str | None:
-    """Newest checkpoint prefix in ``folder``: the ``checkpoint`` state file, else ``*.index``."""
+    """Newest checkpoint prefix in ``folder``: the newest complete one (as resume takes it,
+    ``unet3d.training.checkpoint.latest_checkpoint``: also one a kill left out of the
+    ``checkpoint`` state file), else the highest ``*.index``."""
     if not folder.is_dir():
         return None
-    import tensorflow as tf
+    from unet3d.training.checkpoint import latest_checkpoint
 
-    latest = tf.train.latest_checkpoint(str(folder))
+    latest = latest_checkpoint(folder)
     if latest and Path(f"{latest}.index").exists():
         return str(latest)
     numbered: list[tuple[int, str]] = []
@@ -248,7 +250,7 @@ def resolve_model_checkpoints(
         CheckpointError: a path does not exist or holds no checkpoint, or a sweep has no
             checkpoint for ``fold``.
     """
-    from unet3d.tracking.run_reference import resolve_run_references
+    from unet3d.tracking.references import resolve_run_references
 
     items = [item for item in _as_list(spec) if item is not None and str(item) != ""]
     items = resolve_run_references(items, tracking_uri, key)
@@ -286,11 +288,9 @@ def resolve_model_checkpoints(
 
 def _job_tracking_uri(cfg: Any, spec: Any) -> str | None:
     """The job's MLflow store when ``spec`` holds a ``runs:/`` or ``models:/`` reference."""
-    from unet3d.tracking.registry import is_model_reference
-    from unet3d.tracking.run_reference import is_run_reference
+    from unet3d.tracking.references import is_reference
 
-    if not any(is_run_reference(str(item)) or is_model_reference(str(item))
-               for item in _as_list(spec)):
+    if not any(is_reference(str(item)) for item in _as_list(spec)):
         return None
     from unet3d.tracking.store import resolve_tracking_uri
 
@@ -313,7 +313,7 @@ def job_reference_folder(cfg: Any, spec: str, key: str) -> Path:
     """
     uri = _job_tracking_uri(cfg, spec)
     if uri is not None:
-        from unet3d.tracking.run_reference import resolve_run_references
+        from unet3d.tracking.references import resolve_run_references
 
         spec = str(resolve_run_references(spec, uri, key))
     return Path(str(spec)).expanduser()

@@ -135,6 +135,14 @@ class EnsemblePredictor:
         return (f"window {list(self.window_size)}, overlap {self.overlap:.2f}, {self.blend} "
                 f"blend, batch {self.batch_size}{', flip TTA' if self.tta else ''}{crop}")
 
+    def trace(self) -> None:
+        """Trace every member's compiled forward pass now (no model execution), e.g. while the
+        first case is being read; members without a ``trace`` are skipped."""
+        for member_fn in self._member_fns:
+            trace = getattr(member_fn, "trace", None)
+            if trace is not None:
+                trace()
+
     def predict_windows(self, batch: np.ndarray) -> np.ndarray:
         """Mean softmax of the members on a window batch.
 
@@ -142,13 +150,15 @@ class EnsemblePredictor:
             batch: float32 ``[n, h, w, d, C]`` windows.
 
         Returns:
-            float32 ``[n, h, w, d, K]`` probabilities.
+            float32 ``[n, h, w, d, K]`` probabilities (one member: its output as is, no copy).
         """
-        total = np.array(self._member_fns[0](batch), dtype=np.float32, copy=True)
+        first = np.asarray(self._member_fns[0](batch), dtype=np.float32)
+        if self.num_members == 1:
+            return first
+        total = np.array(first, copy=True)
         for member_fn in self._member_fns[1:]:
             total += member_fn(batch)
-        if self.num_members > 1:
-            total /= np.float32(self.num_members)
+        total /= np.float32(self.num_members)
         return total
 
     def probabilities(self, image: np.ndarray, progress: Any = None) -> np.ndarray:

@@ -5,11 +5,16 @@ sform with their codes, zooms, units, orientation); only the data type changes (
 segmentation, float32 for probabilities) and the intensity scaling (``scl_slope`` /
 ``scl_inter``) is reset. Files are written atomically: ``<name>.tmp-<pid>`` in the same folder,
 then ``os.replace``; ``.nii.gz`` is gzip-compressed by this module (a temporary name does not end
-in ``.gz``, so nibabel's extension-based choice cannot be used).
+in ``.gz``, so nibabel's extension-based choice cannot be used). A job killed while writing a
+case leaves only its temporary file, never a partial ``<case>.nii.gz``: a rerun into the same
+folder writes that case (and removes the dead writer's temporary file). A full disk or a
+read-only folder raises `~unet3d.errors.StorageError` naming the file; files written before are
+intact.
 """
 
 from __future__ import annotations
 
+import glob
 import gzip
 import logging
 import os
@@ -22,6 +27,13 @@ import numpy as np
 
 from unet3d.data.convention import BRATS2019
 from unet3d.errors import DataError
+from unet3d.runs.files import (
+    TEMPORARY_NAME,
+    fault_point,
+    process_alive,
+    storage_error,
+    temporary_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +99,10 @@ def _write_atomic(image: Any, path: Path, overwrite: bool) -> Path:
             f"{path}: output file exists; not overwritten (set predict.overwrite=true to "
             "replace it)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{name}.tmp-{os.getpid()}")
+    temporary = temporary_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_temporaries(path)
         with open(temporary, "wb") as raw:
             if name.endswith(".gz"):
                 with gzip.GzipFile(
@@ -99,6 +112,7 @@ def _write_atomic(image: Any, path: Path, overwrite: bool) -> Path:
             else:
                 image.to_file_map({"image": nib.FileHolder(fileobj=raw)})
             raw.flush()
+            fault_point(path)
             os.fsync(raw.fileno())
         if path.exists() and not overwrite:  # appeared while we were writing
             raise OutputExistsError(
@@ -106,10 +120,24 @@ def _write_atomic(image: Any, path: Path, overwrite: bool) -> Path:
                 "replace it)"
             )
         os.replace(temporary, path)
+    except OSError as error:
+        full = storage_error(error, path)
+        if full is None:
+            raise
+        raise full from error
     finally:
         if temporary.exists():
             temporary.unlink()
     return path
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """Delete ``<path>.tmp-<pid>`` files of writers that no longer run (killed mid-write)."""
+    for candidate in path.parent.glob(f"{glob.escape(path.name)}.tmp-*"):
+        match = TEMPORARY_NAME.search(candidate.name)
+        if match and not process_alive(int(match.group(1))):
+            candidate.unlink(missing_ok=True)
+            logger.info("removed %s, left by a killed writer", candidate)
 
 
 def _check_grid(data: np.ndarray, reference_image: Any, what: str) -> None:
@@ -142,6 +170,8 @@ def write_segmentation(
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is false (the file is untouched).
+        StorageError: the disk is full or the folder is read-only (no file is left at
+            ``path``).
         ValueError: wrong rank or shape, or labels outside ``allowed``.
     """
     labels = np.asarray(labels)

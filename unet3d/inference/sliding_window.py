@@ -9,10 +9,13 @@ border and neighbours overlap by at least ``overlap``. A volume smaller than the
 with zeros (centred) and the result cropped back.
 
 Per window the host work is kept small next to the forward pass: the importance map is computed
-once per (window shape, blend) and cached (read-only), each window's prediction is weighted in
-place and added into one float32 accumulator, and the weight sum is accumulated once per window
-position (not per class). Probabilities are always accumulated in float32, whatever dtype the
-model computes in (mixed precision returns float32 softmax outputs).
+once per (window shape, blend) and cached (read-only), each window batch's prediction is weighted
+into one reused buffer (no per-batch allocation, the model's output is never copied) and added
+into one float32 accumulator, and the weight sum is accumulated once per window position (not per
+class). Probabilities are always accumulated in float32, whatever dtype the model computes in
+(mixed precision returns float32 softmax outputs). With ``overlap_host_work`` (the default) the
+next window batch is cut out and predicted in a worker thread while this one is accumulated
+(TensorFlow and NumPy release the GIL), in the same order: the result is bitwise the same.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -59,6 +63,19 @@ def window_starts(length: int, window: int, overlap: float) -> list[int]:
     count = math.ceil((length - window) / step) + 1
     spacing = (length - window) / (count - 1)
     return [int(round(index * spacing)) for index in range(count)]
+
+
+def window_counts(shape: Sequence[int], window_size: int | Sequence[int],
+                  overlap: float) -> tuple[int, int, int]:
+    """Windows per axis over a volume of ``shape`` (sides smaller than the window count 1).
+
+    With 128^3 windows and overlap 0.5 a side of at most 128 voxels takes 1 window, at most 192
+    takes 2, at most 256 takes 3 (the step is 64): a 240 x 240 x 155 grid takes 3 x 3 x 2 = 18,
+    the same as MONAI's ``sliding_window_inference`` (``ceil((L - w) / step) + 1``).
+    """
+    window = _window_shape(window_size)
+    return tuple(len(window_starts(max(int(side), side_window), side_window, overlap))
+                 for side, side_window in zip(shape, window, strict=True))  # type: ignore[return-value]
 
 
 def importance_map(window_shape: Sequence[int], blend: str = "gaussian") -> np.ndarray:
@@ -116,6 +133,39 @@ def _batches(items: list[Any], batch_size: int) -> Iterator[list[Any]]:
         yield items[start : start + batch_size]
 
 
+def _predicted_batch(predict_fn: PredictFn, image: np.ndarray, corners: list[Any],
+                     window: tuple[int, int, int], num_classes: int,
+                     flips: list[tuple[int, ...]]) -> tuple[list[Any], np.ndarray]:
+    """Cut the windows at ``corners`` out of ``image`` and predict them (mean over ``flips``).
+
+    Returns the windows' slices and float32 ``[n, h, w, d, K]`` probabilities (not weighted;
+    possibly ``predict_fn``'s own array: never written to).
+    """
+    slices = [
+        tuple(slice(start, start + side) for start, side in zip(corner, window, strict=True))
+        for corner in corners
+    ]
+    batch = np.stack([image[window_slice] for window_slice in slices])
+    expected = (len(slices), *window, num_classes)
+    total = None
+    for axes in flips:
+        flipped = np.ascontiguousarray(np.flip(batch, axis=axes)) if axes else batch
+        output = predict_fn(flipped)
+        output = np.asarray(output.numpy() if hasattr(output, "numpy") else output)
+        if output.shape != expected:
+            raise ValueError(f"predict_fn returned shape {output.shape}, expected {expected}")
+        output = output.astype(np.float32, copy=False)
+        contribution = np.flip(output, axis=axes) if axes else output
+        if total is None:
+            total = contribution if len(flips) == 1 else np.array(contribution, copy=True)
+        else:
+            total += contribution
+    assert total is not None  # flips is never empty
+    if len(flips) > 1:
+        total /= np.float32(len(flips))
+    return slices, total
+
+
 def sliding_window_predict(
     predict_fn: PredictFn,
     image: np.ndarray,
@@ -126,12 +176,14 @@ def sliding_window_predict(
     batch_size: int = 1,
     tta: bool = False,
     progress: ProgressFn | None = None,
+    overlap_host_work: bool = True,
 ) -> np.ndarray:
     """Predict class probabilities for a whole volume window by window.
 
     Args:
         predict_fn: maps a float32 batch ``[n, h, w, d, C]`` (NumPy) to probabilities
-            ``[n, h, w, d, num_classes]`` (NumPy or a tensor with ``.numpy()``).
+            ``[n, h, w, d, num_classes]`` (NumPy or a tensor with ``.numpy()``). Called from a
+            worker thread for every batch but the first with ``overlap_host_work``.
         image: the volume ``(H, W, D, C)``, normalised as for training.
         window_size: window side (int) or 3 sides.
         num_classes: number of output classes ``K``.
@@ -141,6 +193,9 @@ def sliding_window_predict(
         tta: average over the 8 flip combinations of the 3 spatial axes (flip the windows,
             predict, flip the prediction back); costs 8x the forward passes.
         progress: optional ``progress(done_windows, total_windows)`` callback.
+        overlap_host_work: predict the next window batch while this one is accumulated (one
+            worker thread; the first batch, which traces a ``tf.function``, runs in the
+            calling thread). Same result either way.
 
     Returns:
         Probabilities ``(H, W, D, K)`` float32: at every voxel the weighted mean of the
@@ -184,6 +239,7 @@ def sliding_window_predict(
     flips = _flip_combinations(tta)
     probability_sum = np.zeros((*padded_shape, num_classes), dtype=np.float32)
     weight_sum = np.zeros(padded_shape, dtype=np.float32)
+    weighted = np.empty((min(batch_size, len(starts)), *window, num_classes), dtype=np.float32)
     logger.debug(
         "sliding window: volume %s, window %s, %d windows (%s per axis), batch %d, tta %s",
         original_shape,
@@ -194,32 +250,32 @@ def sliding_window_predict(
         tta,
     )
 
+    batches = list(_batches(starts, batch_size))
+
+    def predicted(corners: list[Any]) -> tuple[list[Any], np.ndarray]:
+        return _predicted_batch(predict_fn, image, corners, window, num_classes, flips)
+
     done = 0
-    for batch_starts in _batches(starts, batch_size):
-        slices = [
-            tuple(slice(start, start + side) for start, side in zip(corner, window, strict=True))
-            for corner in batch_starts
-        ]
-        batch = np.stack([image[window_slice] for window_slice in slices])
-        expected = (len(slices), *window, num_classes)
-        predicted = np.zeros(expected, dtype=np.float32)
-        for axes in flips:
-            flipped = np.ascontiguousarray(np.flip(batch, axis=axes)) if axes else batch
-            output = predict_fn(flipped)
-            output = np.asarray(output.numpy() if hasattr(output, "numpy") else output)
-            if output.shape != expected:
-                raise ValueError(f"predict_fn returned shape {output.shape}, expected {expected}")
-            predicted += np.flip(output, axis=axes) if axes else output
-        if len(flips) > 1:
-            predicted /= float(len(flips))
-        predicted *= class_weights  # in place, broadcast over the batch: no temporary
-        for index, window_slice in enumerate(slices):
-            probability_sum[window_slice] += predicted[index]
-            weight_sum[window_slice] += weights
-        done += len(slices)
-        if progress is not None:
-            progress(done, len(starts))
-        logger.debug("sliding window: %d/%d windows", done, len(starts))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sliding-window") as worker:
+        upcoming = None
+        current = predicted(batches[0])
+        for index in range(len(batches)):
+            if index > 0:
+                current = upcoming.result() if upcoming is not None else predicted(batches[index])
+            upcoming = None
+            if overlap_host_work and index + 1 < len(batches):
+                upcoming = worker.submit(predicted, batches[index + 1])
+            slices, probabilities = current
+            batch_weighted = weighted[: len(slices)]
+            np.multiply(probabilities, class_weights, out=batch_weighted)
+            del current, probabilities
+            for position, window_slice in enumerate(slices):
+                probability_sum[window_slice] += batch_weighted[position]
+                weight_sum[window_slice] += weights
+            done += len(slices)
+            if progress is not None:
+                progress(done, len(starts))
+            logger.debug("sliding window: %d/%d windows", done, len(starts))
 
     probability_sum /= weight_sum[..., None]
     crop = tuple(
@@ -239,7 +295,10 @@ def make_keras_predict_fn(
     The function is traced once: its input signature fixes the channel count (from the
     model's input) and, when ``window_size`` is given, the window shape; the batch axis stays
     dynamic so a short last batch does not retrace. ``jit_compile=True`` compiles with XLA
-    (slower than plain TensorFlow for 3D convolutions on CPU). Returns float32 NumPy arrays.
+    (slower than plain TensorFlow for 3D convolutions on CPU). Returns float32 NumPy arrays
+    that share the output tensor's buffer (read-only use: the sliding window never writes to
+    them). ``predict_fn.trace()`` traces the function without running it (e.g. while the first
+    case is read); the first call then only executes.
     """
     import tensorflow as tf
 
@@ -255,6 +314,12 @@ def make_keras_predict_fn(
 
     def predict_fn(batch: np.ndarray) -> np.ndarray:
         """Run the model on a float32 window batch and return float32 probabilities."""
-        return forward(tf.convert_to_tensor(batch, dtype=tf.float32)).numpy()
+        return np.asarray(forward(tf.convert_to_tensor(batch, dtype=tf.float32)))
 
+    def trace() -> None:
+        """Trace ``forward`` for the signature (no model execution)."""
+        forward.get_concrete_function()
+
+    predict_fn.trace = trace  # type: ignore[attr-defined]
+    predict_fn.tracing_count = forward.experimental_get_tracing_count  # type: ignore[attr-defined]
     return predict_fn

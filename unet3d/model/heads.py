@@ -11,7 +11,8 @@
   ``unet3d.data.regions.region_probabilities_to_labels``.
 
 Either head's activation computes in float32 (``dtype="float32"``), so mixed precision still
-returns float32 probabilities. TensorFlow / Keras are imported inside the functions.
+returns float32 probabilities. TensorFlow / Keras are imported inside the functions. The rules
+between the head, the loss and the data set are config checks: ``unet3d.config.head_problem``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from unet3d.config import HEADS, REGION_LOSS_TARGET, SEGMENTATION_LOSS_TARGET
+from unet3d.config import DEFAULT_NUM_REGIONS, HEADS
 
 #: Activation of each head (``unet3d.config.HEADS``).
 HEAD_ACTIVATIONS = {"softmax": "softmax", "regions": "sigmoid"}
-#: ``model.num_regions`` when a model group has none: BraTS's WT, TC and ET.
-DEFAULT_NUM_REGIONS = 3
 
 
 def check_head(head: Any) -> str:
@@ -64,39 +63,6 @@ def output_channels(model_cfg: Mapping[str, Any]) -> int:
     if isinstance(regions, bool) or not isinstance(regions, int) or regions < 1:
         raise ValueError(f"model.num_regions: must be an integer >= 1, got {regions!r}")
     return regions
-
-
-def head_problem(model_cfg: Mapping[str, Any], loss_cfg: Mapping[str, Any],
-                 num_painted_regions: int | None = None) -> str | None:
-    """What is inconsistent between the head, the loss and the data set; None when nothing.
-
-    A config-time rule (no TensorFlow): ``model.head=regions`` needs the region loss
-    (``loss=regions``) and the region loss needs ``model.head=regions``; with the data set's
-    convention known, ``model.num_regions`` must equal its painted regions.
-
-    Args:
-        model_cfg: the ``model`` group; loss_cfg: the ``loss`` group.
-        num_painted_regions: ``len(unet3d.data.regions.painted_regions(convention))``
-            when the data set's convention is known.
-
-    Returns:
-        One line starting with the key to change, or None.
-    """
-    head = model_cfg.get("head") or "softmax"
-    if head not in HEADS:
-        return f"model.head: must be one of {', '.join(HEADS)}, got {head!r}"
-    region_loss = loss_cfg.get("_target_") == REGION_LOSS_TARGET
-    if head == "regions" and loss_cfg.get("_target_") == SEGMENTATION_LOSS_TARGET:
-        return ("loss: model.head=regions predicts one sigmoid per region; use loss=regions "
-                "(BCE + soft Dice per region) instead of the class loss")
-    if region_loss and head != "regions":
-        return "model.head: loss=regions needs model.head=regions, got model.head=softmax"
-    if head == "regions" and num_painted_regions is not None:
-        regions = model_cfg.get("num_regions") or DEFAULT_NUM_REGIONS
-        if regions != num_painted_regions:
-            return (f"model.num_regions: the data set paints {num_painted_regions} regions, "
-                    f"got {regions}")
-    return None
 
 
 def head_layers(features: Any, head: str, channels: int, kernel_size: int = 1,

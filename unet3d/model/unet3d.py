@@ -29,8 +29,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from unet3d.config import NORMS, UNET3D_TARGET
-from unet3d.model.heads import DEFAULT_NUM_REGIONS, check_head, head_layers
+from unet3d.config import DEFAULT_NUM_REGIONS, NORMS, UNET3D_TARGET
+from unet3d.model.heads import check_head, head_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras

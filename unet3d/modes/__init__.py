@@ -1,13 +1,13 @@
 """The modes of ``python -m unet3d.run``: ``mode=<name>`` runs ``unet3d.modes.<name>.run(job)``.
 
-One module per mode, beside its config ``conf/mode/<name>.yaml`` (``mode.name`` and the mode's
-own keys): ``train``, ``evaluate``, ``train_and_evaluate``, ``predict``, ``benchmark``,
-``postprocess`` (rules chosen on a sweep's out-of-fold predictions) and ``cross_validate``
-(every fold of a K-fold sweep in one job: an Optuna trial; ``unet3d.run`` runs it before
-validation). A mode
-receives a ``unet3d.modes.job.Job`` (config, runtime, tracker, run folder) and returns its final
-metrics; the runner (``unet3d.runner``) sets up the runtime and tracking around it. Modules are
-imported when their mode runs.
+One module per mode (``benchmark``: a package), beside its config ``conf/mode/<name>.yaml``
+(``mode.name`` and the mode's own keys): ``train``, ``evaluate``, ``train_and_evaluate``,
+``predict``, ``benchmark``, ``postprocess`` (rules chosen on a sweep's out-of-fold predictions)
+and ``cross_validate`` (every fold of a K-fold sweep in one job: an Optuna trial;
+``unet3d.run`` runs it before validation). A mode receives a ``unet3d.modes.job.Job``
+(config, runtime, tracker, run folder) and returns its final metrics; the runner
+(``unet3d.runner``) sets up the runtime and tracking around it. Modules are imported when
+their mode runs.
 """
 
 from __future__ import annotations

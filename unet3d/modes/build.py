@@ -114,11 +114,15 @@ def make_dataset_fn(data: Any, train_files: Sequence[str], seed: int) -> Callabl
 
     Args:
         data: the ``data`` config section (``crop_size``, ``batch_size``, ``augment``,
-            ``foreground_probability``, ``shuffle_buffer``, ``cache``).
+            ``augmentation``, ``foreground_probability``, ``shuffle_buffer``, ``cache``).
         train_files: the fold's training records.
-        seed: the pipeline's seed (crops, flips, shuffling).
+        seed: the pipeline's seed (crops, augmentation, shuffling).
     """
+    from unet3d.data.augmentation import Augmentation
     from unet3d.data.pipeline import train_dataset
+
+    section = data.get("augmentation")  # conf/augmentation/ (None: the reference recipe)
+    augmentation = None if section is None else Augmentation.from_config(section)
 
     def dataset_fn(input_context: Any = None) -> Any:
         return train_dataset(
@@ -126,6 +130,7 @@ def make_dataset_fn(data: Any, train_files: Sequence[str], seed: int) -> Callabl
             crop_size=tuple(data.crop_size),
             batch_size=int(data.batch_size),
             augment=bool(data.augment),
+            augmentation=augmentation,
             seed=seed,
             foreground_probability=float(data.foreground_probability),
             shuffle_buffer=int(data.shuffle_buffer),

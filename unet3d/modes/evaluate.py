@@ -122,7 +122,7 @@ def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
     from unet3d.inference.cases import segment_cases
     from unet3d.inference.inputs import record_pending_cases
     from unet3d.inference.labels import make_labeler as labeler_of
-    from unet3d.tracking.case_figures import CaseFigureCollector
+    from unet3d.tracking.figures import CaseFigureCollector
 
     if not job.context.is_chief:
         return {}

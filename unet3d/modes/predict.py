@@ -18,13 +18,17 @@ line naming the case and the file, the other cases are written, and at the end a
 the failed cases (the runner then exits non-zero). A case whose reference label (``seg``) is
 unusable (unreadable, another grid, non-integer or non-BraTS values) is still segmented and
 written, but not scored: one WARNING line names the case and the label file, and the final
-DataError lists it too. Only one case's volumes are held at a time.
+DataError lists it too. Host work overlaps the model (``unet3d.inference.background``): the
+first case is read while the models are built and traced, each next case while this one is
+segmented, and a case's files are written while the next one is segmented; at most two cases'
+volumes are held at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,7 @@ def run(job: Job) -> dict[str, float]:
 def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> dict[str, float]:
     """The body of ``run``: see there (``runtime``: ``context`` and ``precision.xla``)."""
     from unet3d.evaluation.evaluate import summarize_and_log, write_csv
+    from unet3d.inference.background import BackgroundOutputs, CasePrefetcher
     from unet3d.inference.cases import segment_cases
     from unet3d.inference.checkpoints import job_model_checkpoints
     from unet3d.inference.models import load_ensemble
@@ -74,23 +79,28 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     labeler, head = make_labeler(cfg, prefixes, convention)
     output_folder = Path(cfg.predict.get("output_dir") or output_dir / "predictions").expanduser()
     output_folder.mkdir(parents=True, exist_ok=True)
-    models = load_ensemble(cfg.model, prefixes, runtime)
-    predictor = make_predictor(cfg, models, bool(runtime.precision.xla), head=head)
-    if tracker is not None:
-        tracker.set_tags({"predict.checkpoints": ", ".join(prefixes),
-                          "predict.ensemble_size": str(len(prefixes))})
     outputs = NiftiOutputs(output_folder,
                            save_probabilities=bool(cfg.predict.get("save_probabilities", False)),
                            overwrite=bool(cfg.predict.get("overwrite", False)),
                            label_values=convention.values)
-    log.info("predicting %d case(s) (%s) with %d model(s), %s -> %s", len(pending), source,
-             len(prefixes), predictor.describe(), output_folder)
-
-    started = time.perf_counter()
     postprocess = _postprocessing(cfg, convention)
-    result = segment_cases(predictor, pending, verb="predicted", labeler=labeler,
-                           convention=convention, postprocess=postprocess, outputs=outputs,
-                           keep_going=True, progress_bar="predict")
+    with ExitStack() as stack:
+        reader = stack.enter_context(CasePrefetcher(pending, accept=_accepts(outputs)))
+        reader.start()  # the first case is read while the models are built
+        models = load_ensemble(cfg.model, prefixes, runtime)
+        predictor = make_predictor(cfg, models, bool(runtime.precision.xla), head=head)
+        predictor.trace()
+        if tracker is not None:
+            tracker.set_tags({"predict.checkpoints": ", ".join(prefixes),
+                              "predict.ensemble_size": str(len(prefixes))})
+        log.info("predicting %d case(s) (%s) with %d model(s), %s -> %s", len(pending), source,
+                 len(prefixes), predictor.describe(), output_folder)
+        started = time.perf_counter()
+        writer = stack.enter_context(BackgroundOutputs(outputs))
+        result = segment_cases(predictor, reader.cases, verb="predicted", labeler=labeler,
+                               convention=convention, postprocess=postprocess, outputs=writer,
+                               keep_going=True, progress_bar="predict")
+        _add_write_failures(result, writer.close())
     summary: dict[str, float] = {}
     if result.rows:
         summary = summarize_and_log(
@@ -121,6 +131,33 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     if problems:
         raise DataError(f"predict: {'; '.join(problems)}; {written} written to {output_folder}")
     return {**summary, "cases_written": float(written)}
+
+
+def _accepts(outputs: Any) -> Any:
+    """``accept(case_id)`` of the prefetcher: read a case ahead only if it may be written."""
+    def accept(case_id: str) -> bool:
+        try:
+            outputs.check(case_id)
+        except DataError:
+            return False
+        return True
+
+    return accept
+
+
+def _add_write_failures(result: Any, failures: list[Any]) -> None:
+    """Move the cases whose files could not be written (in the background) to the failures."""
+    from unet3d.inference.cases import case_error_line
+
+    for failure in failures:
+        line = case_error_line(failure.case_id, failure.error)
+        log.error("%s", line)
+        result.failures.append((failure.case_id, line))
+        result.segmented -= 1
+        result.rows = [row for row in result.rows if row.get("case_id") != failure.case_id]
+        for listed in (result.unscored, result.unlabelled):
+            if failure.case_id in listed:
+                listed.remove(failure.case_id)
 
 
 def _postprocessing(cfg: DictConfig, convention: Any) -> Any:

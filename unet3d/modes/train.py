@@ -38,7 +38,9 @@ def train_model(job: Job, prepared: Any) -> tuple[Any, dict[str, float]]:
         ``final_loss`` and ``train_volumes_per_second``.
 
     Raises:
-        CheckpointError: a resume without a usable checkpoint.
+        CheckpointError: a resume without a usable checkpoint (a folder whose earlier job
+            stopped before its first checkpoint trains from step 0 instead).
+        StorageError: a checkpoint cannot be written (disk full, read-only folder).
         FloatingPointError: the loss became NaN or infinite.
     """
     from unet3d.model.heads import model_head
@@ -68,7 +70,7 @@ def train_model(job: Job, prepared: Any) -> tuple[Any, dict[str, float]]:
         keep_checkpoints=int(cfg.training.keep_checkpoints),
         resume=bool(cfg.resume),
         jit_compile=bool(job.runtime.precision.xla),
-        on_restored=lambda: _restored(job, steps),
+        on_restored=lambda first_step: _restored(job, steps, first_step),
     )
     metrics = {"train_steps": float(result.last_step)}
     if result.history.get("loss"):
@@ -79,9 +81,17 @@ def train_model(job: Job, prepared: Any) -> tuple[Any, dict[str, float]]:
     return model, metrics
 
 
-def _restored(job: Job, steps: int) -> None:
-    """The state is ready: take the run folder, then say how Horovod divided the steps."""
+#: Tag of a resumed run's MLflow run: the step the resume started from (0: the earlier job had
+#: stopped before its first checkpoint, so the run was trained over from the start).
+RESUMED_FROM_TAG = "unet3d.resumed_from_step"
+
+
+def _restored(job: Job, steps: int, first_step: int) -> None:
+    """The state is ready: take the run folder, mark a resume's MLflow run with the step it
+    starts from, then say how Horovod divided the steps."""
     job.begin()
+    if bool(job.cfg.resume) and job.context.is_chief:
+        job.tracker.set_tags({RESUMED_FROM_TAG: str(first_step)})
     max_steps = int(job.cfg.training.max_steps)
     if steps != max_steps and job.context.is_chief:
         log.info("training.max_steps=%d divided by %d Horovod processes: %d steps per process",

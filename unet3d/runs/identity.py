@@ -10,7 +10,7 @@ A job writes ``<run dir>/run_identity.json`` when it first uses its folder (see
               "num_cases": 40 | null,
               "convention": {...the data set's label convention...} | null},
      "model": {...the composed `model` group...},
-     "precision": {"name": "amp", "policy": "auto"}}
+     "precision": {"name": "auto", "policy": "auto", "resolved": "mixed_bfloat16", "device": "CPU"}}
 
 ``data.cases`` is the SHA-256 (16 hex digits) of the sorted case ids and ``data.convention``
 the data set's label convention (``unet3d.data.convention.LabelConvention.to_dict``: label
@@ -22,7 +22,8 @@ Runs written before this file existed are read from their ``.hydra/config.yaml``
 What identifies an experiment (a resume that differs in any of these is refused):
 ``fold``, ``num_folds``, ``seed``, ``data.name``, ``data.synthetic``, ``data.cases`` and every
 key of ``model``. ``data.raw_dir`` and ``precision`` are recorded, not compared: moving a data
-set or changing the precision policy does not change what was learnt.
+set or changing the precision policy does not change what was learnt (``precision.resolved``, the
+policy the job ran with, filled in by the runner, is what a resume under ``auto`` keeps).
 """
 
 from __future__ import annotations

@@ -1,8 +1,16 @@
 """Numeric precision: the Keras dtype policy, loss scaling and the XLA flag.
 
-`configure_precision` resolves `precision.policy` for the device (auto: mixed_float16 on GPU/MLU,
-mixed_bfloat16 on CPU), sets Keras' global dtype policy and returns a `PrecisionInfo`. Call it
-before the model is built. `wrap_optimizer` adds dynamic loss scaling when the policy computes in
+`configure_precision` resolves `precision.policy` for the device and sets Keras' global dtype
+policy, returning a `PrecisionInfo`. Call it before the model is built. Policies:
+
+- ``auto`` (``precision=auto``, the default): the fastest policy on this host
+  (:mod:`unet3d.runtime.precision_auto`: on CPU mixed_bfloat16 only where a probe convolution
+  runs faster in bfloat16, cached per host; on GPU mixed_float16 with Tensor Cores; MLU
+  mixed_float16). A resumed run keeps the policy its run recorded (``recorded``).
+- ``mixed`` (``precision=amp``): mixed_float16 on GPU/MLU, mixed_bfloat16 on CPU, whatever
+  its speed; on a CPU where bfloat16 is slower it warns once with the probe's ratio.
+- ``float32``, ``mixed_bfloat16``, ``mixed_float16``: as named.
+ `wrap_optimizer` adds dynamic loss scaling when the policy computes in
 float16. In a custom loop use `optimizer.scale_loss(loss)` inside the tape (Keras 3 optimizers
 all have it; it is the identity without loss scaling); `apply_gradients` of a
 `LossScaleOptimizer` unscales and skips steps with non-finite gradients.
@@ -12,7 +20,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from unet3d.config import PRECISION_POLICIES as POLICIES
@@ -39,6 +48,9 @@ class PrecisionInfo:
         variable_dtype: dtype of the weights (always "float32").
         loss_scale: True iff compute_dtype is float16 (use `wrap_optimizer`).
         xla: compile the train step with XLA (`tf.function(jit_compile=True)`).
+        requested: ``precision.policy`` as configured (``auto``, ``mixed``, ``float32``, ...).
+        params: MLflow params of the decision (``precision.auto_choice``,
+            ``precision.probe_fp32_ms``, ``precision.probe_bf16_ms``, ``precision.cpu``, ...).
     """
 
     name: str
@@ -47,28 +59,104 @@ class PrecisionInfo:
     variable_dtype: str
     loss_scale: bool
     xla: bool
+    requested: str = ""
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def identity(self, device_type: str) -> dict[str, str]:
+        """What the run identity records besides name and policy: the resolved policy and the
+        device it was resolved for (a resume under ``auto`` keeps it)."""
+        return {"resolved": self.policy_name, "device": device_type.upper()}
 
 
-def resolve_policy(policy: str, device_type: str) -> str:
-    """Return the Keras policy name for `precision.policy` on `device_type` (pure).
-
-    Raises:
-        ConfigError: unknown policy (the message names precision.policy).
-    """
+def _checked(policy: Any) -> str:
     value = str(policy).strip().lower()
     if value not in POLICIES:
         raise ConfigError(f"precision.policy: must be one of {', '.join(POLICIES)}, got {policy!r}")
+    return value
+
+
+def resolve_policy(policy: str, device_type: str) -> str:
+    """The Keras policy of a fixed ``precision.policy`` on ``device_type`` (pure).
+
+    ``mixed`` is mixed_bfloat16 on CPU and mixed_float16 on GPU/MLU; ``auto`` depends on the
+    host (`configure_precision`, :mod:`unet3d.runtime.precision_auto`) and is refused here.
+
+    Raises:
+        ConfigError: unknown policy (the message names precision.policy).
+        ValueError: ``auto``.
+    """
+    value = _checked(policy)
     if value == "auto":
+        raise ValueError("precision.policy=auto depends on the host: use configure_precision")
+    if value == "mixed":
         return "mixed_bfloat16" if device_type.upper() == "CPU" else "mixed_float16"
     return value
 
 
-def configure_precision(precision_cfg: Mapping[str, Any], device_type: str) -> PrecisionInfo:
+def _auto_policy(precision_cfg: Mapping[str, Any], device_type: str, host: Any,
+                 cache: Path | None, recorded: Mapping[str, Any] | None) -> Any:
+    """The ``AutoChoice`` of ``precision=auto`` (see `configure_precision`)."""
+    from unet3d.runtime.cpu_probe import cached_probe
+    from unet3d.runtime.precision_auto import (
+        DEFAULT_MIN_SPEEDUP,
+        AutoChoice,
+        choose_cpu,
+        choose_gpu,
+        choose_mlu,
+    )
+
+    device = device_type.upper()
+    kept = (recorded or {}).get("resolved")
+    if kept in _DTYPES and str((recorded or {}).get("device") or "").upper() == device:
+        return AutoChoice(str(kept), "kept from the run being resumed (its run_identity.json)",
+                          device, kept=True)
+    if kept:
+        logger.warning("precision auto: the run being resumed was trained with %s on %s; "
+                       "choosing again for this %s", kept, (recorded or {}).get("device"),
+                       device)
+    if device == "GPU":
+        return choose_gpu(host.gpu_details())
+    if device != "CPU":
+        return choose_mlu()
+    cpu = host.cpu()
+    refresh = bool(precision_cfg.get("reprobe", False))
+    min_speedup = float(precision_cfg.get("min_speedup", DEFAULT_MIN_SPEEDUP))
+    return choose_cpu(cpu, lambda: cached_probe(cache, cpu, host.threads(), host.tf_version(),
+                                                host.probe, refresh), min_speedup)
+
+
+def _explicit_bf16_check(precision_cfg: Mapping[str, Any], policy_name: str, host: Any,
+                         cache: Path | None) -> dict[str, str]:
+    """Warn (once) when an explicit bfloat16 policy is slower on this CPU; its MLflow params."""
+    from unet3d.runtime.cpu_probe import cached_probe
+    from unet3d.runtime.precision_auto import host_params, slow_bf16_warning
+
+    cpu = host.cpu()
+    probe, cached = cached_probe(cache, cpu, host.threads(), host.tf_version(), host.probe,
+                                 bool(precision_cfg.get("reprobe", False)))
+    slow_bf16_warning(f"precision={precision_cfg.get('name') or policy_name} "
+                      f"({policy_name})", cpu, probe, cached)
+    return host_params(cpu, probe, cached)
+
+
+def configure_precision(precision_cfg: Mapping[str, Any], device_type: str, *,
+                        cache_dir: str | Path | None = None,
+                        recorded: Mapping[str, Any] | None = None,
+                        host: Any = None) -> PrecisionInfo:
     """Set Keras' global dtype policy from the `precision` config group; call before building.
 
+    Under ``policy: auto`` on CPU this may run the probe convolution (TensorFlow ops): call it
+    after the distribution strategy is created (a MultiWorkerMirroredStrategy needs a runtime
+    that has not started).
+
     Args:
-        precision_cfg: the `precision` group (name, policy, xla).
+        precision_cfg: the `precision` group (name, policy, xla, min_speedup, reprobe).
         device_type: "CPU", "GPU" or "MLU" (from `DeviceInfo.type`).
+        cache_dir: the folder of the probe cache (``paths.data_dir``); None: no cache file.
+        recorded: the ``precision`` record of the run being resumed (``run_identity.json``:
+            ``resolved``, ``device``); ``auto`` keeps its resolved policy on the same device.
+        host: a ``unet3d.runtime.precision_auto.Host`` (the CPU, probe and GPU facts); None:
+            this machine's.
 
     Returns:
         PrecisionInfo describing the policy that is now global.
@@ -78,13 +166,28 @@ def configure_precision(precision_cfg: Mapping[str, Any], device_type: str) -> P
     """
     import keras
 
-    policy_name = resolve_policy(precision_cfg.get("policy") or "float32", device_type)
+    from unet3d.runtime.cpu_probe import CACHE_FILE
+    from unet3d.runtime.precision_auto import Host
+
+    host = host if host is not None else Host()
+    cache = Path(cache_dir).expanduser() / CACHE_FILE if cache_dir is not None else None
+    requested = _checked(precision_cfg.get("policy") or "float32")
     xla = bool(precision_cfg.get("xla", False))
     on_cpu = device_type.upper() == "CPU"
+    params: dict[str, str] = {}
+    if requested == "auto":
+        choice = _auto_policy(precision_cfg, device_type, host, cache, recorded)
+        policy_name = choice.policy
+        params = choice.params()
+        logger.info("%s", choice.line())
+    else:
+        policy_name = resolve_policy(requested, device_type)
+        if on_cpu and policy_name == "mixed_bfloat16":
+            params = _explicit_bf16_check(precision_cfg, policy_name, host, cache)
     if on_cpu and policy_name == "mixed_float16":
         logger.warning(
             "precision: mixed_float16 on CPU is very slow (about 12x) or lacks kernels; "
-            "prefer precision=bf16 (mixed_bfloat16) or precision=amp on CPU"
+            "prefer precision=auto, bf16 (mixed_bfloat16) or amp on CPU"
         )
     if on_cpu and xla:
         logger.warning(
@@ -100,6 +203,8 @@ def configure_precision(precision_cfg: Mapping[str, Any], device_type: str) -> P
         variable_dtype=variable_dtype,
         loss_scale=compute_dtype == "float16",
         xla=xla,
+        requested=requested,
+        params=params,
     )
     logger.info(
         "precision: %s (policy %s, loss scaling %s, xla %s)",

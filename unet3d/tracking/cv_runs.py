@@ -1,6 +1,6 @@
 """The cross-validation summary of a sweep, logged on its parent MLflow run.
 
-Used by :class:`unet3d.tracking.sweep_callback.CrossValidationCallback` at the end of a fold
+Used by :class:`unet3d.sweep_callback.CrossValidationCallback` at the end of a fold
 sweep: `cv_mean/...`, `cv_std/...`, `cv_min/...`, `cv_max/...` metrics, the tables as
 artifacts, the Markdown table as the run's note, and (with several configuration groups) one
 nested summary run per group for parallel-coordinates plots.

@@ -1,4 +1,5 @@
-"""PNG figures for MLflow: axial slices with label overlays, training curves, case selection.
+"""PNG figures for MLflow: axial slices with label overlays, training curves, case selection,
+and ``CaseFigureCollector`` (the best, median and worst held-out case of evaluate).
 
 Matplotlib is used through its object API on the Agg canvas (no pyplot, no display, safe in
 worker threads). Figures are written atomically.
@@ -15,9 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from unet3d.data.convention import MODALITIES
 from unet3d.runs.files import write_atomic_with
 
 logger = logging.getLogger(__name__)
+
+#: Channel of FLAIR in a case's image (the slice the case figures show).
+FLAIR_CHANNEL = MODALITIES.index("flair")
 
 #: Overlay colours (RGB) of the tissues (``unet3d.data.convention.tissue_of``), in every data
 #: set's labels alike: NETC (NCR/NET) red, SNFH (ED) green, ET yellow, RC blue.
@@ -217,3 +222,42 @@ def select_cases_for_figures(
         "median": scored[(len(scored) - 1) // 2][1],
         "worst": scored[0][1],
     }
+
+
+class CaseFigureCollector:
+    """Collects the most tumour-bearing axial slice of each evaluated case (a few KB each).
+
+    ``add`` is the per-case callback of :func:`unet3d.evaluation.evaluate.evaluate_cases`;
+    ``write`` plots the best, median and worst case by WT Dice and returns the PNG paths.
+    """
+
+    def __init__(self, directory: Path, key: str = "Dice_WT", convention: Any = None) -> None:
+        self.directory = Path(directory)
+        self.key = key
+        self.convention = convention
+        self.slices: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def add(self, case: Any, reference: np.ndarray, prediction: np.ndarray,
+            metrics: dict[str, float]) -> None:
+        """Keep the FLAIR, reference and prediction slice with the most reference tumour."""
+        index = tumour_slice_index(reference, prediction)
+        flair = np.asarray(case.image)[..., index : index + 1, FLAIR_CHANNEL]
+        self.slices[case.case_id] = (
+            flair.copy(), reference[..., index : index + 1].copy(),
+            prediction[..., index : index + 1].copy(),
+        )
+
+    def write(self, per_case: list[dict[str, Any]]) -> list[Path]:
+        """Plot the best, median and worst case; return the written PNG paths."""
+        written = []
+        chosen = select_cases_for_figures(per_case, key=self.key)
+        scores = {row["case_id"]: row.get(self.key) for row in per_case}
+        for rank, case_id in chosen.items():
+            if case_id not in self.slices:
+                continue
+            flair, reference, prediction = self.slices[case_id]
+            title = f"{rank}: {case_id} ({self.key} {scores.get(case_id, float('nan')):.3f})"
+            path = self.directory / f"case_{rank}_{case_id}.png"
+            written.append(plot_case_slices(flair, reference, prediction, title, path,
+                                            convention=self.convention))
+        return written

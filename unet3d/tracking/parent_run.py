@@ -1,6 +1,6 @@
 """The parent MLflow run of a Hydra sweep, as the sweep's jobs find it.
 
-``CrossValidationCallback.on_multirun_start`` (:mod:`unet3d.tracking.sweep_callback`) writes the
+``CrossValidationCallback.on_multirun_start`` (:mod:`unet3d.sweep_callback`) writes the
 parent run id to ``<sweep dir>/mlflow_parent_run_id``; each job reads it here to nest its run,
 in the sweep's process (basic launcher) or another one (joblib, submitit).
 """

@@ -100,23 +100,19 @@ def sqlite_store_lock(uri: str) -> Iterator[None]:
     Args:
         uri: the tracking URI.
     """
+    from unet3d.runs.files import exclusive_lock
+
     prefix = "sqlite:///"
     path = uri.split("?", 1)[0][len(prefix):] if uri.startswith(prefix) else ""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        fcntl = None  # type: ignore[assignment]
-    if not path or path == ":memory:" or fcntl is None:
+    if not path or path == ":memory:":
         yield
         return
     folder = Path(path).parent
     folder.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    # Re-entrant in this process: the store's folder may be the job's own run folder, which
+    # the job already holds (unet3d.runs.folder).
+    with exclusive_lock(folder, what="opening the MLflow store"):
         yield
-    finally:
-        os.close(descriptor)  # releases the lock
 
 
 def retry(operation: Callable[[], _T], description: str, attempts: int = 6) -> _T:

@@ -9,7 +9,7 @@ the job returned; this module provides both ends of that:
   config key ``optimized_metric`` (default in ``conf/hparams_search/unet3d_optuna.yaml``: the
   held-out mean Dice over the BraTS regions, ``[Dice_WT, Dice_TC, Dice_ET]``). A failed job
   returns None, which the sweeper records as an Optuna trial in state FAIL; the study goes on.
-- The study run: :class:`~unet3d.tracking.sweep_callback.CrossValidationCallback` makes the
+- The study run: :class:`~unet3d.sweep_callback.CrossValidationCallback` makes the
   sweep's parent MLflow run the *study run* (``unet3d.run_kind=optuna_study``, tag
   ``unet3d.optuna_study=<study name>@<storage>``). A rerun of the same command (same storage and
   study name) reopens that run (:func:`find_study_run`), so every trial of the study, over every

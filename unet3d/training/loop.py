@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from unet3d.errors import CheckpointError
+from unet3d.runs.folder import earlier_job_without_work
 from unet3d.training.checkpoint import CHECKPOINT_FOLDER, Checkpointer, build_optimizer_variables
 from unet3d.training.optimizer import current_learning_rate
 
@@ -160,7 +161,7 @@ def train(
     keep_checkpoints: int = 3,
     resume: bool = False,
     jit_compile: bool = False,
-    on_restored: Callable[[], None] | None = None,
+    on_restored: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` to step ``steps``; see the module doc for the order of events.
 
@@ -180,18 +181,23 @@ def train(
         log_every: steps between progress lines and metrics (and at the last step).
         checkpoint_every: steps between checkpoints (and at the last step).
         keep_checkpoints: newest checkpoints kept.
-        resume: restore the newest checkpoint in ``<output_dir>/checkpoints`` first.
+        resume: restore the newest complete checkpoint in ``<output_dir>/checkpoints`` first
+            (``unet3d.training.checkpoint.latest_checkpoint``); a folder whose earlier job
+            stopped before its first checkpoint starts at step 0, with a warning.
         jit_compile: compile the train step with XLA.
-        on_restored: called once the state is ready (after the restore and broadcast of a
-            resume, before the first step): the runner commits the run folder and opens the
-            MLflow run there, so that a resume whose checkpoint does not restore changes
-            nothing.
+        on_restored: called with the first step once the state is ready (after the
+            restore and broadcast of a resume, before the first step): the runner commits the
+            run folder and opens the MLflow run there, so that a resume whose checkpoint does
+            not restore changes nothing. Then what killed saves left in the checkpoints folder
+            is cleared (``Checkpointer.tidy``).
 
     Returns:
         The steps trained, the last checkpoint and the metric history.
 
     Raises:
-        CheckpointError: ``resume`` and no checkpoint, or one that does not restore.
+        CheckpointError: ``resume`` into a folder without an earlier job, or a checkpoint
+            that does not restore.
+        StorageError: a checkpoint cannot be written (disk full, read-only folder).
         FloatingPointError: the loss became NaN or infinite (no checkpoint is written).
     """
     with context.scope():
@@ -208,6 +214,11 @@ def train(
         latest = checkpointer.latest()
         if latest:
             checkpointer.restore(latest)
+        elif earlier_job_without_work(output_dir):
+            # The earlier job stopped before its first checkpoint: nothing to continue from,
+            # nothing to protect; the resume starts the run over (and says so).
+            log.warning("resume: no checkpoint in %s (the earlier job there stopped before its "
+                        "first one): training starts at step 0", checkpointer.directory)
         else:
             raise CheckpointError(
                 f"resume: no checkpoint in {checkpointer.directory}; point hydra.run.dir at "
@@ -216,7 +227,8 @@ def train(
     context.broadcast_variables([step_variable, *model.variables, *optimizer.variables])
     first_step = int(step_variable.numpy())
     if on_restored is not None:
-        on_restored()
+        on_restored(first_step)
+    checkpointer.tidy()  # the job holds the folder now: clear what killed saves left there
     if first_step >= steps:
         log.info("checkpoint is at step %d >= %d steps: nothing to train", first_step, steps)
         return TrainResult(first_step, first_step, checkpointer.latest())

@@ -1,8 +1,9 @@
-"""Statistics and report pieces of ``mode=benchmark`` (NumPy only, no TensorFlow).
+"""Measurements of ``mode=benchmark`` (no TensorFlow at import): timed steps, latency
+statistics, the runner target's overhead, memory.
 
 Latency statistics are in ms: mean, min, max, std and the percentiles p50, p90, p95, p99
-(linear interpolation). ``flat_metrics`` names every number of a result after its target, as
-results.json and MLflow get them.
+(linear interpolation, ``numpy.percentile``). Throughput is ``batch / mean step time``
+(volumes/s).
 """
 
 from __future__ import annotations
@@ -16,18 +17,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
-
-from unet3d.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 #: Percentiles reported besides the mean.
 PERCENTILES = (50, 90, 95, 99)
-#: Numbers of a result that describe the setting (in benchmark.json, not logged as metrics).
-SETTINGS_NOT_METRICS = frozenset({"window_batch_size", "ensemble_members", "overlap",
-                                  "train_files", "rounds", "loop_steps_per_round",
-                                  "log_every", "checkpoint_every"})
 
 
 def latency_statistics(seconds: Sequence[float]) -> dict[str, float]:
@@ -76,54 +70,37 @@ def time_steps(step: Callable[[], Any], warmup_steps: int, steps: int,
     return times, time.process_time() - cpu_started
 
 
-def format_table(target: str, devices: str, batch: int, throughput: float,
-                 latency: dict[str, float], unit: str = "vol/s") -> str:
-    """A Markdown table shaped like the seed's README (throughput, then latencies in ms)."""
-    header = [
-        "devices", "batch", f"throughput_{target} [{unit}]", f"latency_{target}_mean [ms]",
-        f"latency_{target}_50 [ms]", f"latency_{target}_90 [ms]", f"latency_{target}_95 [ms]",
-        f"latency_{target}_99 [ms]",
-    ]
-    row = [devices, str(batch), f"{throughput:.4g}", f"{latency['mean']:.1f}",
-           f"{latency['p50']:.1f}", f"{latency['p90']:.1f}", f"{latency['p95']:.1f}",
-           f"{latency['p99']:.1f}"]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        "| " + " | ".join(row) + " |",
-    ]
-    return "\n".join(lines)
+def timed_result(times: Sequence[float], batch: int, per_replica_batch: int,
+                 input_shape: Sequence[int], parameters: int, extra: dict[str, Any],
+                 **fields: Any) -> dict[str, Any]:
+    """A target's result dict from its timed steps (the layout every target returns).
 
+    Args:
+        times: wall seconds of each timed step.
+        batch: volumes per step over all replicas (``throughput = batch / mean step time``).
+        per_replica_batch: volumes per step on one replica.
+        input_shape: the timed input's (H, W, D) in voxels.
+        parameters: the timed model's parameter count (0: no model).
+        extra: the target's own numbers (``unet3d.modes.benchmark.report.flat_metrics`` names
+            them ``<key>_<target>``).
+        fields: further top-level entries (``devices``, window latencies, ...).
 
-def flat_metrics(target: str, result: dict[str, Any]) -> dict[str, float]:
-    """The finite numbers of a result as flat metrics named after ``target``.
-
-    ``throughput_<target>``, ``latency_<target>_mean`` / ``_p50`` ..., ``benchmark_steps_
-    <target>``, window latencies (predict), every numeric ``extra`` that is not a setting
-    (``<key>_<target>``), ``peak_rss_mb`` and ``accelerator_peak_mb``.
+    Returns:
+        ``batch``, ``per_replica_batch``, ``input_shape``, ``parameters``, ``throughput``
+        (volumes/s), ``latency_ms`` (``latency_statistics``), ``step_seconds``, ``extra``.
     """
-    latency = result["latency_ms"]
-    metrics = {
-        f"throughput_{target}": float(result["throughput"]),
-        f"latency_{target}_mean": latency["mean"],
+    latency = latency_statistics(times)
+    return {
+        **fields,
+        "batch": int(batch),
+        "per_replica_batch": int(per_replica_batch),
+        "input_shape": [int(side) for side in input_shape],
+        "parameters": int(parameters),
+        "throughput": batch / (latency["mean"] / 1000.0),
+        "latency_ms": latency,
+        "step_seconds": list(times),
+        "extra": extra,
     }
-    for percentile in PERCENTILES:
-        metrics[f"latency_{target}_p{percentile}"] = latency[f"p{percentile}"]
-    metrics[f"benchmark_steps_{target}"] = float(latency["count"])
-    if "window_latency_ms" in result:
-        window = result["window_latency_ms"]
-        metrics[f"window_latency_{target}_mean"] = window["mean"]
-        for percentile in PERCENTILES:
-            metrics[f"window_latency_{target}_p{percentile}"] = window[f"p{percentile}"]
-    for key, value in result.get("extra", {}).items():
-        if key in SETTINGS_NOT_METRICS or isinstance(value, bool) \
-                or not isinstance(value, int | float):
-            continue
-        metrics[f"{key}_{target}" if not key.endswith(target) else key] = float(value)
-    metrics["peak_rss_mb"] = float(result["peak_rss_mb"])
-    if result.get("accelerator_peak_mb") is not None:
-        metrics["accelerator_peak_mb"] = float(result["accelerator_peak_mb"])
-    return {key: value for key, value in metrics.items() if math.isfinite(value)}
 
 
 def runner_loop_steps(log_every: int, steps: int) -> int:
@@ -171,24 +148,17 @@ def peak_rss_mb() -> float:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
-def volume_shape(benchmark: Any) -> tuple[int, int, int]:
-    """``benchmark.volume_shape`` (H, W, D) of ``target=predict`` with synthetic input.
+def accelerator_peak_mb(device_names: Sequence[str], device_type: str) -> float | None:
+    """Peak accelerator memory (MiB) over the used devices, where TensorFlow reports it."""
+    if device_type == "CPU":
+        return None
+    import tensorflow as tf
 
-    Args:
-        benchmark: the ``benchmark`` config section (null ``volume_shape``: 240 x 240 x 155).
-
-    Raises:
-        ConfigError: not 3 positive sides.
-    """
-    value = benchmark.get("volume_shape", None) or [240, 240, 155]
-    if OmegaConf.is_config(value):
-        value = OmegaConf.to_container(value, resolve=True)
-    try:
-        sides = tuple(int(side) for side in value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"benchmark.volume_shape: must be 3 positive sides, got {value!r}"
-        ) from None
-    if len(sides) != 3 or any(side < 1 for side in sides):
-        raise ConfigError(f"benchmark.volume_shape: must be 3 positive sides, got {list(value)}")
-    return sides  # type: ignore[return-value]
+    peaks = []
+    for name in device_names:
+        try:
+            info = tf.config.experimental.get_memory_info(name.replace("/device:", ""))
+            peaks.append(info["peak"] / (1024.0 * 1024.0))
+        except (ValueError, RuntimeError, KeyError):
+            continue
+    return max(peaks) if peaks else None

@@ -1,4 +1,5 @@
-"""``runs:/<run id>`` references resolve to the run's folder in a real local MLflow store."""
+"""``runs:/<run id>`` references resolve to the run's folder in a real local MLflow store;
+the syntax of ``models:/`` references (their resolution: tests/serving/test_registration.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import pytest
 
 from unet3d.errors import CheckpointError, ConfigError
 from unet3d.inference.checkpoints import resolve_model_checkpoints
-from unet3d.tracking.run_reference import (
+from unet3d.tracking.references import (
+    is_model_reference,
+    is_reference,
     is_run_reference,
+    parse_model_reference,
     resolve_run_references,
     run_folder,
     run_id_of,
@@ -46,6 +50,17 @@ def test_reference_syntax() -> None:
     assert run_id_of("runs:/abc123/model", "checkpoint") == "abc123"
     with pytest.raises(ConfigError, match="checkpoint: 'runs:/': expected runs:/<MLflow run id>"):
         run_id_of("runs:/", "checkpoint")
+
+
+def test_model_reference_syntax() -> None:
+    assert is_model_reference("models:/unet@champion") and not is_model_reference("runs:/a")
+    assert is_reference("models:/unet/1") and is_reference("runs:/a") and not is_reference("a")
+    assert parse_model_reference("models:/unet@champion", "k") == ("unet", "champion", None)
+    assert parse_model_reference("models:/unet/3", "k") == ("unet", None, "3")
+    assert parse_model_reference("models:/m-abc", "k") == ("m-abc", None, None)
+    for bad in ("models:/", "models:/unet@", "models:/@a", "models:/unet/x"):
+        with pytest.raises(ConfigError, match="predict.checkpoint: .*expected models:/<name>@"):
+            parse_model_reference(bad, "predict.checkpoint")
 
 
 def test_job_and_sweep_parent_runs_resolve_to_their_folders(store, tmp_path: Path) -> None:

@@ -27,6 +27,9 @@ class SyntheticOptions:
         tumour_contrast: 1 keeps the tumour tissues' intensities; c < 1 moves them towards
             normal brain (``ref + c * (tumour - ref)``, ref the mean of grey and white matter):
             overlapping tissue and tumour intensities (0..1).
+        core_contrast: None: the tumour core follows ``tumour_contrast``; k: the core
+            tissues' contrast to the edema, kept apart from the edema's to the brain
+            (``synthetic_lesions.pull_tumour_intensities``; 0..1).
         tumour_texture: amplitude of a smooth multiplicative field inside the tumour
             (heterogeneous tumours; 0: none).
         noise: [low, high] Gaussian noise sigma as a fraction of white-matter intensity, per
@@ -40,12 +43,17 @@ class SyntheticOptions:
             cases with ET.
         rim_gaps: share of the enhancing rim turned into necrotic core in patches
             (incomplete enhancement; 0..0.9).
+        core_scale: factor on the tumour core's semi-axes (necrosis + enhancing rim, or the
+            non-enhancing core) relative to the edema's draw; 1 keeps data=synthetic's cores
+            (about 5-20 % of the whole tumour's volume), 1.4 gives cores of about a third of
+            it as in BraTS (0.5..2).
     """
 
     lgg_fraction: float = 0.25
     intensity_scale: tuple[float, float] = (0.8, 1.25)
     tissue_jitter: float = 0.05
     tumour_contrast: float = 1.0
+    core_contrast: float | None = None
     tumour_texture: float = 0.0
     noise: tuple[float, float] = (0.025, 0.025)
     bias: float = 0.12
@@ -54,6 +62,7 @@ class SyntheticOptions:
     satellites: tuple[int, int] = (0, 0)
     enhancing_islands: tuple[int, int] = (0, 0)
     rim_gaps: float = 0.0
+    core_scale: float = 1.0
 
     def non_default(self) -> dict[str, Any]:
         """The settings that differ from the defaults, as JSON values (part of the cache key)."""
@@ -65,7 +74,8 @@ class SyntheticOptions:
     def extras(self) -> bool:
         """Whether any setting needs the case's second random stream (lesions, blur, ...)."""
         return any(key not in ("lgg_fraction", "intensity_scale", "tissue_jitter",
-                               "tumour_contrast", "bias") for key in self.non_default())
+                               "tumour_contrast", "core_contrast", "bias", "core_scale")
+                   for key in self.non_default())
 
 
 #: The ``data.synthetic`` keys of ``SyntheticOptions``.
@@ -73,9 +83,10 @@ OPTION_KEYS: tuple[str, ...] = tuple(field.name for field in fields(SyntheticOpt
 #: (minimum, maximum) of each setting (a range's two ends, each).
 _BOUNDS: dict[str, tuple[float, float]] = {
     "lgg_fraction": (0.0, 1.0), "intensity_scale": (0.05, 20.0), "tissue_jitter": (0.0, 0.9),
-    "tumour_contrast": (0.0, 1.0), "tumour_texture": (0.0, 0.9), "noise": (0.0, 1.0),
-    "bias": (0.0, 2.0), "blur": (0.0, 10.0), "slice_thickness": (1, 8), "satellites": (0, 10),
-    "enhancing_islands": (0, 20), "rim_gaps": (0.0, 0.9),
+    "tumour_contrast": (0.0, 1.0), "core_contrast": (0.0, 1.0), "tumour_texture": (0.0, 0.9),
+    "noise": (0.0, 1.0), "bias": (0.0, 2.0), "blur": (0.0, 10.0), "slice_thickness": (1, 8),
+    "satellites": (0, 10),
+    "enhancing_islands": (0, 20), "rim_gaps": (0.0, 0.9), "core_scale": (0.5, 2.0),
 }
 _INTEGERS = ("slice_thickness", "satellites", "enhancing_islands")
 

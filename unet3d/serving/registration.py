@@ -1,182 +1,49 @@
-"""The MLflow Model Registry: register a trained job (or a sweep's fold ensemble) and resolve
-``models:/<name>@<alias>`` / ``models:/<name>/<version>`` to its checkpoints.
+"""The MLflow Model Registry: register a trained job (or a sweep's fold ensemble) as a version.
 
 A registered version points at the MLflow run whose folder holds the checkpoints: a job's run
 (tag ``output_dir``) or a cross-validation sweep's parent run (tag ``unet3d.sweep_dir``: every
-fold = an ensemble). Its ``run_id`` is that run, its source the model logged on it (the
-segmentation pyfunc of ``unet3d.tracking.pyfunc_model`` when logged, so that ``mlflow models
+fold = an ensemble). Its ``run_id`` is that run (also tag ``unet3d.run_id``), its source the
+segmentation pyfunc logged on it (``unet3d.serving.pyfunc_model``, so that ``mlflow models
 serve -m models:/<name>@<alias>`` serves it) else the run's artifacts, and its description the
-held-out metrics. ``predict.checkpoint=models:/<name>@<alias>`` resolves like ``runs:/<run id>``
-(``unet3d.tracking.run_reference``): the run's folder, rebuilt from the run's recorded model
-settings by ``unet3d.inference.models.load_ensemble`` (nnU-Net style).
+held-out metrics. ``predict.checkpoint=models:/<name>@<alias>`` reads it back to the run's
+folder (``unet3d.tracking.references``).
 
 Config: ``tracking.register_model`` (null or a registered model name) and
-``tracking.model_alias`` (null or an alias such as ``champion``).
+``tracking.model_alias`` (null or an alias such as ``champion``). ``publish_model`` is the one
+call of the runner (a finished training job) and of the sweep callback (a sweep's folds).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
-from unet3d.errors import CheckpointError, ConfigError
+from unet3d.config import registry_problem
+from unet3d.config.settings import MODEL_REFERENCE_PREFIX
+from unet3d.errors import ConfigError
+from unet3d.tracking.references import RUN_TAG, is_model_reference
 from unet3d.tracking.store import retry
 
 logger = logging.getLogger(__name__)
 
-#: MLflow's URI scheme of a registered model version (or a logged model id).
-MODEL_REFERENCE_PREFIX = "models:/"
-#: Version tags recording what a version is.
-RUN_TAG = "unet3d.run_id"
+#: Version tag recording what a version is (``job`` or ``ensemble``).
 KIND_TAG = "unet3d.kind"
-#: MLflow's rule for aliases: letters, digits, ``_`` and ``-``; not ``latest`` / ``v<digits>``.
-_ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-
-def is_model_reference(value: Any) -> bool:
-    """True for a string of the form ``models:/...``."""
-    return isinstance(value, str) and value.startswith(MODEL_REFERENCE_PREFIX)
-
-
-def parse_model_reference(reference: str, key: str) -> tuple[str, str | None, str | None]:
-    """``models:/<name>@<alias>`` -> (name, alias, None); ``models:/<name>/<version>`` ->
-    (name, None, version); ``models:/<logged model id>`` -> (id, None, None).
-
-    Raises:
-        ConfigError: naming ``key``, for an empty name, alias or version.
-    """
-    body = reference[len(MODEL_REFERENCE_PREFIX):].strip("/")
-    expected = f"expected {MODEL_REFERENCE_PREFIX}<name>@<alias> or {MODEL_REFERENCE_PREFIX}" \
-               "<name>/<version>"
-    if "@" in body:
-        name, alias = body.rsplit("@", 1)
-        if not name or not alias:
-            raise ConfigError(f"{key}: {reference!r}: {expected}")
-        return name, alias, None
-    if "/" in body:
-        name, version = body.rsplit("/", 1)
-        if not name or not version.isdigit():
-            raise ConfigError(f"{key}: {reference!r}: {expected} (version: a number)")
-        return name, None, version
-    if not body:
-        raise ConfigError(f"{key}: {reference!r}: {expected}")
-    return body, None, None
-
-
-def model_version_of(client: Any, reference: str, key: str, tracking_uri: str) -> Any:
-    """The registered ``ModelVersion`` that ``reference`` names (alias or version number).
-
-    Raises:
-        ConfigError: a malformed reference.
-        CheckpointError: one line naming ``key``: no such registered model, alias or version
-            in ``tracking_uri`` (listing the model's aliases and versions).
-    """
-    from mlflow.exceptions import MlflowException
-
-    name, alias, version = parse_model_reference(reference, key)
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException:
-        raise CheckpointError(
-            f"{key}: {reference}: no registered model {name!r} in {tracking_uri} "
-            "(register one with tracking.register_model=<name>)"
-        ) from None
-    known_aliases = sorted(getattr(model, "aliases", {}) or {})
-    try:
-        if alias is not None:
-            return client.get_model_version_by_alias(name, alias)
-        return client.get_model_version(name, str(version))
-    except MlflowException:
-        versions = sorted(int(item.version) for item in
-                          client.search_model_versions(f"name = '{_quoted(name)}'"))
-        what = f"alias {alias!r}" if alias is not None else f"version {version}"
-        raise CheckpointError(
-            f"{key}: {reference}: registered model {name!r} has no {what} (aliases: "
-            f"{', '.join(known_aliases) or 'none'}; versions: "
-            f"{', '.join(map(str, versions)) or 'none'})"
-        ) from None
-
-
-def _quoted(text: str) -> str:
-    return text.replace("'", "\\'")
-
-
-def model_run_id(reference: str, tracking_uri: str, key: str) -> str:
-    """The id of the MLflow run behind ``reference`` (a registered version or a logged model).
-
-    Raises:
-        ConfigError, CheckpointError: as ``model_version_of``; also a version or logged model
-            without a source run.
-    """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    name, alias, version = parse_model_reference(reference, key)
-    if alias is None and version is None:  # models:/<logged model id>
-        try:
-            run_id = client.get_logged_model(name).source_run_id
-        except MlflowException:
-            raise CheckpointError(
-                f"{key}: {reference}: no logged model {name!r} in {tracking_uri} (expected "
-                f"{MODEL_REFERENCE_PREFIX}<name>@<alias> or {MODEL_REFERENCE_PREFIX}<name>/"
-                "<version> of a registered model)"
-            ) from None
-    else:
-        model_version = model_version_of(client, reference, key, tracking_uri)
-        run_id = (model_version.tags or {}).get(RUN_TAG) or model_version.run_id
-    if not run_id:
-        raise CheckpointError(f"{key}: {reference}: the model has no source run")
-    return str(run_id)
-
-
-def model_folder(reference: str, tracking_uri: str, key: str) -> Path:
-    """The output dir (or sweep dir) of the run behind a ``models:/`` reference.
-
-    Raises:
-        ConfigError, CheckpointError: see ``model_run_id`` and
-            ``unet3d.tracking.run_reference.run_folder`` (the folder must exist here).
-    """
-    from unet3d.tracking.run_reference import run_folder
-
-    run_id = model_run_id(reference, tracking_uri, key)
-    try:
-        return run_folder(f"runs:/{run_id}", tracking_uri, key)
-    except CheckpointError as error:
-        raise CheckpointError(f"{key}: {reference} (run {run_id}): "
-                              f"{str(error).split(': ', 2)[-1]}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Registration
-# ---------------------------------------------------------------------------------------------
 
 
 def registry_settings(tracking_cfg: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
     """``tracking.register_model`` and ``tracking.model_alias`` (None when unset).
 
     Raises:
-        ConfigError: a name that is not a non-empty string, an alias MLflow refuses
-            (letters, digits, ``_``, ``-``; not ``latest`` or ``v<number>``), or an alias
-            without a model name.
+        ConfigError: a value ``unet3d.config.registry_problem`` refuses (also checked by
+            ``unet3d.config.validate`` before the job starts).
     """
     section = tracking_cfg if tracking_cfg is not None else {}
     name, alias = section.get("register_model"), section.get("model_alias")
-    if name is not None and (not isinstance(name, str) or not name.strip() or "@" in name
-                             or "/" in name):
-        raise ConfigError(f"tracking.register_model: must be null or a model name without "
-                          f"'@' and '/', got {name!r}")
-    if alias is not None:
-        if name is None:
-            raise ConfigError("tracking.model_alias: needs tracking.register_model=<name>")
-        if (not isinstance(alias, str) or not _ALIAS.match(alias) or alias == "latest"
-                or re.fullmatch(r"[vV]\d+", alias)):
-            raise ConfigError(f"tracking.model_alias: must be null or an alias of letters, "
-                              f"digits, '_' and '-' (not 'latest' or v<number>), got {alias!r}")
+    problem = registry_problem(name, alias)
+    if problem is not None:
+        raise ConfigError(problem)
     return name, alias
 
 
@@ -328,7 +195,7 @@ def publish_model(tracker: Any, cfg: Any, checkpoint_spec: Any, metrics: Mapping
     if name is None or not getattr(tracker, "running", False):
         return None
     try:
-        from unet3d.tracking.pyfunc_model import log_segmentation_model
+        from unet3d.serving.pyfunc_model import log_segmentation_model
 
         source = log_segmentation_model(tracker, cfg, checkpoint_spec)
     except Exception:  # noqa: BLE001 - the run's artifacts are registered instead

@@ -1,5 +1,5 @@
-"""Model Registry: registration of a job / a sweep ensemble and ``models:/`` checkpoint specs,
-on a real SQLite MLflow store."""
+"""Model Registry (unet3d.serving.registration): registration of a job / a sweep ensemble and
+``models:/`` checkpoint specs resolving to it, on a real SQLite MLflow store."""
 
 from __future__ import annotations
 
@@ -9,12 +9,7 @@ import pytest
 
 from unet3d.errors import CheckpointError, ConfigError
 from unet3d.inference.checkpoints import resolve_model_checkpoints
-from unet3d.tracking.registry import (
-    parse_model_reference,
-    register_job_model,
-    register_run_model,
-    registry_settings,
-)
+from unet3d.serving.registration import register_job_model, register_run_model, registry_settings
 from unet3d.tracking.tracker import Tracker
 
 
@@ -33,15 +28,6 @@ def _job_run(client, tmp_path: Path, name: str) -> tuple[str, Path]:
     folder = _checkpointed(tmp_path / name)
     run = client.create_run(experiment_id, run_name=name, tags={"output_dir": str(folder)})
     return run.info.run_id, folder
-
-
-def test_reference_syntax() -> None:
-    assert parse_model_reference("models:/unet@champion", "k") == ("unet", "champion", None)
-    assert parse_model_reference("models:/unet/3", "k") == ("unet", None, "3")
-    assert parse_model_reference("models:/m-abc", "k") == ("m-abc", None, None)
-    for bad in ("models:/", "models:/unet@", "models:/@a", "models:/unet/x"):
-        with pytest.raises(ConfigError, match="predict.checkpoint: .*expected models:/<name>@"):
-            parse_model_reference(bad, "predict.checkpoint")
 
 
 def test_settings_are_checked() -> None:

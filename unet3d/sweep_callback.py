@@ -1,10 +1,14 @@
 """Hydra callback turning a `--multirun` sweep into one MLflow cross-validation experiment.
 
+An entry point beside `unet3d.run`: Hydra calls it around the sweep's jobs. It drives the
+sweep's MLflow runs (`unet3d.tracking`) and, with `tracking.register_model`, publishes the
+fold ensemble of a finished sweep (`unet3d.serving.registration`).
+
 Registered in `conf/hydra/default.yaml`::
 
     callbacks:
       cv_summary:
-        _target_: unet3d.tracking.sweep_callback.CrossValidationCallback
+        _target_: unet3d.sweep_callback.CrossValidationCallback
 
 - `on_multirun_start` (sweep process): creates the parent MLflow run `cv-<sweep dir>` (or
   reopens it when the sweep dir already has one) and writes its id to
@@ -220,7 +224,7 @@ class CrossValidationCallback(Callback):
         """The cross-validation summary; returns why the sweep failed (None: it did not).
 
         With ``tracking.register_model``, a sweep whose folds all finished (one group) is
-        registered as a fold ensemble on its parent run (``unet3d.tracking.registry``).
+        registered as a fold ensemble on its parent run (``unet3d.serving.registration``).
         """
         failed_reason = None
         summaries = summary_module.cross_validation_summary(results, self.group_keys_exclude)
@@ -240,7 +244,7 @@ class CrossValidationCallback(Callback):
         if tracker is not None and tracker.running:
             log_cv_summary(tracker, summaries, paths, markdown, sweep_dir, failed)
             if not failed_reason and len(summaries) == 1 and config is not None:
-                from unet3d.tracking.registry import publish_model
+                from unet3d.serving.registration import publish_model
 
                 means = {name: stat.mean for name, stat in summaries[0].metrics.items()}
                 publish_model(tracker, config, str(sweep_dir), means, kind="ensemble")
