@@ -1,7 +1,7 @@
 """Inputs of the whole-volume predict benchmarks: raw cases on disk and a checkpoint to load.
 
-Not a test module and not part of the package: ``predict_vs_monai.py`` imports it as
-``_predict_inputs``.
+Not a test module and not part of the package: ``predict_vs_monai.py`` and ``predict_crop.py``
+import it as ``_predict_inputs``.
 
 - ``write_cases``: BraTS-2019-named raw case folders (``<id>/<id>_{t1,t1ce,t2,flair}.nii.gz``,
   no label) of a 240 x 240 x 155 grid whose synthetic brain is about as large as a real one
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 
-def _cut_and_shift(case: Any, shape: Sequence[int], shift: Sequence[int]) -> Any:
+def cut_and_shift(case: Any, shape: Sequence[int], shift: Sequence[int]) -> Any:
     """The case cut to ``shape`` around its brain, then moved by ``shift`` voxels (clipped)."""
     from unet3d.data.synthetic_case import make_affine
 
@@ -66,7 +66,7 @@ def write_cases(folder: Path, count: int = 1, shape: Sequence[int] = (240, 240, 
     for index in range(count):
         case = generate_case(seed, index, tuple(generate), (1.0, 1.0, 1.0))
         if tuple(generate) != tuple(shape) or any(shift):
-            case = _cut_and_shift(case, tuple(shape), tuple(shift))
+            case = cut_and_shift(case, tuple(shape), tuple(shift))
         if not (folder / case.case_id).is_dir():
             write_case("flat", case, folder)  # with its label: removed, nothing is scored
             (folder / case.case_id / f"{case.case_id}_seg.nii.gz").unlink(missing_ok=True)

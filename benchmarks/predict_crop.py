@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import MODELS, RESULTS_DIR, write_result  # noqa: E402
+from _predict_inputs import cut_and_shift  # noqa: E402
 
 #: BraTS regions as sets of training classes (label 4 = class 3).
 REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
@@ -59,25 +60,9 @@ def realistic_case(shape: tuple[int, int, int], shift: tuple[int, int, int], see
     from unet3d.data.synthetic_case import generate_case
 
     case = generate_case(seed, index, generate or shape, (1.0, 1.0, 1.0))
+    if (generate is not None and tuple(generate) != tuple(shape)) or any(shift):
+        case = cut_and_shift(case, shape, shift)
     image, label = case.image, case.label
-    if generate is not None and tuple(generate) != tuple(shape):
-        mask = np.any(image != 0, axis=-1)
-        window = []
-        for axis, side in enumerate(shape):
-            present = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
-            centre = (int(present[0]) + int(present[-1]) + 1) // 2
-            start = int(np.clip(centre - side // 2, 0, image.shape[axis] - side))
-            window.append(slice(start, start + side))
-        image, label = image[tuple(window)], label[tuple(window)]
-    if any(shift):
-        mask = np.any(image != 0, axis=-1)
-        moved = []
-        for axis, step in enumerate(shift):
-            present = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
-            low, high = int(present[0]), int(present[-1])
-            moved.append(int(np.clip(step, -low, shape[axis] - 1 - high)))
-        image = np.roll(image, moved, axis=(0, 1, 2))
-        label = np.roll(label, moved, axis=(0, 1, 2))
     uint8 = np.empty(image.shape, dtype=np.uint8)
     means, stds = np.zeros(4, np.float32), np.ones(4, np.float32)
     for channel in range(4):
