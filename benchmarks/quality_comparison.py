@@ -9,9 +9,12 @@ same out-of-fold cases, as nnU-Net does: slightly optimistic).
 
 Arms: ``baseline`` (the reference recipe: softmax head, dice+ce, flips + brightness),
 ``augmentation`` (+ nnU-Net's augmentation), ``regions`` (region head + region loss),
-``regions+ds`` (+ deep supervision), ``augmentation+regions+ds`` (all three) and ``preset``
-(``experiment=brats_winner``, run when that preset exists; it is built from the other arms'
-table). Every arm trains in fp32 whatever ``precision=auto`` would choose on the host.
+``regions+ds`` (+ deep supervision), ``preset`` (``experiment=brats_winner``, run when that
+preset exists; it is built from the other arms' table) and ``augmentation+regions+ds`` (all
+three). Every arm trains in fp32 whatever ``precision=auto`` would choose on the host. An arm
+whose composed job config equals an earlier arm's (e.g. a preset that is exactly one feature) is
+not trained again: its rows are that arm's sweep (``timings.json``: ``same_as``), since the
+training is deterministic on one host.
 
     python benchmarks/quality_comparison.py --out /tmp/quality-cmp            # run + table
     python benchmarks/quality_comparison.py --out /tmp/quality-cmp --dry-run  # commands only
@@ -51,9 +54,9 @@ CONFIGURATIONS: dict[str, list[str]] = {
     "augmentation": ["augmentation=nnunet"],
     "regions": ["model.head=regions", "loss=regions"],
     "regions+ds": ["model.head=regions", "loss=regions", "training.deep_supervision=true"],
+    "preset": [f"experiment={PRESET}"],
     "augmentation+regions+ds": ["augmentation=nnunet", "model.head=regions", "loss=regions",
                                 "training.deep_supervision=true"],
-    "preset": [f"experiment={PRESET}"],
 }
 METRICS = ("Dice", "HD95")
 TIMINGS = "timings.json"
@@ -160,10 +163,45 @@ def _read_timings(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _composed(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The job config an arm's fold 0 trains with (Hydra's own keys left out)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    command = sweep_command(name, args)
+    overrides = [item for item in command[command.index("--multirun") + 1:]
+                 if not item.startswith(("hydra.", "fold=", "tracking."))]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["fold=0", *overrides])
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def twin_of(name: str, args: argparse.Namespace) -> str | None:
+    """An earlier arm whose composed job config equals ``name``'s (the same training, run
+    once: training here is deterministic), else None."""
+    config = _composed(name, args)
+    for earlier in CONFIGURATIONS:
+        if earlier == name:
+            return None
+        if (not args.only or earlier in args.only) and _composed(earlier, args) == config:
+            return earlier
+    return None
+
+
 def run_arm(name: str, args: argparse.Namespace) -> None:
-    """Run one arm's sweep (unless finished) and its post-processing; record wall times."""
+    """Run one arm's sweep (unless finished or a twin of an earlier arm) and its
+    post-processing; record wall times."""
     sweep = args.out / name
     timings = _read_timings(args.out)
+    twin = twin_of(name, args)
+    if twin is not None:
+        print(f"{name}: the same composed config as {twin}; its sweep is {twin}'s", flush=True)
+        timings[name] = {"same_as": twin}
+        if not args.dry_run:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n",
+                                            encoding="utf-8")
+        return
     steps = [("sweep", sweep_command(name, args)), ("postprocess", postprocess_command(name, args))]
     for step, command in steps:
         print(" ".join(command), flush=True)
@@ -187,8 +225,9 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, dict[str, tuple[float, float]]] = {}
     folds: dict[str, Any] = {}
     rules: dict[str, Any] = {}
+    timings = _read_timings(args.out)
     for name in CONFIGURATIONS:
-        sweep = args.out / name
+        sweep = args.out / timings.get(name, {}).get("same_as", name)
         if not sweep.is_dir() or not finished(sweep, args.folds):
             continue
         for postprocessed in (False, True):
@@ -203,9 +242,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             rows[label] = summarize(per_fold)
     if not rows:
         raise SystemExit(f"no finished sweep under {args.out}")
-    timings = _read_timings(args.out)
     minutes = {name: sum(value for key, value in entry.items() if key.endswith("_s")) / 60
-               for name, entry in timings.items()}
+               for name, entry in timings.items() if "same_as" not in entry}
     text = table(rows, minutes)
     (args.out / "comparison.md").write_text(text + "\n", encoding="utf-8")
     payload = {

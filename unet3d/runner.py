@@ -99,6 +99,7 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[
         "fold": str(cfg.fold),
         "num_folds": str(cfg.num_folds),
         "device": runtime.device.type,
+        "onednn": runtime.device.onednn.split(" ", 1)[0],
         "precision": runtime.precision.policy_name,
         "precision_policy": runtime.precision.policy_name,
         "compute_dtype": runtime.precision.compute_dtype,

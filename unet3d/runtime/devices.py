@@ -52,12 +52,15 @@ class DeviceInfo:
         count: len(names).
         local_rank: this process's index among the processes on its machine.
         local_size: the number of processes on this machine.
+        onednn: whether TensorFlow's oneDNN CPU kernels are on and who decided
+            (``onednn_state``), e.g. ``"on (TF_ENABLE_ONEDNN_OPTS=1 set by unet3d)"``.
     """
 
     type: str
     names: list[str]
     local_rank: int = 0
     local_size: int = 1
+    onednn: str = ""
     count: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -210,6 +213,42 @@ def _set_threads(tf: Any, intra_op: int, inter_op: int) -> None:
                 logger.warning("device.%s=%d not applied: %s", label, value, error)
 
 
+def onednn_state(enabled: bool | None = None, source: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> str:
+    """Whether TensorFlow runs its oneDNN CPU kernels in this process, and who decided.
+
+    Args:
+        enabled: oneDNN on or off (default: TensorFlow's ``IsMklEnabled()``, read once the
+            variable can no longer change).
+        source: who decided (default: ``unet3d.ONEDNN``, see ``unet3d._prefer_onednn``).
+        environ: the environment (default ``os.environ``).
+
+    Returns:
+        ``"on"`` or ``"off"`` with the reason, e.g. ``"on (TF_ENABLE_ONEDNN_OPTS=1 set by
+        unet3d)"``, ``"off (TF_ENABLE_ONEDNN_OPTS=0 from the environment)"``, ``"off
+        (TensorFlow's default: TensorFlow was imported before unet3d)"``.
+    """
+    import unet3d
+
+    environ = os.environ if environ is None else environ
+    source = unet3d.ONEDNN if source is None else source
+    if enabled is None:
+        try:
+            from tensorflow.python.util import _pywrap_util_port
+
+            enabled = bool(_pywrap_util_port.IsMklEnabled())
+        except (ImportError, AttributeError):  # a TensorFlow build without the query
+            enabled = environ.get(unet3d.ONEDNN_VARIABLE, "").lower() in ("1", "true")
+    variable = f"{unet3d.ONEDNN_VARIABLE}={environ.get(unet3d.ONEDNN_VARIABLE)}"
+    reason = {
+        "environment": f"{variable} from the environment",
+        "unet3d": f"{variable} set by unet3d",
+        "tensorflow imported first": "TensorFlow's default: TensorFlow was imported before "
+                                     "unet3d",
+    }.get(source, f"TensorFlow's default: {source}")
+    return f"{'on' if enabled else 'off'} ({reason})"
+
+
 def configure_devices(
     device_cfg: Mapping[str, Any], local_rank: int = 0, local_size: int = 1
 ) -> DeviceInfo:
@@ -272,15 +311,22 @@ def configure_devices(
         int(device_cfg.get("intra_op_threads") or 0),
         int(device_cfg.get("inter_op_threads") or 0),
     )
-    info = DeviceInfo(device_type, list(names), local_rank=local_rank, local_size=local_size)
+    info = DeviceInfo(device_type, list(names), local_rank=local_rank, local_size=local_size,
+                      onednn=onednn_state())
     logger.info(
-        "devices: %s x%d %s (local rank %d of %d)",
+        "devices: %s x%d %s (local rank %d of %d), oneDNN %s",
         info.type,
         info.count,
         info.names,
         local_rank,
         local_size,
+        info.onednn,
     )
+    if device_type == "CPU" and info.onednn.startswith("off (TensorFlow's default: TensorFlow"):
+        logger.warning(
+            "oneDNN is off: TensorFlow was imported before unet3d and this CPU is not one on "
+            "which TensorFlow turns it on itself; 3D convolutions run several times slower. "
+            "Export %s=1 (or import unet3d before tensorflow)", "TF_ENABLE_ONEDNN_OPTS")
     return info
 
 
