@@ -220,3 +220,10 @@ def test_a_circle_and_an_upward_import_are_found(tmp_path: Path) -> None:
     upward, unplaced = upward_imports(graph, (("a", "b"), ("pkg",)))
     assert upward == ["pkg.b.two -> pkg.a.one"]  # b is a's later peer: it may not import a
     assert unplaced == ["pkg.c"]
+    # A lower layer importing a higher one is upward too (c below a and b).
+    upward, unplaced = upward_imports(graph, (("a", "b"), ("c",), ("pkg",)))
+    assert upward == ["pkg.b.two -> pkg.a.one", "pkg.c -> pkg.b.two"] and unplaced == []
+    upward, _ = upward_imports(graph, (("c",), ("a", "b"), ("pkg",)))
+    assert upward == ["pkg.b.two -> pkg.a.one"]  # c above b: c -> b is allowed
+    upward, _ = upward_imports(graph, (("a",), ("b",), ("c",), ("pkg",)))
+    assert upward == ["pkg.b.two -> pkg.a.one", "pkg.c -> pkg.b.two"]

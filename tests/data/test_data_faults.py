@@ -15,8 +15,8 @@ import pytest
 
 from unet3d.data.case_folders import CaseFolders
 from unet3d.data.preprocess import preprocess_dataset
-from unet3d.data.tfrecord import validate_records
-from unet3d.errors import DataError
+from unet3d.data.tfrecord import validate_records, write_record
+from unet3d.errors import DataError, StorageError
 from unet3d.runs.files import FAULT_MARKER_VARIABLE, FAULT_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,3 +101,36 @@ def test_preprocessing_killed_while_writing_a_record_rebuilds_only_what_is_incom
             if Path(path).name in before} == before
     assert not list(out.glob("*.tmp-*"))
     validate_records(files)
+
+
+def test_a_full_disk_under_the_record_writer_is_one_line_and_leaves_no_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorFlow's writer raises its own ResourceExhaustedError (not an OSError) when the
+    disk is full: it becomes the one StorageError line naming the record."""
+    import numpy as np
+    import tensorflow as tf
+
+    class FullDisk:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc_info: object) -> None:
+            return None
+
+        def write(self, data: bytes) -> None:
+            raise tf.errors.ResourceExhaustedError(None, None,
+                                                   f"{self.path}; No space left on device")
+
+    record = {"case_id": "case1", "image": np.zeros((4, 4, 4, 4), np.uint8),
+              "label": np.zeros((4, 4, 4), np.uint8), "mean": np.zeros(4, np.float32),
+              "std": np.ones(4, np.float32)}
+    monkeypatch.setattr(tf.io, "TFRecordWriter", FullDisk)
+    target = tmp_path / "case1.tfrecord"
+    with pytest.raises(StorageError) as error:
+        write_record(target, record)
+    assert str(error.value).startswith(f"{target}: cannot write (no space left on device)")
+    assert "\n" not in str(error.value)
+    assert list(tmp_path.iterdir()) == []

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.conftest import ROOT, mlflow_client, results
+from unet3d.inference.output_folder import SETTINGS_FILE
 from unet3d.runs.files import FAULT_MARKER_VARIABLE, FAULT_VARIABLE
 
 pytestmark = pytest.mark.slow
@@ -238,18 +239,20 @@ def test_predict_killed_in_the_middle_of_a_case_rewrites_it_on_the_rerun(chain: 
     job = _predict(chain, output, fault="pause:*.nii.gz:2")
     assert job.paused_at() == second
     assert job.kill() == -signal.SIGKILL
-    assert sorted(path.name for path in output.iterdir() if ".tmp-" not in path.name) == [
-        first.name]
+    assert sorted(path.name for path in output.iterdir() if ".tmp-" not in path.name) == sorted(
+        [first.name, SETTINGS_FILE])
     assert list(output.glob(f"{second.name}.tmp-*"))  # the half-written case, not in place
     done = first.read_bytes()
 
+    # The same command again continues the prediction: the case written before is kept as it
+    # is (predict_settings.json: the same prediction), the interrupted one and the rest are
+    # written, the dead writer's temporary file is gone.
     rerun = _predict(chain, output)
-    assert rerun.wait() == 1, rerun.output[-4000:]  # the case written before is not rewritten
-    errors = _errors(rerun.output)
-    assert any(str(first) in line and "predict.overwrite=true" in line for line in errors), errors
+    assert rerun.wait() == 0, rerun.output[-4000:]
+    assert "1 case(s) written by an earlier run are kept" in rerun.output, rerun.output[-4000:]
     assert first.read_bytes() == done
     assert sorted(path.name for path in output.iterdir()) == sorted(
-        path.name for path in (first, second, third))
+        [path.name for path in (first, second, third)] + [SETTINGS_FILE])
     for path in (second, third):
         labels = np.asanyarray(nib.load(path).dataobj)
         assert labels.shape == (40, 40, 32) and labels.dtype == np.uint8

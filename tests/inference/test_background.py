@@ -160,9 +160,9 @@ def test_predict_lists_a_case_whose_file_could_not_be_written(tmp_path, monkeypa
     with caplog.at_level(logging.ERROR, logger="unet3d.modes.predict"), \
             pytest.raises(DataError, match=r"1 of 2 case\(s\) failed: Case_A"):
         predict(predict_config(inputs, output, [run]), make_runtime(), tracker, tmp_path / "run")
-    assert sorted(path.name for path in output.iterdir()) == ["Case_B.nii.gz"]
+    assert sorted(path.name for path in output.glob("*.nii.gz")) == ["Case_B.nii.gz"]
     assert any("Case_A" in record.getMessage() and "No space left" in record.getMessage()
                for record in caplog.records)
-    assert {"cases_written": 1.0, "cases_failed": 1.0} in tracker.metrics
+    assert {"cases_written": 1.0, "cases_failed": 1.0, "cases_kept": 0.0} in tracker.metrics
     rows = (tmp_path / "run" / "metrics" / "predict_per_case.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("Case_B")

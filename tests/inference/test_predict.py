@@ -15,6 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from unet3d.data.convention import MODALITIES
 from unet3d.data.synthetic import generate_dataset
 from unet3d.errors import DataError
+from unet3d.inference.output_folder import SETTINGS_FILE
 from unet3d.inference.predict import safe_output_path
 from unet3d.modes.predict import METRICS_CSV, predict, selected_fold
 from unet3d.run import register_resolvers
@@ -156,7 +157,7 @@ def test_a_folder_with_a_broken_case_and_an_unsafe_id(workspace, tmp_path, caplo
     expected = {"BraTS19_SYN_0001": SMALL, "BraTS19_SYN_0002": SMALL, "Big_0001": BIG,
                 "NoSeg_0002": SMALL}
     assert sorted(path.name for path in output.iterdir()) == sorted(
-        f"{case_id}.nii.gz" for case_id in expected
+        [f"{case_id}.nii.gz" for case_id in expected] + [SETTINGS_FILE]
     )
     for case_id, shape in expected.items():
         check_output(output / f"{case_id}.nii.gz", inputs / case_id / f"{case_id}_t1.nii.gz", shape)
@@ -169,7 +170,7 @@ def test_a_folder_with_a_broken_case_and_an_unsafe_id(workspace, tmp_path, caplo
     summaries = [metrics for metrics in tracker.metrics if "Dice_WT" in metrics]
     assert len(summaries) == 1
     assert (tmp_path / "run" / "metrics" / METRICS_CSV, "metrics") in tracker.artifacts
-    assert {"cases_written": 4.0, "cases_failed": 3.0} in tracker.metrics
+    assert {"cases_written": 4.0, "cases_failed": 3.0, "cases_kept": 0.0} in tracker.metrics
 
 
 def test_existing_outputs_are_never_overwritten_unless_asked(workspace, tmp_path):
@@ -181,12 +182,26 @@ def test_existing_outputs_are_never_overwritten_unless_asked(workspace, tmp_path
     assert predict(cfg, runtime, FakeTracker(), tmp_path / "run1") == {"cases_written": 1.0}
     target = output / "Case_A.nii.gz"
     before = target.read_bytes()
-    with pytest.raises(DataError, match="Case_A"):
+    settings = (output / SETTINGS_FILE).read_bytes()
+    # Another model into the same folder: refused before any case, naming what differs.
+    with pytest.raises(DataError, match=r"holds the outputs of another prediction .*"
+                                        r"differs in checkpoints\)"):
         predict(predict_config(inputs, output, [workspace.runs[1]]), runtime, FakeTracker(),
                 tmp_path / "run2")
+    assert target.read_bytes() == before and (output / SETTINGS_FILE).read_bytes() == settings
+    # The same prediction again, with one more case: Case_A is kept, Case_B written.
+    copy_case(case_dir(workspace.small, 2), inputs, "Case_B", with_label=False)
+    rerun = predict(cfg, runtime, FakeTracker(), tmp_path / "run2b")
+    assert rerun == {"cases_written": 1.0}
+    assert target.read_bytes() == before and (output / "Case_B.nii.gz").is_file()
+    # A file that is not this prediction's (no record of it in the folder) is refused.
+    (output / SETTINGS_FILE).unlink()
+    (output / "Case_B.nii.gz").unlink()
+    with pytest.raises(DataError, match="Case_A"):
+        predict(cfg, runtime, FakeTracker(), tmp_path / "run2c")
     assert target.read_bytes() == before
     overwrite = predict_config(inputs, output, [workspace.runs[1]], "predict.overwrite=true")
-    assert predict(overwrite, runtime, FakeTracker(), tmp_path / "run3") == {"cases_written": 1.0}
+    assert predict(overwrite, runtime, FakeTracker(), tmp_path / "run3") == {"cases_written": 2.0}
     assert not (tmp_path / "run3" / "metrics").exists()
     assert not list(output.glob("*.tmp-*"))
 
@@ -322,7 +337,7 @@ def test_a_bad_reference_label_still_gets_its_segmentation(workspace, tmp_path, 
     with open(tmp_path / "run" / "metrics" / METRICS_CSV) as handle:
         rows = list(csv.DictReader(handle))
     assert [row["case_id"] for row in rows] == ["BraTS19_SYN_0001", "BraTS19_SYN_0002"]
-    assert {"cases_written": 3.0, "cases_failed": 0.0} in tracker.metrics
+    assert {"cases_written": 3.0, "cases_failed": 0.0, "cases_kept": 0.0} in tracker.metrics
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from tests.inference.test_nifti_writer import (
     reference,  # noqa: F401 - the fixture
 )
 from unet3d.errors import DataError, StorageError
+from unet3d.inference.background import BackgroundOutputs
 from unet3d.inference.cases import segment_cases
 from unet3d.inference.inputs import InputCase, PendingCase
 from unet3d.inference.nifti_writer import write_segmentation
@@ -81,4 +82,25 @@ def test_predict_stops_at_a_full_disk_but_goes_on_past_a_bad_case(
                       keep_going=True)
     assert str(error.value).startswith(f"{out / 'case2.nii.gz'}: cannot write")
     assert sorted(path.name for path in out.iterdir()) == ["case1.nii.gz"]  # case3: not tried
+    assert np.all(np.asanyarray(nib.load(out / "case1.nii.gz").dataobj) == 0)
+
+
+@pytest.mark.parametrize("failing", [2, 3])
+def test_predicts_background_writer_stops_at_a_full_disk_too(
+        tmp_path, reference, monkeypatch, failing):  # noqa: F811
+    """mode=predict writes through BackgroundOutputs: the full disk is raised at the next
+    write (case 2 of 3) or when the writer is closed (the last case), not filed as one failed
+    case among others."""
+    cases = [_pending(f"case{index}", reference) for index in (1, 2, 3)]
+    monkeypatch.setenv(FAULT_VARIABLE, f"enospc:*.nii.gz:{failing}")
+    out = tmp_path / "predictions"
+    out.mkdir()
+    with pytest.raises(StorageError) as error:
+        with BackgroundOutputs(NiftiOutputs(out)) as writer:
+            segment_cases(_Predictor(), cases, verb="predicted", outputs=writer,
+                          keep_going=True)
+            writer.close()
+    assert str(error.value).startswith(f"{out / f'case{failing}.nii.gz'}: cannot write")
+    written = sorted(path.name for path in out.iterdir())
+    assert written == [f"case{index}.nii.gz" for index in range(1, failing)]
     assert np.all(np.asanyarray(nib.load(out / "case1.nii.gz").dataobj) == 0)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from tests.runs.test_run_faults import INDEX
 from unet3d.errors import RunFolderError
 from unet3d.runs.folder import LOG_FILE, RunFolder, used_markers
 
@@ -35,7 +36,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def test_used_folder_refused_without_resume(tmp_path: Path, markers: tuple[str, ...]) -> None:
     for marker in markers:
         (tmp_path / marker).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / marker).write_text("x")
+        (tmp_path / marker).write_bytes(INDEX if marker.endswith(".index") else b"x")
     (tmp_path / LOG_FILE).write_text("earlier log\n")
     before = _snapshot(tmp_path)
     folder = RunFolder(tmp_path, resume=False)
@@ -78,7 +79,7 @@ def test_fresh_commit_writes_hydra_files_and_the_log_from_the_first_line(tmp_pat
 def test_resume_writes_nothing_until_committed_and_a_release_drops_the_held_lines(
         tmp_path: Path) -> None:
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "ckpt-4.index").write_text("x")
+    (tmp_path / "checkpoints" / "ckpt-4.index").write_bytes(INDEX)
     (tmp_path / LOG_FILE).write_text("first attempt\n")
     before = _snapshot(tmp_path)
     refused = RunFolder(tmp_path, resume=True)

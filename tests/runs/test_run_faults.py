@@ -44,10 +44,14 @@ def _no_fault_hook(monkeypatch):
     monkeypatch.delenv(FAULT_MARKER_VARIABLE, raising=False)
 
 
+#: A stand-in for a complete index file: a table footer ends with the table magic number.
+INDEX = b"index".ljust(48, b"\0") + (0xDB4775248B80FB57).to_bytes(8, "little")
+
+
 def _checkpoint(folder: Path, step: int, shards: int = 1, index: bool = True) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if index:
-        (folder / f"ckpt-{step}.index").write_bytes(b"index")
+        (folder / f"ckpt-{step}.index").write_bytes(INDEX)
     for shard in range(shards):
         (folder / f"ckpt-{step}.data-{shard:05d}-of-{shards:05d}").write_bytes(b"data")
 
@@ -71,15 +75,18 @@ def test_saved_checkpoints_need_the_index_and_every_data_shard(tmp_path: Path) -
     _checkpoint(folder, 2)
     _checkpoint(folder, 10, shards=2)
     _checkpoint(folder, 4, index=False)  # killed after the data rename, before the index
-    (folder / "ckpt-6.index").write_bytes(b"index")  # data shard missing
-    (folder / "ckpt-8.index").write_bytes(b"index")
+    (folder / "ckpt-6.index").write_bytes(INDEX)  # data shard missing
+    (folder / "ckpt-8.index").write_bytes(INDEX)
     (folder / "ckpt-8.data-00000-of-00002").write_bytes(b"data")  # one of two shards
+    _checkpoint(folder, 14)
+    (folder / "ckpt-14.index").write_bytes(INDEX[:-3])  # killed while writing the index
     (folder / "ckpt-12_temp").mkdir()
     (folder / "ckpt-12_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x")
     (folder / "checkpoint.tmp0123abcd").write_text("partial")
     assert [path.name for path in saved_checkpoints(folder)] == ["ckpt-2", "ckpt-10"]
     assert [path.name for path in checkpoint_debris(folder)] == [
-        "checkpoint.tmp0123abcd", "ckpt-12_temp", "ckpt-4.data-00000-of-00001"]
+        "checkpoint.tmp0123abcd", "ckpt-12_temp", "ckpt-14.data-00000-of-00001", "ckpt-14.index",
+        "ckpt-4.data-00000-of-00001"]
     assert saved_checkpoints(tmp_path / "missing") == []
 
 
@@ -101,14 +108,14 @@ def test_a_folder_whose_job_stopped_before_its_first_checkpoint_holds_no_work(
 @pytest.mark.parametrize(("files", "markers"), [
     ({"results.json": json.dumps({"status": "FINISHED"})}, ["results.json"]),
     ({"results.json": "{not json"}, ["results.json"]),
-    ({"mlflow_run_id": "abc\n", "checkpoints/ckpt-3.index": "i",
+    ({"mlflow_run_id": "abc\n", "checkpoints/ckpt-3.index": INDEX.decode("latin-1"),
       "checkpoints/ckpt-3.data-00000-of-00001": "d"}, ["checkpoints/", "mlflow_run_id"]),
 ], ids=["finished", "unreadable-results", "checkpoint"])
 def test_work_of_an_earlier_job_marks_the_folder_used(tmp_path: Path, files: dict[str, str],
                                                       markers: list[str]) -> None:
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
+        (tmp_path / name).write_bytes(text.encode("latin-1"))
     assert used_markers(tmp_path) == markers
     assert not earlier_job_without_work(tmp_path)
 
@@ -185,6 +192,9 @@ def test_the_stop_hint_suggests_resume_only_when_a_checkpoint_exists(tmp_path: P
     assert "no checkpoint was written yet" in stop_hint(tmp_path, training=True)
     _checkpoint(tmp_path / "checkpoints", 4, index=False)  # an interrupted save does not count
     assert "resume=true" not in stop_hint(tmp_path, training=True)
+    _checkpoint(tmp_path / "checkpoints", 6)
+    (tmp_path / "checkpoints" / "ckpt-6.index").write_bytes(INDEX[:20])  # nor a truncated index
+    assert "resume=true" not in stop_hint(tmp_path, training=True)
     _checkpoint(tmp_path / "checkpoints", 2)
     hint = stop_hint(tmp_path, training=True)
     assert f"resume=true with hydra.run.dir={tmp_path}" in hint and "ckpt-2" in hint
@@ -217,6 +227,31 @@ def test_storage_error_maps_only_the_errors_of_a_full_or_read_only_disk(tmp_path
     assert storage_error(OSError(errno.ENOENT, "No such file"), path) is None
     assert storage_error(ValueError("no"), path) is None
     assert storage_error(read_only, tmp_path / "other") is read_only
+
+
+def test_storage_error_reads_tensorflows_file_system_errors(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    path = tmp_path / "case.tfrecord"
+    full = tf.errors.ResourceExhaustedError(None, None, f"{path}.tmp-1; No space left on device")
+    error = storage_error(full, path)
+    assert str(error).startswith(f"{path}: cannot write (no space left on device)")
+    assert error.errno == errno.ENOSPC and error.filename == str(path)
+    other = tf.errors.NotFoundError(None, None, f"{path}.tmp-1; No such file or directory")
+    assert storage_error(other, path) is None
+
+
+def test_a_read_only_folder_is_one_line_and_the_old_file_stays(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "results.json"
+    write_json_atomic(target, {"status": "FINISHED"})
+    monkeypatch.setenv(FAULT_VARIABLE, "erofs:results.json")
+    with pytest.raises(StorageError) as error:
+        write_json_atomic(target, {"status": "FAILED"})
+    assert str(error.value).startswith(f"{target}: cannot write (read-only file system)")
+    assert error.value.errno == errno.EROFS
+    assert json.loads(target.read_text()) == {"status": "FINISHED"}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["results.json"]
 
 
 # ------------------------------------------------------------------ the test hook

@@ -1,6 +1,6 @@
-"""Small file helpers shared by the data modules: JSON reads, stale temporary files, progress.
+"""Small file helpers shared by the data modules: JSON reads, cache keys, progress.
 
-Atomic writes are `unet3d.runs.files`.
+Atomic writes and the removal of stale temporary files are `unet3d.runs.files`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from unet3d.runs import naming
-from unet3d.runs.files import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +31,6 @@ def short_hash(payload: Any, length: int = 10) -> str:
     ``unet3d.runs.naming.short_hash``: a cache key that only changes with the payload.
     """
     return naming.short_hash(json.dumps(payload, sort_keys=True, separators=(",", ":")), length)
-
-
-def remove_stale_tmp_files(folder: Path) -> int:
-    """Delete ``*.tmp-<pid>`` files under ``folder`` left by processes that no longer run."""
-    return remove_stale_temporaries(folder)
 
 
 class Progress:

@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data._files import Progress, read_json, remove_stale_tmp_files
+from unet3d.data._files import Progress, read_json
 from unet3d.data.cases import CaseFiles, LoadedCase
 from unet3d.data.convention import BRATS2019, LabelConvention
 from unet3d.data.crop import crop_record
 from unet3d.data.layout import DataLayout, default_layout
 from unet3d.data.tfrecord import record_path, write_record
 from unet3d.errors import DataError
-from unet3d.runs.files import write_json_atomic
+from unet3d.runs.files import remove_stale_temporaries, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def preprocess_dataset(
     layout = default_layout() if layout is None else layout
     cases = layout.find_cases(raw_dir, require_label=require_label)
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp_files(out_dir)
+    remove_stale_temporaries(out_dir)
     manifest_path = out_dir / MANIFEST_NAME
     manifest = read_json(manifest_path)
     convention = layout.convention.to_dict()

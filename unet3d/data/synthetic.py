@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from unet3d.config.synthetic_options import OPTION_KEYS, SyntheticOptions, options_from
-from unet3d.data._files import Progress, read_json, remove_stale_tmp_files, short_hash
+from unet3d.data._files import Progress, read_json, short_hash
 from unet3d.data.synthetic_case import case_grade, generate_case
 from unet3d.data.synthetic_layouts import (
     LAYOUTS,
@@ -32,7 +32,7 @@ from unet3d.data.synthetic_layouts import (
     write_case,
 )
 from unet3d.errors import ConfigError, DataError
-from unet3d.runs.files import write_json_atomic
+from unet3d.runs.files import remove_stale_temporaries, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def generate_dataset(
     settings = _settings(shape, spacing, seed, layout, chosen, num_test, num_cases)
     manifest_path = out_dir / MANIFEST_NAME
     manifest = _read_manifest(out_dir, settings)
-    remove_stale_tmp_files(out_dir)
+    remove_stale_temporaries(out_dir)
 
     total = max(int(manifest.get("num_cases", 0)), num_cases)
     grades = {i: case_grade(seed, i, chosen.lgg_fraction) for i in range(total + num_test)}

@@ -9,7 +9,9 @@ run meanwhile, each in one background thread (both release the GIL most of the t
   exist (``accept`` says no) is not read ahead: the loop refuses it as before.
 - ``BackgroundOutputs`` writes a case's files while the next case is segmented, at most one case
   behind. A write that fails is reported by ``close`` (case id and the error line), so the
-  mode can list it with the other failures.
+  mode can list it with the other failures; a full disk or read-only folder
+  (``StorageError``) is raised at the next write or at ``close``: nothing more can be written
+  there, so the loop stops at once.
 
 Neither changes what is computed or written; errors of a case stay that case's errors. On an
 exception (or SIGTERM's ``TerminationRequested``) the ``with`` block cancels the reads not yet
@@ -25,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from unet3d.errors import Unet3dError
+from unet3d.errors import StorageError, Unet3dError
 from unet3d.inference.inputs import InputCase, PendingCase
 
 log = logging.getLogger(__name__)
@@ -139,7 +141,12 @@ class BackgroundOutputs:
 
     def close(self) -> list[WriteFailure]:
         """Wait for the last write; return every write that failed (``Unet3dError`` or
-        ``OSError``). Other errors of a write are raised here."""
+        ``OSError``).
+
+        Raises:
+            StorageError: the disk is full or the folder read-only (also raised by the next
+                ``write_*`` after the failed write); other errors of a write are raised too.
+        """
         self._finish(raise_unexpected=True)
         return list(self.failures)
 
@@ -156,6 +163,8 @@ class BackgroundOutputs:
         self._in_flight = None
         try:
             future.result()
+        except StorageError:
+            raise  # nothing more can be written there: stop the loop (files before are intact)
         except (Unet3dError, OSError) as error:
             self.failures.append(WriteFailure(case_id, error))
 

@@ -3,8 +3,9 @@
 The output keeps the reference image's exact shape, affine and header geometry (qform and
 sform with their codes, zooms, units, orientation); only the data type changes (uint8 for a
 segmentation, float32 for probabilities) and the intensity scaling (``scl_slope`` /
-``scl_inter``) is reset. Files are written atomically: ``<name>.tmp-<pid>`` in the same folder,
-then ``os.replace``; ``.nii.gz`` is gzip-compressed by this module (a temporary name does not end
+``scl_inter``) is reset. Files are written atomically (``unet3d.runs.files.write_atomic_with``:
+``<name>.tmp-<pid>`` in the same folder, then ``os.replace``); ``.nii.gz`` is gzip-compressed by
+this module (a temporary name does not end
 in ``.gz``, so nibabel's extension-based choice cannot be used). A job killed while writing a
 case leaves only its temporary file, never a partial ``<case>.nii.gz``: a rerun into the same
 folder writes that case (and removes the dead writer's temporary file). A full disk or a
@@ -14,7 +15,6 @@ intact.
 
 from __future__ import annotations
 
-import glob
 import gzip
 import logging
 import os
@@ -27,13 +27,7 @@ import numpy as np
 
 from unet3d.data.convention import BRATS2019
 from unet3d.errors import DataError
-from unet3d.runs.files import (
-    TEMPORARY_NAME,
-    fault_point,
-    process_alive,
-    storage_error,
-    temporary_path,
-)
+from unet3d.runs.files import remove_stale_temporaries, write_atomic_with
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +80,17 @@ def _nifti_image(data: np.ndarray, reference_image: Any) -> Any:
     return image
 
 
+def _exists_error(path: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"{path}: output file exists; not overwritten (set predict.overwrite=true to replace it)")
+
+
 def _write_atomic(image: Any, path: Path, overwrite: bool) -> Path:
-    """Write ``image`` to ``path`` through a temporary file in the same folder."""
+    """Write ``image`` to ``path`` atomically (``unet3d.runs.files.write_atomic_with``).
+
+    Temporary files of killed writers in the folder are removed first; the data is flushed to
+    disk (``fsync``) before the file takes its name.
+    """
     import nibabel as nib
 
     path = Path(path)
@@ -95,14 +98,10 @@ def _write_atomic(image: Any, path: Path, overwrite: bool) -> Path:
     if not (name.endswith(".nii.gz") or name.endswith(".nii")):
         raise ValueError(f"{path}: output name must end in .nii.gz or .nii")
     if path.exists() and not overwrite:
-        raise OutputExistsError(
-            f"{path}: output file exists; not overwritten (set predict.overwrite=true to "
-            "replace it)"
-        )
-    temporary = temporary_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_dead_temporaries(path)
+        raise _exists_error(path)
+    remove_stale_temporaries(path.parent, recursive=False)
+
+    def write(temporary: Path) -> None:
         with open(temporary, "wb") as raw:
             if name.endswith(".gz"):
                 with gzip.GzipFile(
@@ -112,32 +111,11 @@ def _write_atomic(image: Any, path: Path, overwrite: bool) -> Path:
             else:
                 image.to_file_map({"image": nib.FileHolder(fileobj=raw)})
             raw.flush()
-            fault_point(path)
             os.fsync(raw.fileno())
         if path.exists() and not overwrite:  # appeared while we were writing
-            raise OutputExistsError(
-                f"{path}: output file exists; not overwritten (set predict.overwrite=true to "
-                "replace it)"
-            )
-        os.replace(temporary, path)
-    except OSError as error:
-        full = storage_error(error, path)
-        if full is None:
-            raise
-        raise full from error
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
+            raise _exists_error(path)
 
-
-def _remove_dead_temporaries(path: Path) -> None:
-    """Delete ``<path>.tmp-<pid>`` files of writers that no longer run (killed mid-write)."""
-    for candidate in path.parent.glob(f"{glob.escape(path.name)}.tmp-*"):
-        match = TEMPORARY_NAME.search(candidate.name)
-        if match and not process_alive(int(match.group(1))):
-            candidate.unlink(missing_ok=True)
-            logger.info("removed %s, left by a killed writer", candidate)
+    return write_atomic_with(path, write)
 
 
 def _check_grid(data: np.ndarray, reference_image: Any, what: str) -> None:

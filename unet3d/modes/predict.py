@@ -13,6 +13,11 @@ classes are translated by tissue from the convention its training run recorded (
 model writes 3 for enhancing tumour in a BraTS 2023 folder); a class the input's convention has
 no label for is one ConfigError before any case is read.
 
+The output folder records the prediction in ``predict_settings.json``
+(``unet3d.inference.output_folder``): rerun into the same folder, the same prediction keeps the
+cases written before and writes the rest; another prediction is refused before any case is read
+(``predict.overwrite=true`` replaces it).
+
 Bad input does not stop the job: a case that cannot be read or written is logged as one ERROR
 line naming the case and the file, the other cases are written, and at the end a DataError lists
 the failed cases (the runner then exits non-zero). A case whose reference label (``seg``) is
@@ -32,7 +37,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from unet3d.errors import ConfigError, DataError
 from unet3d.modes.job import Job
@@ -67,10 +72,17 @@ def run(job: Job) -> dict[str, float]:
 def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> dict[str, float]:
     """The body of ``run``: see there (``runtime``: ``context`` and ``precision.xla``)."""
     from unet3d.evaluation.evaluate import summarize_and_log, write_csv
+    from unet3d.evaluation.postprocess import apply_postprocessing
     from unet3d.inference.background import BackgroundOutputs, CasePrefetcher
     from unet3d.inference.cases import segment_cases
     from unet3d.inference.checkpoints import job_model_checkpoints
     from unet3d.inference.models import load_ensemble
+    from unet3d.inference.output_folder import (
+        SETTINGS_FILE,
+        claim_output_folder,
+        prediction_settings,
+        split_written,
+    )
     from unet3d.inference.predict import NiftiOutputs
     from unet3d.modes.evaluate import make_labeler, make_predictor
 
@@ -83,7 +95,19 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
                            save_probabilities=bool(cfg.predict.get("save_probabilities", False)),
                            overwrite=bool(cfg.predict.get("overwrite", False)),
                            label_values=convention.values)
-    postprocess = _postprocessing(cfg, convention)
+    rules = _postprocessing(cfg)
+    postprocess = None if rules is None else (
+        lambda labels, spacing: apply_postprocessing(labels, rules, convention, spacing))
+    settings = prediction_settings(prefixes, convention, rules,
+                                   OmegaConf.to_container(cfg.inference, resolve=True),
+                                   _policy_name(), outputs.save_probabilities)
+    kept: list[str] = []
+    if claim_output_folder(output_folder, settings, outputs.overwrite):
+        pending, kept = split_written(pending, outputs)
+        if kept:
+            log.info("%s holds this same prediction (%s): %d case(s) written by an earlier run "
+                     "are kept as they are (%s); %d to write", output_folder, SETTINGS_FILE,
+                     len(kept), ", ".join(kept), len(pending))
     with ExitStack() as stack:
         reader = stack.enter_context(CasePrefetcher(pending, accept=_accepts(outputs)))
         reader.start()  # the first case is read while the models are built
@@ -111,12 +135,14 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
         if tracker is not None:
             tracker.log_metrics(summary)
             tracker.log_artifact(csv_path, "metrics")
-    written, total = result.segmented, result.total
+    written, total = result.segmented, result.total + len(kept)
     if tracker is not None:
         tracker.log_metrics({"cases_written": float(written),
-                             "cases_failed": float(len(result.failures))})
-    log.info("wrote %d of %d segmentation(s) to %s in %.1f s", written, total, output_folder,
-             time.perf_counter() - started)
+                             "cases_failed": float(len(result.failures)),
+                             "cases_kept": float(len(kept))})
+    log.info("wrote %d of %d segmentation(s) to %s in %.1f s%s", written, total, output_folder,
+             time.perf_counter() - started,
+             f" ({len(kept)} kept from an earlier run of this prediction)" if kept else "")
     problems = []
     if result.failures:
         names = ", ".join(case_id for case_id, _ in result.failures)
@@ -131,6 +157,13 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     if problems:
         raise DataError(f"predict: {'; '.join(problems)}; {written} written to {output_folder}")
     return {**summary, "cases_written": float(written)}
+
+
+def _policy_name() -> str:
+    """The Keras dtype policy the models are built in (set by ``configure_precision``)."""
+    import keras
+
+    return keras.mixed_precision.global_policy().name
 
 
 def _accepts(outputs: Any) -> Any:
@@ -160,8 +193,9 @@ def _add_write_failures(result: Any, failures: list[Any]) -> None:
                 listed.remove(failure.case_id)
 
 
-def _postprocessing(cfg: DictConfig, convention: Any) -> Any:
-    """The post-processing of the sweep in ``predict.checkpoint``, or None.
+def _postprocessing(cfg: DictConfig) -> Any:
+    """The post-processing rules (``PostprocessingRules``) of the sweep in
+    ``predict.checkpoint``, or None.
 
     A sweep folder (or ``runs:/<parent run id>``) holding ``postprocessing.json`` (written by
     ``mode=postprocess``) gives its rules, unless ``predict.postprocess=false``.
@@ -172,11 +206,7 @@ def _postprocessing(cfg: DictConfig, convention: Any) -> Any:
     spec = cfg.predict.get("checkpoint")
     if not cfg.predict.get("postprocess", True) or not isinstance(spec, str) or not spec:
         return None
-    from unet3d.evaluation.postprocess import (
-        POSTPROCESSING_FILE,
-        apply_postprocessing,
-        load_postprocessing,
-    )
+    from unet3d.evaluation.postprocess import POSTPROCESSING_FILE, load_postprocessing
     from unet3d.inference.checkpoints import job_reference_folder
 
     folder = job_reference_folder(cfg, spec, "predict.checkpoint")
@@ -185,7 +215,7 @@ def _postprocessing(cfg: DictConfig, convention: Any) -> Any:
         return None
     log.info("post-processing from %s: %s (predict.postprocess=false turns it off)",
              folder / POSTPROCESSING_FILE, rules)
-    return lambda labels, spacing: apply_postprocessing(labels, rules, convention, spacing)
+    return rules
 
 
 def _pending_cases(cfg: DictConfig) -> tuple[list[Any], str, Any]:

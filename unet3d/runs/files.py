@@ -71,7 +71,7 @@ def write_atomic_with(path: str | os.PathLike, write: Callable[[Path], Any]) -> 
         write(temporary)
         fault_point(path)
         os.replace(temporary, path)
-    except OSError as error:
+    except Exception as error:  # OSError, or TensorFlow's OpError of its C++ file system
         full = storage_error(error, path)
         if full is None:
             raise
@@ -116,25 +116,33 @@ STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk q
 
 
 def storage_error(error: BaseException, path: str | os.PathLike) -> StorageError | None:
-    """The `StorageError` for an ``OSError`` of a full disk or an unwritable folder, else None.
+    """The `StorageError` for an error of a full disk or an unwritable folder, else None.
 
     Args:
-        error: what the write raised (a `StorageError` is returned as it is).
+        error: what the write raised: an ``OSError`` (matched by ``errno``), or an error of
+            TensorFlow's C++ file system (``tf.errors.ResourceExhaustedError`` and the like,
+            matched by the reason in its message, e.g. ``"...; No space left on device"``);
+            a `StorageError` is returned as it is.
         path: the file being written (named in the message instead of a temporary name).
 
     Returns:
         ``StorageError("<path>: cannot write (no space left on device); ...")`` with the
-        error's ``errno`` and ``filename``, or None for any other error.
+        ``errno`` and ``filename``, or None for any other error.
     """
     if isinstance(error, StorageError):
         return error
-    if not isinstance(error, OSError) or error.errno not in STORAGE_ERRNOS:
+    if isinstance(error, OSError):
+        number = error.errno
+    else:
+        text = str(error).lower()
+        number = next((key for key, reason in STORAGE_ERRNOS.items() if reason in text), None)
+    if number not in STORAGE_ERRNOS:
         return None
     where = Path(path).parent
     result = StorageError(
-        f"{path}: cannot write ({STORAGE_ERRNOS[error.errno]}); files written before are "
+        f"{path}: cannot write ({STORAGE_ERRNOS[number]}); files written before are "
         f"intact: free space or make {where} writable, or write elsewhere, then rerun")
-    result.errno, result.filename = error.errno, str(path)
+    result.errno, result.filename = number, str(path)
     return result
 
 
@@ -252,7 +260,8 @@ def exclusive_lock(path: str | os.PathLike, *, wait: bool = True,
 # ------------------------------------------------------------------ the test hook
 
 #: Test hook: ``<action>:<glob>[:<n>]`` makes the ``n``-th write (default 1) in this process of
-#: a file whose name matches ``<glob>`` pause (``pause``) or fail with ENOSPC (``enospc``).
+#: a file whose name matches ``<glob>`` pause (``pause``) or fail as on a full disk (``enospc``)
+#: or a read-only file system (``erofs``).
 #: Write points: every atomic write of this module and of the NIfTI writer (the temporary file
 #: is complete, the final name not yet in place), checkpoints as ``ckpt-<N>_temp`` (before
 #: TensorFlow writes anything) and ``ckpt-<N>`` (its files written, the ``checkpoint`` index
@@ -261,6 +270,8 @@ FAULT_VARIABLE = "UNET3D_TEST_FAULT"
 #: The file a paused writer creates (holding the path it writes); it waits while it exists.
 FAULT_MARKER_VARIABLE = "UNET3D_TEST_FAULT_MARKER"
 _fault_counts: dict[str, int] = {}
+#: The failing actions of the hook and the ``errno`` each raises.
+_FAULT_ERRNOS = {"enospc": errno.ENOSPC, "erofs": errno.EROFS}
 
 
 def fault_active() -> bool:
@@ -273,10 +284,11 @@ def fault_point(path: str | os.PathLike) -> None:
 
     ``pause`` writes ``path`` into the file ``$UNET3D_TEST_FAULT_MARKER`` and sleeps while that
     file exists (at most 10 minutes), so a test can kill the process at this moment, or delete
-    the marker to let it go on. ``enospc`` raises ``OSError(ENOSPC)`` naming ``path``.
+    the marker to let it go on. ``enospc`` / ``erofs`` raise ``OSError(ENOSPC)`` /
+    ``OSError(EROFS)`` naming ``path``.
 
     Raises:
-        OSError: ``enospc`` at the chosen write.
+        OSError: ``enospc`` or ``erofs`` at the chosen write.
     """
     spec = os.environ.get(FAULT_VARIABLE)
     if not spec:
@@ -287,8 +299,9 @@ def fault_point(path: str | os.PathLike) -> None:
     _fault_counts[spec] = _fault_counts.get(spec, 0) + 1
     if _fault_counts[spec] != (int(count[0]) if count else 1):
         return
-    if action == "enospc":
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if action in _FAULT_ERRNOS:
+        number = _FAULT_ERRNOS[action]
+        raise OSError(number, os.strerror(number), str(path))
     marker = Path(os.environ.get(FAULT_MARKER_VARIABLE) or f"{path}.paused")
     marker.write_text(f"{path}\n", encoding="utf-8")
     log.warning("test hook %s: paused while writing %s", spec, path)

@@ -193,7 +193,7 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         if self.takes_over:
             self._set_aside_earlier_job()
-        remove_stale_temporaries(self.path, recursive=False)
+        remove_stale_temporaries(self.path)  # metrics/, figures/, predictions/ too
         hydra_dir = self.path / HYDRA_SUBDIR
         if task_cfg is not None:
             write_text_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(task_cfg))

@@ -25,7 +25,6 @@ import tensorflow as tf
 from unet3d.errors import CheckpointError
 from unet3d.runs.checkpoint_files import CHECKPOINT_FOLDER, checkpoint_debris, saved_checkpoints
 from unet3d.runs.files import (
-    STORAGE_ERRNOS,
     fault_active,
     fault_point,
     storage_error,
@@ -100,11 +99,7 @@ def _save_error(error: BaseException, prefix: Path) -> Exception:
     full = storage_error(error, prefix)
     if full is not None:
         return full
-    text = _first_line(error)
-    for number, reason in STORAGE_ERRNOS.items():
-        if reason.lower() in text.lower():  # TensorFlow's C++ file system says it in words
-            return storage_error(OSError(number, reason, str(prefix)), prefix) or error
-    return CheckpointError(f"checkpoint {prefix}: cannot write ({text})")
+    return CheckpointError(f"checkpoint {prefix}: cannot write ({_first_line(error)})")
 
 
 def build_optimizer_variables(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
