@@ -18,6 +18,13 @@ goes (``tf.profiler``: op time per op type, layer and layer kind, in each row's
 ``op_profile``), e.g. before and after a change to the model:
 
     python benchmarks/train_step.py --models reference --shapes 128 --op-profile
+
+``--onednn 0 1 --rounds 3`` times each configuration with TensorFlow's oneDNN kernels off and
+on, interleaved, and reports the median per-round ratio (what ``import unet3d`` buys on a CPU
+where TensorFlow leaves oneDNN off):
+
+    python benchmarks/train_step.py --models small --precisions fp32 --batch 2 --onednn 0 1 \
+        --rounds 3 --out benchmarks/results/train_step_onednn.json
 """
 
 from __future__ import annotations
@@ -156,16 +163,39 @@ def measure(model_name: str, side: int, batch: int, precision: str, xla: bool,
     }
 
 
-def _child(arguments: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any]:
+def _child(arguments: argparse.Namespace, config: dict[str, Any],
+           onednn: str | None) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(config)]
-    env = {}
-    if arguments.onednn is not None:
-        env["TF_ENABLE_ONEDNN_OPTS"] = arguments.onednn
+    env = {} if onednn is None else {"TF_ENABLE_ONEDNN_OPTS": onednn}
     process = subprocess.run(command, capture_output=True, text=True,
                              env=subprocess_env(env), timeout=arguments.timeout)
     if process.returncode != 0:
-        return {**config, "error": (process.stdout + process.stderr)[-2000:]}
-    return json.loads(process.stdout.strip().splitlines()[-1])
+        return {**config, "onednn": onednn, "error": (process.stdout + process.stderr)[-2000:]}
+    return {**json.loads(process.stdout.strip().splitlines()[-1]), "onednn": onednn}
+
+
+def onednn_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per configuration, the step time with oneDNN off over on, round by round (rows of one
+    interleaved sequence), and their median."""
+    import statistics
+
+    pairs: dict[tuple, dict[int, dict[str, float]]] = {}
+    for row in rows:
+        if "error" in row or row.get("onednn") not in ("0", "1"):
+            continue
+        key = tuple(row[name] for name in ("model", "norm", "side", "batch", "precision", "xla",
+                                           "sync_every", "intra_op_threads",
+                                           "inter_op_threads"))
+        pairs.setdefault(key, {}).setdefault(row["round"], {})[row["onednn"]] = \
+            row["step_time_median_s"]
+    summary = []
+    for key, rounds in pairs.items():
+        ratios = [times["0"] / times["1"] for times in rounds.values() if len(times) == 2]
+        if ratios:
+            summary.append({"model": key[0], "side": key[2], "batch": key[3],
+                            "precision": key[4], "off_over_on_per_round": ratios,
+                            "off_over_on_median": statistics.median(ratios)})
+    return summary
 
 
 def main() -> None:
@@ -186,8 +216,12 @@ def main() -> None:
                         help="wait for the loss every N steps (1 = like the training loop)")
     parser.add_argument("--threads", nargs="+", default=["0:0"],
                         help="intra:inter thread pool sizes to try (0 = TensorFlow's default)")
-    parser.add_argument("--onednn", choices=["0", "1"], default=None,
-                        help="set TF_ENABLE_ONEDNN_OPTS in the children")
+    parser.add_argument("--onednn", choices=["0", "1"], nargs="+", default=None,
+                        help="set TF_ENABLE_ONEDNN_OPTS in the children (several: each, "
+                             "interleaved; unset: unet3d's default, on for x86-64)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the whole sequence (interleaved rounds; ratios of "
+                             "oneDNN off/on per round)")
     parser.add_argument("--op-profile", action="store_true",
                         help="also profile one step (tf.profiler): time shares per op type, "
                              "layer and layer kind in each row's op_profile")
@@ -206,16 +240,17 @@ def main() -> None:
     peaks = {"fp32": peak.get("float32_gflops"), "bf16": peak.get("bfloat16_gflops")} \
         if peak else {}
     rows = []
-    for model_name, norm, side, precision, xla, sync_every, threads in itertools.product(
-        arguments.models, arguments.norms, arguments.shapes, arguments.precisions, arguments.xla,
-        arguments.sync_every, arguments.threads,
-    ):
+    for round_index, (model_name, norm, side, precision, xla, sync_every, threads, onednn) in \
+            itertools.product(range(arguments.rounds), itertools.product(
+                arguments.models, arguments.norms, arguments.shapes, arguments.precisions,
+                arguments.xla, arguments.sync_every, arguments.threads,
+                arguments.onednn or [None])):
         intra, inter = (int(part) for part in threads.split(":"))
         config = {"model_name": model_name, "side": side, "batch": arguments.batch,
                   "precision": precision, "xla": xla == "on", "warmup": arguments.warmup,
                   "steps": arguments.steps, "sync_every": sync_every, "intra": intra,
                   "inter": inter, "norm": norm, "op_profile": arguments.op_profile}
-        row = _child(arguments, config)
+        row = {**_child(arguments, config, onednn), "round": round_index}
         if "error" not in row and peaks.get(precision):
             row["peak_gflops"] = peaks[precision]
             row["fraction_of_peak"] = row["achieved_gflops"] / peaks[precision]
@@ -225,18 +260,25 @@ def main() -> None:
             continue
         share = f" ({100 * row['fraction_of_peak']:.0f}% of peak)" if "fraction_of_peak" in row \
             else ""
-        print(f"{model_name:9s} {norm:8s} {side:3d}^3 b{arguments.batch} {precision} xla={xla:3s} "
+        print(f"round {round_index} oneDNN {onednn or 'default'}: "
+              f"{model_name:9s} {norm:8s} {side:3d}^3 b{arguments.batch} {precision} xla={xla:3s} "
               f"sync/{sync_every} threads {threads}: {row['step_time_median_s']:.3f} s/step, "
               f"{row['achieved_gflops']:.1f} GFLOP/s{share}, CPU "
               f"{row['cpu_seconds_per_step']:.2f} s/step, first step "
               f"{row['first_step_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MiB", flush=True)
         if "op_profile" in row:
             print("    op time shares: " + shares_line(row["op_profile"]), flush=True)
+    ratios = onednn_ratios(rows)
+    for item in ratios:
+        print(f"oneDNN off / on, {item['model']} {item['side']}^3 b{item['batch']} "
+              f"{item['precision']}: median {item['off_over_on_median']:.2f}x over "
+              f"{len(item['off_over_on_per_round'])} round(s)", flush=True)
     write_result(arguments.out, {
         "benchmark": "train_step",
         "description": "bare tf.function train step (model, dice+ce, Adam) on in-memory tensors",
         "peak": peak,
         "results": rows,
+        **({"onednn_off_over_on": ratios} if ratios else {}),
         "environment": {"TF_ENABLE_ONEDNN_OPTS": arguments.onednn
                         or os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
     })

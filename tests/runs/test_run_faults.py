@@ -204,16 +204,21 @@ def test_the_stop_hint_suggests_resume_only_when_a_checkpoint_exists(tmp_path: P
 # ------------------------------------------------------------------ full disks
 
 
-def test_a_full_disk_is_one_line_naming_the_file_and_the_old_file_stays(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("action", "number", "reason"), [
+    ("enospc", errno.ENOSPC, "no space left on device"),
+    ("erofs", errno.EROFS, "read-only file system"),
+])
+def test_a_full_or_read_only_disk_is_one_line_naming_the_file_and_the_old_file_stays(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, action: str, number: int,
+        reason: str) -> None:
     target = tmp_path / "results.json"
     write_json_atomic(target, {"status": "FINISHED"})
-    monkeypatch.setenv(FAULT_VARIABLE, "enospc:results.json")
+    monkeypatch.setenv(FAULT_VARIABLE, f"{action}:results.json")
     with pytest.raises(StorageError) as error:
         write_json_atomic(target, {"status": "FAILED"})
     message = str(error.value)
-    assert message.startswith(f"{target}: cannot write (no space left on device)"), message
-    assert "\n" not in message and error.value.errno == errno.ENOSPC
+    assert message.startswith(f"{target}: cannot write ({reason})"), message
+    assert "\n" not in message and error.value.errno == number
     assert isinstance(error.value, OSError)
     assert json.loads(target.read_text()) == {"status": "FINISHED"}
     assert sorted(path.name for path in tmp_path.iterdir()) == ["results.json"]
@@ -239,19 +244,6 @@ def test_storage_error_reads_tensorflows_file_system_errors(tmp_path: Path) -> N
     assert error.errno == errno.ENOSPC and error.filename == str(path)
     other = tf.errors.NotFoundError(None, None, f"{path}.tmp-1; No such file or directory")
     assert storage_error(other, path) is None
-
-
-def test_a_read_only_folder_is_one_line_and_the_old_file_stays(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "results.json"
-    write_json_atomic(target, {"status": "FINISHED"})
-    monkeypatch.setenv(FAULT_VARIABLE, "erofs:results.json")
-    with pytest.raises(StorageError) as error:
-        write_json_atomic(target, {"status": "FAILED"})
-    assert str(error.value).startswith(f"{target}: cannot write (read-only file system)")
-    assert error.value.errno == errno.EROFS
-    assert json.loads(target.read_text()) == {"status": "FINISHED"}
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["results.json"]
 
 
 # ------------------------------------------------------------------ the test hook
