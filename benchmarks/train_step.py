@@ -46,6 +46,8 @@ from _common import (  # noqa: E402
     MODELS,
     PRECISION_POLICIES,
     RESULTS_DIR,
+    host_cpu,
+    host_label,
     read_json,
     subprocess_env,
     write_result,
@@ -198,6 +200,26 @@ def onednn_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+def same_host_peak(peak: dict[str, Any] | None, path: Path) -> dict[str, Any] | None:
+    """``peak`` when ``cpu_peak.py`` measured it on this host's CPU, else None (with a line).
+
+    Hosts of one kind share lscpu's model name (``AMD EPYC``) but not their speed: the peak
+    is compared by family, model and flags (``environment.cpu``); a file without them is
+    from before hosts were recorded and is not used.
+    """
+    if not peak:
+        return None
+    recorded = (peak.get("environment") or {}).get("cpu")
+    current = host_cpu()
+    keys = ("model_name", "family", "model", "flags")
+    if recorded and all(recorded.get(key) == current.get(key) for key in keys):
+        return peak
+    print(f"{path}: measured on another host ({(peak.get('environment') or {}).get('host')}"
+          f"), not this {host_label(current)}: no share of peak (run cpu_peak.py here first)",
+          flush=True)
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", type=int, nargs="+", default=[64], help="cube sides")
@@ -236,7 +258,7 @@ def main() -> None:
         print(json.dumps(measure(**config)))
         return
 
-    peak = read_json(arguments.peak_json)
+    peak = same_host_peak(read_json(arguments.peak_json), arguments.peak_json)
     peaks = {"fp32": peak.get("float32_gflops"), "bf16": peak.get("bfloat16_gflops")} \
         if peak else {}
     rows = []

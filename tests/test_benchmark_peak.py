@@ -1,0 +1,28 @@
+"""benchmarks/train_step.py: a share of the matmul peak only against a peak of this host."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from _common import host_cpu  # noqa: E402
+from train_step import same_host_peak  # noqa: E402
+
+
+def test_the_peak_of_this_host_is_used_and_another_hosts_is_not(capsys) -> None:
+    here = host_cpu()
+    peak = {"float32_gflops": 200.0, "environment": {"cpu": dict(here), "host": "this"}}
+    assert same_host_peak(peak, Path("cpu_peak.json")) is peak
+
+    other = {"float32_gflops": 200.0,
+             "environment": {"cpu": {**here, "family": f"{here.get('family')}0"},
+                             "host": "AMD EPYC (family 260)"}}
+    assert same_host_peak(other, Path("cpu_peak.json")) is None
+    assert "cpu_peak.json: measured on another host (AMD EPYC (family 260))" \
+        in capsys.readouterr().out
+
+    unrecorded = {"float32_gflops": 200.0, "environment": {"cpu_model": "AMD EPYC"}}
+    assert same_host_peak(unrecorded, Path("cpu_peak.json")) is None
+    assert same_host_peak(None, Path("cpu_peak.json")) is None
