@@ -373,8 +373,13 @@ def test_joblib_parallel_sweep_sqlite_grouped_by_precision(tmp_path: Path) -> No
     assert not any(key.startswith("cv_mean/Dice") for key in parent.data.metrics)
 
 
+#: Jobs that a test stops with a signal: far more steps than it ever trains (debug=fast steps
+#: take 0.06 s with oneDNN on, so 200 steps could end before a test under load sends its signal).
+UNTIL_STOPPED = "training.max_steps=1000000"
+
+
 def test_sigterm_ends_run_killed_and_sigkill_resumes_same_run(tmp_path: Path) -> None:
-    common = ("debug=fast", "mode=train", "training.max_steps=200", "tracking.log_model=false")
+    common = ("debug=fast", "mode=train", UNTIL_STOPPED, "tracking.log_model=false")
     term_dir, kill_dir = tmp_path / "term", tmp_path / "kill"
     # Both jobs run at once (one data set: the first to arrive generates it).
     term = _start_cli(*common, f"hydra.run.dir={term_dir}", cwd=tmp_path,
@@ -429,7 +434,7 @@ def test_sigterm_ends_run_killed_and_sigkill_resumes_same_run(tmp_path: Path) ->
 
 def test_ctrl_c_ends_run_killed_with_one_line_and_status_130(tmp_path: Path) -> None:
     run_dir = tmp_path / "interrupted"
-    job = _start_cli("debug=fast", "mode=train", "training.max_steps=200",
+    job = _start_cli("debug=fast", "mode=train", UNTIL_STOPPED,
                      "tracking.log_model=false", f"hydra.run.dir={run_dir}", cwd=tmp_path,
                      log_path=tmp_path / "job.out")
     try:
