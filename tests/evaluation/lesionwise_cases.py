@@ -129,3 +129,18 @@ def hand_built_2024_cases() -> dict[str, tuple[np.ndarray, np.ndarray, tuple[flo
     _box(ref, (30, 14, 10), (34, 18, 14), 3)
     _box(pred, (6, 10, 10), (22, 14, 14), 3)
     return {"join_lowest_label": (pred, ref, (1.0, 1.0, 1.0))}
+
+
+def wide_case(seed: int, with_rc: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Two ``random_case`` tumours in opposite corners of a (100, 96, 60) volume and specks:
+    scored as separate clusters by unet3d, over the whole volume by the scripts."""
+    shape = (100, 96, 60)
+    pred, ref = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    for corner, offset in ((0, (0, 0, 0)), (1, (64, 64, 36))):
+        part_pred, part_ref = random_case(seed * 2 + corner, with_rc)
+        box = tuple(slice(offset[a], offset[a] + SHAPE[a]) for a in range(3))
+        pred[box], ref[box] = part_pred, part_ref
+    rng = np.random.default_rng(seed)
+    specks = rng.random(shape) < 0.00001
+    pred[specks] = rng.choice([1, 2, 3, 4] if with_rc else [1, 2, 3], size=int(specks.sum()))
+    return pred, ref

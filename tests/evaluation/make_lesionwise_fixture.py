@@ -42,6 +42,7 @@ from lesionwise_cases import (  # noqa: E402
     hand_built_2024_cases,
     hand_built_cases,
     random_case,
+    wide_case,
 )
 
 #: (rules, official module, challenge name, with RC labels, number of random cases)
@@ -89,7 +90,8 @@ def _score(official, challenge: str, pred: np.ndarray, ref: np.ndarray, spacing)
     scores = {}
     for _, row in table.iterrows():
         scores[str(row["Labels"])] = {
-            "dice": float(row["LesionWise_Score_Dice"]), "hd95": float(row["LesionWise_Score_HD95"]),
+            "dice": float(row["LesionWise_Score_Dice"]),
+            "hd95": float(row["LesionWise_Score_HD95"]),
             "tp": int(row["Num_TP"]), "fn": int(row["Num_FN"]), "fp": int(row["Num_FP"])}
     return scores
 
@@ -118,6 +120,9 @@ def main() -> None:
         official = _official(repos[year], module)
         inputs = [(f"{rules}_random_{seed}", *random_case(1000 * len(rules) + seed, with_rc),
                    SPACINGS[seed % len(SPACINGS)]) for seed in range(count)]
+        if rules in ("brats2023", "brats2024"):
+            inputs += [(f"{rules}_wide_{seed}", *wide_case(100 + seed, with_rc), (1.0, 1.0, 1.0))
+                       for seed in range(4)]
         hand_built = {"brats2023": hand_built_cases, "brats2024": hand_built_2024_cases}
         if rules in hand_built:
             inputs += [(f"{rules}_{name}", pred, ref, spacing)

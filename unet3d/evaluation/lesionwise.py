@@ -104,6 +104,7 @@ class LesionwiseRules:
 
     @property
     def max_dilation(self) -> int:
+        """The largest dilation of any region."""
         return max(self.dilation.values())
 
 
@@ -261,13 +262,30 @@ def _volume(count: int, spacing: Sequence[float]) -> float:
     return volume
 
 
+@dataclass
+class _Tally:
+    """Entries and counts of one region, summed over the clusters of a case."""
+
+    lesions: list[tuple[float, float, float]] = field(default_factory=list)
+    tp: int = 0
+    fn: int = 0
+    fp: int = 0
+    excluded: int = 0
+
+    def result(self, missing_hd95: float) -> RegionLesions:
+        entries = len(self.lesions) + self.fp
+        if entries == 0:  # L360-374: 0/0 -> nan -> Dice 1, HD95 0
+            return RegionLesions(1.0, 0.0, self.tp, self.fn, self.fp, self.excluded, [])
+        dice = sum(entry[1] for entry in self.lesions) / entries
+        hd95 = (sum(entry[2] for entry in self.lesions) + self.fp * missing_hd95) / entries
+        return RegionLesions(dice, hd95, self.tp, self.fn, self.fp, self.excluded, self.lesions)
+
+
 def _match(gt: np.ndarray, pred: np.ndarray, dilation: int, spacing: Sequence[float],
-           threshold_mm3: float, missing_hd95: float) -> RegionLesions:
-    """Score one region from its final ground-truth lesions and predicted components."""
+           threshold_mm3: float, missing_hd95: float, tally: _Tally) -> None:
+    """Add one cluster's entries of a region, from its final lesions and predicted components."""
     pred_boxes = ndimage.find_objects(pred)
     matched: set[int] = set()
-    lesions: list[tuple[float, float, float]] = []
-    tp = fn = excluded = 0
     for index, box in enumerate(ndimage.find_objects(gt), start=1):
         if box is None:
             continue
@@ -279,13 +297,13 @@ def _match(gt: np.ndarray, pred: np.ndarray, dilation: int, spacing: Sequence[fl
         matched.update(int(hit) for hit in hits)
         volume = _volume(int(lesion.sum()), spacing)
         if volume <= threshold_mm3:
-            excluded += 1
+            tally.excluded += 1
             continue
         if hits.size == 0:
-            fn += 1
-            lesions.append((volume, 0.0, missing_hd95))
+            tally.fn += 1
+            tally.lesions.append((volume, 0.0, missing_hd95))
             continue
-        tp += 1
+        tally.tp += 1
         boxes = [box] + [pred_boxes[hit - 1] for hit in hits]
         union = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes))
                       for a in range(3))
@@ -293,23 +311,59 @@ def _match(gt: np.ndarray, pred: np.ndarray, dilation: int, spacing: Sequence[fl
         found = np.isin(pred[union], hits)
         dice = 2.0 * int(np.count_nonzero(truth & found)) / (int(truth.sum()) + int(found.sum()))
         hd95 = robust_hausdorff(truth, found, spacing, 95.0)
-        lesions.append((volume, dice, missing_hd95 if math.isinf(hd95) else hd95))
+        tally.lesions.append((volume, dice, missing_hd95 if math.isinf(hd95) else hd95))
     present = {i + 1 for i, box in enumerate(pred_boxes) if box is not None}
-    fp = len(present - matched)
-    entries = len(lesions) + fp
-    if entries == 0:
-        return RegionLesions(1.0, 0.0, tp, fn, fp, excluded, lesions)
-    dice = sum(entry[1] for entry in lesions) / entries
-    hd95 = (sum(entry[2] for entry in lesions) + fp * missing_hd95) / entries
-    return RegionLesions(dice, hd95, tp, fn, fp, excluded, lesions)
+    tally.fp += len(present - matched)
 
 
-def _frame(masks: Sequence[np.ndarray], margin: int) -> tuple[slice, ...] | None:
-    union = np.logical_or.reduce(masks)
-    if not union.any():
-        return None
-    box = ndimage.find_objects(union.astype(np.uint8))[0]
-    return _grow(box, margin, union.shape)
+#: Side of the blocks that group a case's voxels into clusters.
+_BLOCK = 8
+
+
+def _clusters(foreground: np.ndarray, reach: int, margin: int,
+              ) -> list[tuple[tuple[slice, ...], np.ndarray | None]]:
+    """Boxes of the groups of foreground voxels that are more than ``reach`` voxels apart.
+
+    Nothing that the rules compute connects voxels farther apart than ``reach``
+    (chessboard), so each group is scored alone on its box grown by ``margin``: a speck in a
+    corner does not turn the tumour's box into the whole volume. Voxels are grouped by blocks of
+    ``_BLOCK``; blocks within ``reach`` of each other share a group.
+
+    Returns:
+        ``(box, member)`` per group: ``member`` is the bool mask (box shape) of the voxels whose
+        block is the group's, None when there is one group.
+    """
+    shape = foreground.shape
+    counts = [-(-n // _BLOCK) for n in shape]
+    padded = np.zeros([c * _BLOCK for c in counts], dtype=bool)
+    padded[: shape[0], : shape[1], : shape[2]] = foreground
+    coarse = padded.reshape(counts[0], _BLOCK, counts[1], _BLOCK, counts[2], _BLOCK).any(
+        axis=(1, 3, 5))
+    steps = (_BLOCK - 1 + reach) // _BLOCK  # block distance of two voxels within reach
+    joined = ndimage.binary_dilation(coarse, _S26, iterations=-(-steps // 2))
+    groups = np.where(coarse, ndimage.label(joined, _S26)[0], 0)
+    boxes = ndimage.find_objects(groups)
+    found = []
+    for index, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        voxels = tuple(slice(s.start * _BLOCK, min(s.stop * _BLOCK, n))
+                       for s, n in zip(box, shape, strict=True))
+        frame = _grow(voxels, margin, shape)
+        member = None
+        if len(boxes) > 1:
+            blocks = np.ix_(*[np.arange(s.start, s.stop) // _BLOCK for s in frame])
+            member = groups[blocks] == index
+        found.append((frame, member))
+    return found
+
+
+def _as_labels(volume: np.ndarray) -> np.ndarray:
+    array = np.asarray(volume)
+    if array.dtype == np.uint8:
+        return array
+    inside = (array >= 0) & (array <= 255)
+    return np.where(inside, array, 0).astype(np.uint8)
 
 
 def lesionwise_regions(pred: np.ndarray, ref: np.ndarray, rules: LesionwiseRules,
@@ -318,7 +372,7 @@ def lesionwise_regions(pred: np.ndarray, ref: np.ndarray, rules: LesionwiseRules
     """Lesion-wise results of one case, per region of ``rules``.
 
     Args:
-        pred: predicted label volume ``(X, Y, Z)`` in disk label values, integer.
+        pred: predicted label volume ``(X, Y, Z)`` in disk label values, integer (0..255).
         ref: reference label volume, same shape.
         rules: the rule set (``RULES[...]``).
         values: region -> label values (``region_values(rules, convention)``).
@@ -328,38 +382,43 @@ def lesionwise_regions(pred: np.ndarray, ref: np.ndarray, rules: LesionwiseRules
         Region -> ``RegionLesions``, in ``rules.regions`` order.
 
     Raises:
-        ValueError: shapes differ or are not 3D, or a region has no values.
+        ValueError: shapes differ or are not 3D.
     """
-    pred = np.asarray(pred)
-    ref = np.asarray(ref)
+    pred, ref = _as_labels(pred), _as_labels(ref)
     if pred.shape != ref.shape or pred.ndim != 3:
         raise ValueError(f"prediction {pred.shape} and reference {ref.shape} must be 3D volumes "
                          "of one shape")
     spacing = tuple(float(side) for side in spacing)
-    gt_masks = {region: np.isin(ref, values[region]) for region in rules.regions}
-    pred_masks = {region: np.isin(pred, values[region]) for region in rules.regions}
-    frame = _frame([*gt_masks.values(), *pred_masks.values()], rules.max_dilation + 2)
-    if frame is None:
-        return {region: RegionLesions(1.0, 0.0, 0, 0, 0, 0) for region in rules.regions}
-    gt_groups, pred_groups = {}, {}
-    for region in rules.regions:
-        dilation = rules.dilation[region]
-        gt_groups[region] = _dilation_groups(gt_masks[region][frame], dilation)
-        mask = pred_masks[region][frame]
-        if region in rules.prediction_min_voxels:
-            pred_groups[region] = _delete_small(_dilation_groups(mask, dilation),
-                                                rules.prediction_min_voxels[region])
-        else:
-            pred_groups[region] = _label(mask)
-    result = {}
-    for region in rules.regions:
-        gt, found = gt_groups[region], pred_groups[region]
-        for other in rules.join_through.get(region, ()):
-            gt = _join_through(gt, gt_groups[other])
-            found = _join_through(found, pred_groups[other])
-        result[region] = _match(gt, found, rules.dilation[region], spacing,
-                                rules.threshold_mm3[region], rules.missing_hd95)
-    return result
+    regions = list(rules.regions)
+    bits = np.zeros(256, dtype=np.uint8)  # label value -> one bit per region holding it
+    for bit, region in enumerate(regions):
+        bits[list(values[region])] |= np.uint8(1 << bit)
+    pred_bits, ref_bits = bits[pred], bits[ref]
+    tallies = {region: _Tally() for region in regions}
+    # Joining dilations touch within 2 * dilation + 1, matches lie within the dilation.
+    reach = 2 * rules.max_dilation + 2
+    for frame, member in _clusters((pred_bits | ref_bits) > 0, reach, rules.max_dilation + 2):
+        gt_bits, found_bits = ref_bits[frame], pred_bits[frame]
+        if member is not None:
+            gt_bits, found_bits = gt_bits * member, found_bits * member
+        gt_groups, pred_groups = {}, {}
+        for bit, region in enumerate(regions):
+            dilation = rules.dilation[region]
+            gt_groups[region] = _dilation_groups((gt_bits >> bit) & 1 > 0, dilation)
+            mask = (found_bits >> bit) & 1 > 0
+            if region in rules.prediction_min_voxels:
+                pred_groups[region] = _delete_small(_dilation_groups(mask, dilation),
+                                                    rules.prediction_min_voxels[region])
+            else:
+                pred_groups[region] = _label(mask)
+        for region in regions:
+            gt, found = gt_groups[region], pred_groups[region]
+            for other in rules.join_through.get(region, ()):
+                gt = _join_through(gt, gt_groups[other])
+                found = _join_through(found, pred_groups[other])
+            _match(gt, found, rules.dilation[region], spacing, rules.threshold_mm3[region],
+                   rules.missing_hd95, tallies[region])
+    return {region: tallies[region].result(rules.missing_hd95) for region in regions}
 
 
 def lesionwise_metrics(pred: np.ndarray, ref: np.ndarray, rules: LesionwiseRules,
