@@ -64,18 +64,23 @@ Speed: ``benchmarks/lesionwise_speed.py``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from unet3d.evaluation.surface_distance import robust_hausdorff
-
-_S18 = ndimage.generate_binary_structure(3, 2)
-_S26 = np.ones((3, 3, 3), dtype=bool)
+from unet3d.evaluation.lesions import (
+    METRIC_PREFIXES,
+    RegionLesions,
+    Tally,
+    clusters,
+    delete_small,
+    dilation_groups,
+    join_through,
+    label26,
+    match_lesions,
+)
 
 
 @dataclass(frozen=True)
@@ -136,40 +141,6 @@ RULES: dict[str, LesionwiseRules] = {
          "SNFH": ("ET", "RC", "NETC")}),
 }
 
-#: Per-region metric name prefixes, in the order of ``metric_keys``.
-METRIC_PREFIXES: tuple[str, ...] = ("LesionDice", "LesionHD95", "LesionTP", "LesionFN",
-                                    "LesionFP", "LesionExcluded")
-
-
-@dataclass
-class RegionLesions:
-    """One region's lesion-wise result for one case.
-
-    Attributes:
-        dice: lesion-wise Dice (mean over the entries).
-        hd95: lesion-wise HD95 in mm (mean over the entries).
-        tp: kept ground-truth lesions with at least one predicted component.
-        fn: kept ground-truth lesions without.
-        fp: predicted components that overlap no lesion's dilation.
-        excluded: ground-truth lesions left out by the volume threshold.
-        lesions: per kept lesion ``(volume_mm3, dice, hd95)``.
-    """
-
-    dice: float
-    hd95: float
-    tp: int
-    fn: int
-    fp: int
-    excluded: int
-    lesions: list[tuple[float, float, float]] = field(default_factory=list)
-
-    def metrics(self, region: str) -> dict[str, float]:
-        """``LesionDice_<region>``, ``LesionHD95_<region>`` and the four counts."""
-        values = (self.dice, self.hd95, self.tp, self.fn, self.fp, self.excluded)
-        return {f"{prefix}_{region}": float(value)
-                for prefix, value in zip(METRIC_PREFIXES, values, strict=True)}
-
-
 def metric_keys(rules: LesionwiseRules) -> tuple[str, ...]:
     """The keys ``lesionwise_metrics`` returns for ``rules``: per prefix, every region."""
     return tuple(f"{prefix}_{region}" for prefix in METRIC_PREFIXES for region in rules.regions)
@@ -197,165 +168,6 @@ def region_values(rules: LesionwiseRules, convention: Any) -> dict[str, tuple[in
                              f"are {dict(convention.labels)}")
         values[region] = tuple(sorted(v for tissue in tissues for v in by_tissue[tissue]))
     return values
-
-
-def _grow(box: tuple[slice, ...], by: int, shape: Sequence[int]) -> tuple[slice, ...]:
-    return tuple(slice(max(s.start - by, 0), min(s.stop + by, n))
-                 for s, n in zip(box, shape, strict=True))
-
-
-def _label(mask: np.ndarray) -> np.ndarray:
-    return ndimage.label(mask, _S26)[0]
-
-
-def _dilation_groups(mask: np.ndarray, iterations: int) -> np.ndarray:
-    """Mask voxels numbered by the 26-connected component of the mask's dilation holding them.
-
-    The dilation is built per component on its box (the same as dilating the whole mask);
-    the dilated mask is labelled once, so the numbers are those of the scripts.
-    """
-    components = _label(mask)
-    dilated = np.zeros(mask.shape, dtype=bool)
-    for index, box in enumerate(ndimage.find_objects(components), start=1):
-        if box is None:
-            continue
-        grown = _grow(box, iterations, mask.shape)
-        dilated[grown] |= ndimage.binary_dilation(components[grown] == index, _S18,
-                                                  iterations=iterations)
-    return np.where(mask, _label(dilated), 0)
-
-
-def _delete_small(groups: np.ndarray, max_voxels: int) -> np.ndarray:
-    # metrics_GLI.py L337-343: labels[counts <= thresh] set to 0 (background stays 0).
-    counts = np.bincount(groups.ravel())
-    small = counts <= max_voxels
-    small[0] = False
-    return np.where(small[groups], 0, groups)
-
-
-def _join_through(labels: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """``relabel_nifti_image`` of the lesions touching ``other``'s (see the module doc)."""
-    lowest: dict[int, int] = {}
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        grown = _grow(box, 1, labels.shape)
-        ring = ndimage.binary_dilation(labels[grown] == index, _S18)
-        touched = other[grown][ring]
-        touched = touched[touched > 0]
-        if touched.size:
-            lowest[index] = int(touched.min())
-    if not lowest:
-        return labels
-    top = int(labels.max())
-    rank = {key: top + 1 + i for i, key in enumerate(sorted(set(lowest.values())))}
-    lookup = np.arange(top + 1, dtype=np.int64)
-    for index, key in lowest.items():
-        lookup[index] = rank[key]
-    return lookup[labels]
-
-
-def _volume(count: int, spacing: Sequence[float]) -> float:
-    volume = float(count)
-    for side in spacing:  # np.sum(gt_tmp)*sx*sy*sz, in that order (L220)
-        volume *= side
-    return volume
-
-
-@dataclass
-class _Tally:
-    """Entries and counts of one region, summed over the clusters of a case."""
-
-    lesions: list[tuple[float, float, float]] = field(default_factory=list)
-    tp: int = 0
-    fn: int = 0
-    fp: int = 0
-    excluded: int = 0
-
-    def result(self, missing_hd95: float) -> RegionLesions:
-        entries = len(self.lesions) + self.fp
-        if entries == 0:  # L360-374: 0/0 -> nan -> Dice 1, HD95 0
-            return RegionLesions(1.0, 0.0, self.tp, self.fn, self.fp, self.excluded, [])
-        dice = sum(entry[1] for entry in self.lesions) / entries
-        hd95 = (sum(entry[2] for entry in self.lesions) + self.fp * missing_hd95) / entries
-        return RegionLesions(dice, hd95, self.tp, self.fn, self.fp, self.excluded, self.lesions)
-
-
-def _match(gt: np.ndarray, pred: np.ndarray, dilation: int, spacing: Sequence[float],
-           threshold_mm3: float, missing_hd95: float, tally: _Tally) -> None:
-    """Add one cluster's entries of a region, from its final lesions and predicted components."""
-    pred_boxes = ndimage.find_objects(pred)
-    matched: set[int] = set()
-    for index, box in enumerate(ndimage.find_objects(gt), start=1):
-        if box is None:
-            continue
-        grown = _grow(box, dilation, gt.shape)
-        lesion = gt[grown] == index
-        zone = ndimage.binary_dilation(lesion, _S18, iterations=dilation)
-        hits = np.unique(pred[grown][zone])
-        hits = hits[hits > 0]
-        matched.update(int(hit) for hit in hits)
-        volume = _volume(int(lesion.sum()), spacing)
-        if volume <= threshold_mm3:
-            tally.excluded += 1
-            continue
-        if hits.size == 0:
-            tally.fn += 1
-            tally.lesions.append((volume, 0.0, missing_hd95))
-            continue
-        tally.tp += 1
-        boxes = [box] + [pred_boxes[hit - 1] for hit in hits]
-        union = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes))
-                      for a in range(3))
-        truth = gt[union] == index
-        found = np.isin(pred[union], hits)
-        dice = 2.0 * int(np.count_nonzero(truth & found)) / (int(truth.sum()) + int(found.sum()))
-        hd95 = robust_hausdorff(truth, found, spacing, 95.0)
-        tally.lesions.append((volume, dice, missing_hd95 if math.isinf(hd95) else hd95))
-    present = {i + 1 for i, box in enumerate(pred_boxes) if box is not None}
-    tally.fp += len(present - matched)
-
-
-#: Side of the blocks that group a case's voxels into clusters.
-_BLOCK = 8
-
-
-def _clusters(foreground: np.ndarray, reach: int, margin: int,
-              ) -> list[tuple[tuple[slice, ...], np.ndarray | None]]:
-    """Boxes of the groups of foreground voxels that are more than ``reach`` voxels apart.
-
-    Nothing that the rules compute connects voxels farther apart than ``reach``
-    (chessboard), so each group is scored alone on its box grown by ``margin``: a speck in a
-    corner does not turn the tumour's box into the whole volume. Voxels are grouped by blocks of
-    ``_BLOCK``; blocks within ``reach`` of each other share a group.
-
-    Returns:
-        ``(box, member)`` per group: ``member`` is the bool mask (box shape) of the voxels whose
-        block is the group's, None when there is one group.
-    """
-    shape = foreground.shape
-    counts = [-(-n // _BLOCK) for n in shape]
-    padded = np.zeros([c * _BLOCK for c in counts], dtype=bool)
-    padded[: shape[0], : shape[1], : shape[2]] = foreground
-    coarse = padded.reshape(counts[0], _BLOCK, counts[1], _BLOCK, counts[2], _BLOCK).any(
-        axis=(1, 3, 5))
-    steps = (_BLOCK - 1 + reach) // _BLOCK  # block distance of two voxels within reach
-    joined = ndimage.binary_dilation(coarse, _S26, iterations=-(-steps // 2))
-    groups = np.where(coarse, ndimage.label(joined, _S26)[0], 0)
-    boxes = ndimage.find_objects(groups)
-    found = []
-    for index, box in enumerate(boxes, start=1):
-        if box is None:
-            continue
-        voxels = tuple(slice(s.start * _BLOCK, min(s.stop * _BLOCK, n))
-                       for s, n in zip(box, shape, strict=True))
-        frame = _grow(voxels, margin, shape)
-        member = None
-        if len(boxes) > 1:
-            blocks = np.ix_(*[np.arange(s.start, s.stop) // _BLOCK for s in frame])
-            member = groups[blocks] == index
-        found.append((frame, member))
-    return found
 
 
 def _as_labels(volume: np.ndarray) -> np.ndarray:
@@ -394,29 +206,29 @@ def lesionwise_regions(pred: np.ndarray, ref: np.ndarray, rules: LesionwiseRules
     for bit, region in enumerate(regions):
         bits[list(values[region])] |= np.uint8(1 << bit)
     pred_bits, ref_bits = bits[pred], bits[ref]
-    tallies = {region: _Tally() for region in regions}
+    tallies = {region: Tally() for region in regions}
     # Joining dilations touch within 2 * dilation + 1, matches lie within the dilation.
     reach = 2 * rules.max_dilation + 2
-    for frame, member in _clusters((pred_bits | ref_bits) > 0, reach, rules.max_dilation + 2):
+    for frame, member in clusters((pred_bits | ref_bits) > 0, reach, rules.max_dilation + 2):
         gt_bits, found_bits = ref_bits[frame], pred_bits[frame]
         if member is not None:
             gt_bits, found_bits = gt_bits * member, found_bits * member
         gt_groups, pred_groups = {}, {}
         for bit, region in enumerate(regions):
             dilation = rules.dilation[region]
-            gt_groups[region] = _dilation_groups((gt_bits >> bit) & 1 > 0, dilation)
+            gt_groups[region] = dilation_groups((gt_bits >> bit) & 1 > 0, dilation)
             mask = (found_bits >> bit) & 1 > 0
             if region in rules.prediction_min_voxels:
-                pred_groups[region] = _delete_small(_dilation_groups(mask, dilation),
+                pred_groups[region] = delete_small(dilation_groups(mask, dilation),
                                                     rules.prediction_min_voxels[region])
             else:
-                pred_groups[region] = _label(mask)
+                pred_groups[region] = label26(mask)
         for region in regions:
             gt, found = gt_groups[region], pred_groups[region]
             for other in rules.join_through.get(region, ()):
-                gt = _join_through(gt, gt_groups[other])
-                found = _join_through(found, pred_groups[other])
-            _match(gt, found, rules.dilation[region], spacing, rules.threshold_mm3[region],
+                gt = join_through(gt, gt_groups[other])
+                found = join_through(found, pred_groups[other])
+            match_lesions(gt, found, rules.dilation[region], spacing, rules.threshold_mm3[region],
                    rules.missing_hd95, tallies[region])
     return {region: tallies[region].result(rules.missing_hd95) for region in regions}
 
