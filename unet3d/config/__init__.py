@@ -77,6 +77,11 @@ BENCHMARK_TARGETS = ("train", "predict", "pipeline", "runner")
 #: in <case>/ folders, ``brats2019`` the same under HGG/ and LGG/, and the layouts and labels of
 #: ``conf/data/{brats2023,msd_brain,nnunet_raw}.yaml``.
 SYNTHETIC_LAYOUTS = ("flat", "brats2019", "brats2023", "msd_brain", "nnunet_raw")
+#: Lesion-wise rules (``evaluation.lesionwise``): ``auto`` from the data set's convention,
+#: the BraTS 2023 (GLI/SSA/PED, MEN, MET) and 2024 (post-treatment GLI) scripts' rules, the
+#: ``brats-evaluation`` package's (2025), or none (unet3d/evaluation/lesionwise.py).
+LESIONWISE_RULES = ("auto", "off", "brats2023", "brats2023_men", "brats2023_met", "brats2024",
+                    "brats2025")
 
 # ---- the built-in components ------------------------------------------------------------------
 
@@ -139,6 +144,7 @@ SETTINGS: dict[str, Setting] = {
     "inference.tta": Boolean(),
     "inference.crop_to_brain": Boolean(),
     "inference.crop_margin": Integer(minimum=0),
+    "evaluation.lesionwise": OneOf(LESIONWISE_RULES),
     "precision.policy": OneOf(PRECISION_POLICIES),
     "precision.xla": Boolean(),
     "precision.min_speedup": Number(0.0),

@@ -257,3 +257,82 @@ def lesionwise_metrics(pred: np.ndarray, ref: np.ndarray, rules: LesionwiseRules
     for region, result in results.items():
         flat.update(result.metrics(region))
     return {key: flat[key] for key in metric_keys(rules)}
+
+
+#: ``evaluation.lesionwise=auto``: label convention name -> rules (others: off, as BraTS
+#: 2018-2021 and the MSD ranked voxel-wise).
+AUTO_RULES: dict[str, str] = {"brats2023": "brats2023", "brats2024_post": "brats2024"}
+
+
+def resolve_rules(setting: str | None, convention: Any) -> str | None:
+    """The rule set that ``evaluation.lesionwise`` asks for on a data set; None for none.
+
+    Args:
+        setting: ``auto``, ``off`` (or None) or a rule name (``unet3d.config.LESIONWISE_RULES``).
+        convention: the data set's ``LabelConvention``.
+    """
+    if setting in (None, "off"):
+        return None
+    if setting == "auto":
+        return AUTO_RULES.get(str(getattr(convention, "name", "")))
+    return str(setting)
+
+
+class LesionwiseScorer:
+    """Scores one case: ``scorer(pred, ref, spacing) -> {LesionDice_ET: ..., ...}``.
+
+    Args:
+        rules: a name of ``RULES``.
+        convention: the data set's ``LabelConvention`` (the values of each tissue).
+
+    Raises:
+        ConfigError: ``evaluation.lesionwise: ...`` the convention lacks a tissue the rules need.
+    """
+
+    def __init__(self, rules: str, convention: Any) -> None:
+        from unet3d.errors import ConfigError
+
+        self.name = rules
+        self.rules = RULES[rules]
+        try:
+            self.values = region_values(self.rules, convention)
+        except ValueError as error:
+            raise ConfigError(f"evaluation.lesionwise: {error}") from None
+
+    def keys(self) -> tuple[str, ...]:
+        """The metric names of every case, in order (``metric_keys``)."""
+        return metric_keys(self.rules)
+
+    def __call__(self, pred: np.ndarray, ref: np.ndarray,
+                 spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, float]:
+        """The case's flat lesion-wise metrics (``lesionwise_metrics``'s keys)."""
+        results = lesionwise_regions(pred, ref, self.rules, self.values, spacing)
+        flat: dict[str, float] = {}
+        for region, result in results.items():
+            flat.update(result.metrics(region))
+        return flat
+
+
+def lesionwise_scorer(setting: str | None, convention: Any) -> Any:
+    """The scorer of ``evaluation.lesionwise`` for a data set, or None (off / auto on a data set
+    ranked voxel-wise).
+
+    ``brats2025`` is the ``brats-evaluation`` package's (``unet3d.evaluation.brats2025``).
+
+    Raises:
+        ConfigError: ``evaluation.lesionwise: ...`` an unknown name, a convention without the
+            tissues, or ``brats2025`` without the ``[brats]`` extra installed.
+    """
+    from unet3d.errors import ConfigError
+
+    rules = resolve_rules(setting, convention)
+    if rules is None:
+        return None
+    if rules == "brats2025":
+        from unet3d.evaluation.brats2025 import Brats2025Scorer
+
+        return Brats2025Scorer(convention)
+    if rules not in RULES:
+        raise ConfigError(f"evaluation.lesionwise: must be auto, off, brats2025 or one of "
+                          f"{', '.join(RULES)}, got {setting!r}")
+    return LesionwiseScorer(rules, convention)
