@@ -85,7 +85,6 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     )
     from unet3d.inference.predict import NiftiOutputs
     from unet3d.modes.evaluate import make_labeler, make_predictor
-
     from unet3d.modes.job import lesionwise_scorer
 
     pending, source, convention = _pending_cases(cfg)

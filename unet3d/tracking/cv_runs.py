@@ -3,8 +3,8 @@
 Used by :class:`unet3d.sweep_callback.CrossValidationCallback` at the end of a fold
 sweep: `cv_mean/...`, `cv_std/...`, `cv_min/...`, `cv_max/...` metrics, the tables as
 artifacts, the Markdown table as the run's note, the voxel- vs lesion-wise figure
-(``cv_figure.py``) when the folds report lesion-wise metrics, and (with several configuration groups) one
-nested summary run per group for parallel-coordinates plots.
+(``cv_figure.py``) when the folds report lesion-wise metrics, and (with several
+configuration groups) one nested summary run per group for parallel-coordinates plots.
 """
 
 from __future__ import annotations
