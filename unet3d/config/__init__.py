@@ -45,7 +45,7 @@ from unet3d.errors import ConfigError
 # ---- vocabularies: every list of allowed values lives here, modules import it -----------------
 
 MODES = ("train", "evaluate", "train_and_evaluate", "predict", "benchmark", "postprocess",
-         "cross_validate")
+         "cross_validate", "score")
 TRAINING_MODES = ("train", "train_and_evaluate")
 DEVICE_TYPES = ("auto", "cpu", "gpu", "mlu")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "horovod")
@@ -178,6 +178,10 @@ MODE_SETTINGS: dict[str, dict[str, Setting]] = {
         "postprocess.unit": OneOf(VOLUME_UNITS),
         "postprocess.min_improvement": Number(0.0, low_inclusive=True),
     },
+    "score": {
+        "score.predictions": ExistingPath(directory=True),
+        "score.references": ExistingPath(directory=True),
+    },
     "benchmark": {
         "benchmark.target": OneOf(BENCHMARK_TARGETS),
         "benchmark.warmup_steps": Integer(minimum=0),
@@ -247,6 +251,8 @@ def validate(cfg: DictConfig) -> None:
     mode = get(cfg, "mode.name")
     # Predicting a folder of raw cases reads the data group's layout, not its raw_dir.
     skipped = {"data.raw_dir"} if mode == "predict" and get(cfg, "predict.input_dir") else set()
+    if mode == "score":  # files named by score.*; the data group gives only the labels
+        skipped = {"data.raw_dir"}
     for group in COMPONENT_GROUPS:
         arguments = COMPONENT_ARGUMENTS.get(get(cfg, f"{group}._target_"), {})
         for name, setting in arguments.items():
