@@ -18,6 +18,7 @@ Install: ``pip install -e ".[brats]"``. Label values are given to the package in
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from unet3d.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: The package's group names -> unet3d's region names, in report order.
 GROUPS: dict[str, str] = {"wt": "WT", "tc": "TC", "et": "ET", "netc": "NETC", "snfh": "SNFH",
@@ -39,13 +42,27 @@ MISSING = ('evaluation.lesionwise: brats2025 needs the official brats-evaluation
            'install the extra: pip install -e ".[brats]"')
 
 
+def _quietly(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``function`` with its console output (panoptica's banner and config listing) sent
+    to the debug log instead of stdout."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        result = function(*args, **kwargs)
+    if buffer.getvalue().strip():
+        log.debug("%s", buffer.getvalue().strip())
+    return result
+
+
 def _load_evaluator(config: str) -> Any:
     try:
         from brats_evaluation import config_path
         from panoptica import Panoptica_Evaluator
     except ImportError:
         raise ConfigError(MISSING) from None
-    return Panoptica_Evaluator.load_from_config(str(config_path(config)))
+    return _quietly(Panoptica_Evaluator.load_from_config, str(config_path(config)))
 
 
 class Brats2025Scorer:
@@ -77,7 +94,8 @@ class Brats2025Scorer:
     def __call__(self, pred: np.ndarray, ref: np.ndarray,
                  spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, float]:
         """The package's lesion-wise metrics of one case (uint8 label volumes, one shape)."""
-        results = self.evaluator.evaluate(
+        results = _quietly(
+            self.evaluator.evaluate,
             self.lookup[np.asarray(pred, dtype=np.uint8)],
             self.lookup[np.asarray(ref, dtype=np.uint8)],
             voxelspacing=tuple(float(side) for side in spacing), verbose=False)
