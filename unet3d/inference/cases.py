@@ -217,7 +217,7 @@ def _score(case: InputCase, labels: np.ndarray, result: CasesResult,
         on_scored(case, case.label, labels, metrics)
     shown = [key for key in metrics if key.startswith("Dice_")][:3]
     detail = "  Dice " + " ".join(f"{key[5:]} {metrics[key]:.3f}" for key in shown)
-    lesion = [key for key in metrics if key.startswith("LesionDice_")][:3]
+    lesion = [f"Lesion{key}" for key in shown if f"Lesion{key}" in metrics]
     if lesion:
         detail += "  lesion-wise " + " ".join(f"{key[11:]} {metrics[key]:.3f}" for key in lesion)
     return detail
