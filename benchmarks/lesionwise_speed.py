@@ -15,6 +15,7 @@ Usage: ``python benchmarks/lesionwise_speed.py [--repeats 5]``; writes
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "lesionwise_speed.json")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     pred, ref = make_case(args.seed)
     far = pred.copy()
     far[-4:, -4:, -4:] = 3
@@ -98,6 +100,9 @@ def main() -> None:
                 "tumour only; far: plus a false positive in the volume's corner",
         "shape": list(SHAPE), "repeats": args.repeats, "seed": args.seed,
         "host_cpu": host_cpu(), "results": rows,
+        "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()},
+        "note": "single-threaded NumPy/SciPy; a load above 2 on this 2-core host means other "
+                "jobs shared the CPU, so the times are upper bounds",
     })
 
 
