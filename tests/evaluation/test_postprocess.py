@@ -248,6 +248,14 @@ def test_quality_comparison_collects_mean_and_std_over_folds(tmp_path, capsys):
     assert rows["regions + post-processing"]["Dice_ET"] == pytest.approx([1.0, 0.0])
     assert rows["regions + post-processing"]["HD95_WT"] == pytest.approx([0.0, 0.0])
     assert "regions + post-processing" in (out / "comparison.md").read_text()
+    # With lesion-wise columns (the 2023 rules read BraTS 2019's ET as label 4) and the same
+    # selection without the small-component rule.
+    assert module.main(["--out", str(out), "--collect", "--folds", "2", "--lesionwise",
+                        "brats2023", "--results", str(results)]) == 0
+    rows = json.loads(results.read_text())["summary"]
+    assert "regions + post-processing without component removal" in rows
+    assert rows["regions"]["LesionDice_ET"][0] <= rows["regions"]["Dice_ET"][0]
+    assert "LesionHD95_WT" in rows["regions + post-processing"]
 
 
 def test_small_components_take_the_next_region_out():
