@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.runtime.cpu_probe import CPUINFO
 from unet3d.runs.files import exclusive_lock, write_json_atomic
+from unet3d.runtime.cpu_probe import CPUINFO
 
 log = logging.getLogger(__name__)
 

@@ -176,8 +176,9 @@ class ExportFolder:
             path = self.path / member.files[fmt]
             for file in format_files(path, fmt):
                 if not file.exists():
-                    raise CheckpointError(f"export folder {self.path}: {file.relative_to(self.path)}"
-                                          f" is missing ({EXPORT_FILE} lists it)")
+                    relative = file.relative_to(self.path)
+                    raise CheckpointError(f"export folder {self.path}: {relative} is missing "
+                                          f"({EXPORT_FILE} lists it)")
             if file_digest(path) != member.digests.get(fmt):
                 raise CheckpointError(f"export folder {self.path}: {member.files[fmt]} differs "
                                       f"from the SHA-256 in {EXPORT_FILE} (damaged or replaced; "
