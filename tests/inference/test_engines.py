@@ -38,6 +38,7 @@ class Tracker(FakeTracker):
         self.params, self.artifact_dirs = {}, []
 
     def log_params(self, params):
+        super().log_params(params)
         self.params.update(params)
 
     def log_artifacts(self, directory, artifact_path=None):
