@@ -7,6 +7,13 @@ and ``format="tf_saved_model"``. Every file is exported with open batch and spat
 (float32 ``[None, None, None, None, C]``), so one file runs any window whose sides are multiples
 of the network's input divisor.
 
+Before converting, ``export_twin`` replaces each instance norm (Keras' ``GroupNormalization``
+with one group per channel, which reshapes to 6-D groups) by ``SpatialInstanceNorm``, the same
+arithmetic written on the 5-D tensor (mean and variance over the spatial axes): OpenVINO then
+recognises it as one MVN operation instead of a chain of reshapes and reductions (measured:
+the small U-Net's windows ran about 8x slower in OpenVINO before, ``benchmarks/
+predict_engines.py``). The check below compares every file with the original model.
+
 ``check_files`` runs each file on a random window (seeded) with its engine in float32 and
 compares it to the Keras model: the largest |probability difference| must be at most the
 tolerance, else ``ExportError`` names the format and the difference.
@@ -64,6 +71,88 @@ def float32_policy() -> Iterator[None]:
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def _spatial_instance_norm_class() -> Any:
+    import keras
+    import tensorflow as tf
+
+    class SpatialInstanceNorm(keras.layers.Layer):
+        """Instance norm over the spatial axes of ``[N, *spatial, C]``: ``(x - mean) /
+        sqrt(var + epsilon) * gamma + beta`` (Ulyanov et al. 2016), as Keras'
+        ``GroupNormalization(groups=C)`` computes it, for export only."""
+
+        def __init__(self, epsilon: float, center: bool = True, scale: bool = True,
+                     **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.epsilon, self.center, self.scale = float(epsilon), bool(center), bool(scale)
+
+        def build(self, input_shape: Any) -> None:
+            channels = (int(input_shape[-1]),)
+            self.gamma = self.add_weight(shape=channels, name="gamma", initializer="ones",
+                                         trainable=False) if self.scale else None
+            self.beta = self.add_weight(shape=channels, name="beta", initializer="zeros",
+                                        trainable=False) if self.center else None
+
+        def call(self, inputs: Any) -> Any:
+            axes = list(range(1, len(inputs.shape) - 1))
+            mean = tf.reduce_mean(inputs, axis=axes, keepdims=True)
+            centered = inputs - mean
+            variance = tf.reduce_mean(centered * centered, axis=axes, keepdims=True)
+            outputs = centered / tf.sqrt(variance + self.epsilon)
+            if self.gamma is not None:
+                outputs = outputs * self.gamma
+            if self.beta is not None:
+                outputs = outputs + self.beta
+            return outputs
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "epsilon": self.epsilon, "center": self.center,
+                    "scale": self.scale}
+
+    return SpatialInstanceNorm
+
+
+def _is_instance_norm(layer: Any) -> bool:
+    import keras
+
+    if not isinstance(layer, keras.layers.GroupNormalization) or layer.axis not in (-1, 4):
+        return False
+    channels = getattr(layer, "input", None)
+    channels = channels.shape[-1] if channels is not None else None
+    return channels is not None and int(layer.groups) == int(channels)
+
+
+def export_twin(model: Any) -> Any:
+    """``model`` with every instance norm as ``SpatialInstanceNorm`` (same weights), or
+    ``model`` itself when it has none or cannot be cloned (a subclassed model)."""
+    import keras
+
+    if not any(_is_instance_norm(layer) for layer in model.layers):
+        return model
+    norm_class = _spatial_instance_norm_class()
+
+    def clone(layer: Any) -> Any:
+        if _is_instance_norm(layer):
+            return norm_class(epsilon=layer.epsilon, center=layer.center, scale=layer.scale,
+                              name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    try:
+        twin = keras.models.clone_model(model, clone_function=clone)
+        for layer in model.layers:
+            target = twin.get_layer(layer.name)
+            if _is_instance_norm(layer):
+                if layer.scale:
+                    target.gamma.assign(layer.gamma)
+                if layer.center:
+                    target.beta.assign(layer.beta)
+            elif layer.weights:
+                target.set_weights(layer.get_weights())
+    except Exception as error:  # a model clone_model cannot rebuild: export it as it is
+        log.info("export: %s kept as it is (%s)", model.name, error)
+        return model
+    return twin
 
 
 def input_spec(model: Any) -> list[Any]:
@@ -194,7 +283,8 @@ def check_files(model: Any, files: dict[str, Path], window: Sequence[int],
 
 def export_member(model: Any, folder: Path, formats: Sequence[str], window: Sequence[int],
                   tolerance: float) -> tuple[dict[str, Path], dict[str, float]]:
-    """Write and check one network in every format; on any failure nothing stays in ``folder``.
+    """Write ``export_twin(model)`` in every format and check each file against ``model``; on
+    any failure nothing stays in ``folder``.
 
     Returns:
         (format -> path, format -> largest difference).
@@ -206,7 +296,8 @@ def export_member(model: Any, folder: Path, formats: Sequence[str], window: Sequ
     """
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        files = {fmt: write_format(model, folder, fmt) for fmt in formats}
+        twin = export_twin(model)
+        files = {fmt: write_format(twin, folder, fmt) for fmt in formats}
         differences = check_files(model, files, window, tolerance)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
