@@ -215,7 +215,8 @@ def main() -> None:
     arguments = parser.parse_args()
     arguments.workdir = arguments.workdir.resolve()
     arguments.workdir.mkdir(parents=True, exist_ok=True)
-    if "monai" in arguments.variants and arguments.torch_python is None:
+    if not arguments.skip_speed and "monai" in arguments.variants \
+            and arguments.torch_python is None:
         parser.error("--torch-python is needed for the monai variant")
     payload = read_json(arguments.out) or {"benchmark": "predict_engines"}
     payload.pop("environment", None)
