@@ -196,6 +196,33 @@ def quality(arguments: argparse.Namespace) -> dict[str, Any]:
             "model": "unet3d_small", "window": [64, 64, 64], "variants": results}
 
 
+def table(payload: dict[str, Any]) -> str:
+    """The Markdown table of both parts (what the docs show)."""
+    lines = ["| variant | whole predict s (median) | / MONAI | / tensorflow | in-loop s |",
+             "|---|---|---|---|---|"]
+    speed_part = payload.get("speed") or {}
+    ratios = speed_part.get("median_ratio", {})
+    for name, value in speed_part.get("median_seconds", {}).items():
+        loops = [entry.get("loop_s") for entry in speed_part.get("details", {}).get(name, [])
+                 if isinstance(entry, dict) and entry.get("loop_s") is not None]
+        loop = f"{statistics.median(loops):.1f}" if loops else "-"
+        monai = ratios.get(f"{name}/monai")
+        base = ratios.get(f"{name}/tensorflow")
+        lines.append(f"| {name} | {value:.1f} | {'-' if monai is None else f'{monai:.2f}'} | "
+                     f"{'-' if base is None else f'{base:.2f}'} | {loop} |")
+    quality_part = (payload.get("quality") or {}).get("variants", {})
+    if quality_part:
+        lines += ["", "| variant | Dice WT / TC / ET | change vs default | agreement with "
+                  "default (Dice) | evaluate s |", "|---|---|---|---|---|"]
+        for name, entry in quality_part.items():
+            dice = " / ".join(f"{entry['dice'][region]:.4f}" for region in REGIONS)
+            change = " / ".join(f"{entry['dice_change'][region]:+.4f}" for region in REGIONS)
+            agree = " / ".join(f"{entry['agreement_with_default'][region]:.4f}"
+                               for region in REGIONS)
+            lines.append(f"| {name} | {dice} | {change} | {agree} | {entry['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--torch-python", type=Path)
@@ -230,6 +257,8 @@ def main() -> None:
         payload["speed"] = speed(arguments)
     if arguments.quality_run is not None:
         payload["quality"] = quality(arguments)
+    payload["table_markdown"] = table(payload)
+    print(payload["table_markdown"], flush=True)
     write_result(arguments.out, payload)
 
 
