@@ -79,19 +79,18 @@ class ModelSource:
         return json.dumps({key: settings[key] for key in sorted(settings)}, default=str)
 
     def candidates(self) -> list[str]:
-        """The engines that can run this source here, in ``ENGINES`` order."""
+        """The engines ``auto`` chooses from here, in ``ENGINES`` order.
+
+        An export: every installed engine with a format in the folder. Checkpoints:
+        TensorFlow and OpenVINO (converted at start in seconds); not ONNX Runtime, whose
+        converter (tf2onnx) takes minutes on the reference network: export once instead
+        (``inference.engine=onnxruntime`` on a checkpoint still converts, as asked).
+        """
         if self.export is not None:
             return [name for name in ENGINES
                     if engine_installed(name) and self.export.engine_format(name)]
-        found = [name for name in ENGINES if engine_installed(name)]
-        if "onnxruntime" in found:
-            from unet3d.inference.exporters import require_converter
-
-            try:
-                require_converter("onnx")
-            except ConfigError:
-                found.remove("onnxruntime")
-        return found
+        return [name for name in ENGINES
+                if name != "onnxruntime" and engine_installed(name)]
 
 
 def compute_dtype(runtime: Any) -> str:
