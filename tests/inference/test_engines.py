@@ -248,3 +248,15 @@ def test_auto_probes_once_per_host_and_never_trusts_another_hosts_entry(tmp_path
     assert fixed.engine == "onnxruntime" and len(probed) == 9
     assert probe_window((128, 128, 128), 32) == (64, 64, 64)
     assert probe_window((32, 32, 24), 16) == (16, 16, 16)
+
+
+def test_auto_on_a_checkpoint_leaves_out_the_slow_onnx_conversion(monkeypatch, exported):
+    from unet3d.inference import engine_setup
+    from unet3d.inference.engine_setup import ModelSource
+
+    monkeypatch.setattr(engine_setup, "engine_installed", lambda name: True)
+    assert ModelSource(prefixes=["ckpt"]).candidates() == ["tensorflow", "openvino"]
+    export = read_export(exported.folder)
+    assert ModelSource(export=export).candidates() == ["tensorflow", "openvino", "onnxruntime"]
+    monkeypatch.setattr(engine_setup, "engine_installed", lambda name: name != "tensorflow")
+    assert ModelSource(export=export).candidates() == ["openvino", "onnxruntime"]
