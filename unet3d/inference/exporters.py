@@ -10,9 +10,9 @@ of the network's input divisor.
 Before converting, ``export_twin`` replaces each instance norm (Keras' ``GroupNormalization``
 with one group per channel, which reshapes to 6-D groups) by ``SpatialInstanceNorm``, the same
 arithmetic written on the 5-D tensor (mean and variance over the spatial axes): OpenVINO then
-recognises it as one MVN operation instead of a chain of reshapes and reductions (measured:
-the small U-Net's windows ran about 8x slower in OpenVINO before, ``benchmarks/
-predict_engines.py``). The check below compares every file with the original model.
+recognises it as one MVN operation instead of a chain of 6-D reshapes and reductions, which
+made OpenVINO slower than TensorFlow (docs/deployment.md). The check below compares every file
+with the original model.
 
 ``check_files`` runs each file on a random window (seeded) with its engine in float32 and
 compares it to the Keras model: the largest |probability difference| must be at most the
