@@ -36,6 +36,7 @@ from unet3d.config.settings import (
     OneOf,
     Setting,
     Sides,
+    SubsetOf,
     Target,
     Text,
     get,
@@ -45,7 +46,7 @@ from unet3d.errors import ConfigError
 # ---- vocabularies: every list of allowed values lives here, modules import it -----------------
 
 MODES = ("train", "evaluate", "train_and_evaluate", "predict", "benchmark", "postprocess",
-         "cross_validate", "score")
+         "cross_validate", "score", "export")
 TRAINING_MODES = ("train", "train_and_evaluate")
 DEVICE_TYPES = ("auto", "cpu", "gpu", "mlu")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "horovod")
@@ -72,6 +73,11 @@ LOSSES = ("dice+ce", "dice", "ce")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam",)
 BLENDS = ("gaussian", "constant")
+#: Engines that run the network on the windows (``inference.engine``; unet3d/inference/engines.py):
+#: ``auto`` the fastest installed here by a short probe, cached per host.
+INFERENCE_ENGINES = ("auto", "tensorflow", "openvino", "onnxruntime")
+#: Formats ``mode=export`` writes (``export.formats``).
+EXPORT_FORMATS = ("onnx", "openvino", "saved_model")
 BENCHMARK_TARGETS = ("train", "predict", "pipeline", "runner")
 #: Layouts the synthetic data set writes (``data.synthetic.layout``): ``flat`` BraTS 2019 names
 #: in <case>/ folders, ``brats2019`` the same under HGG/ and LGG/, and the layouts and labels of
@@ -146,6 +152,11 @@ SETTINGS: dict[str, Setting] = {
     "inference.crop_to_brain": Boolean(),
     "inference.crop_margin": Integer(minimum=0),
     "evaluation.lesionwise": OneOf(LESIONWISE_RULES),
+    "inference.single_window": Boolean(),
+    "inference.engine": OneOf(INFERENCE_ENGINES),
+    "inference.engine_threads": Nullable(Integer(minimum=1)),
+    "inference.engine_cache": Nullable(Text()),
+    "inference.engine_reprobe": Boolean(),
     "precision.policy": OneOf(PRECISION_POLICIES),
     "precision.xla": Boolean(),
     "precision.min_speedup": Number(0.0),
@@ -173,6 +184,14 @@ MODE_SETTINGS: dict[str, dict[str, Setting]] = {
         "predict.save_probabilities": Boolean(),
         "predict.overwrite": Boolean(),
         "predict.postprocess": Boolean(),
+    },
+    "export": {
+        "export.checkpoint": ExistingPath(),
+        "export.fold": Nullable(Integer(minimum=0)),
+        "export.output_dir": Nullable(Text()),
+        "export.formats": SubsetOf(EXPORT_FORMATS),
+        "export.tolerance": Number(0.0),
+        "export.overwrite": Boolean(),
     },
     "postprocess": {
         "postprocess.checkpoint": ExistingPath(),
