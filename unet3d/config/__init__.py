@@ -154,6 +154,11 @@ SETTINGS: dict[str, Setting] = {
     "tracking.log_model": Boolean(),
     "tracking.register_model": Nullable(Text()),
     "tracking.model_alias": Nullable(Text()),
+    # serve: the served model's limits (conf/serve/default.yaml, unet3d/serving/pyfunc_model.py)
+    "serve.max_voxels": Integer(minimum=1),
+    "serve.max_volume_bytes": Integer(minimum=1),
+    "serve.max_concurrent": Integer(minimum=1),
+    "serve.retry_after_s": Integer(minimum=1),
 }
 
 #: Keys that one mode reads, checked only in that mode.
