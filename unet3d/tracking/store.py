@@ -209,7 +209,6 @@ def get_or_create_experiment(
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             from unet3d.errors import ConfigError
-            from unet3d.tracking.store_check import deleted_experiment
 
             raise ConfigError(deleted_experiment(name, tracking_uri, experiment.experiment_id))
         ensure_experiment_kind(client, experiment)
@@ -229,6 +228,13 @@ def get_or_create_experiment(
             raise
         ensure_experiment_kind(client, experiment)
         return experiment.experiment_id
+
+
+def deleted_experiment(name: str, uri: str, experiment_id: str) -> str:
+    """The line of a deleted experiment (``tracking.experiment_name``)."""
+    return (f"tracking.experiment_name: experiment {name!r} (id {experiment_id}) is deleted in "
+            f"{uri}; restore it (MLFLOW_TRACKING_URI={uri} mlflow experiments restore "
+            f"--experiment-id {experiment_id}) or choose another tracking.experiment_name")
 
 
 def ensure_experiment_kind(client: Any, experiment: Any) -> bool:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from unet3d.errors import ConfigError, TrackingStoreError
+from unet3d.tracking.store import deleted_experiment, open_client, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ def check_store(tracking_cfg: Mapping[str, Any] | None, root_dir: str | os.PathL
             answer, the SQLite file is locked, not a database, malformed or of a newer MLflow.
         ConfigError: the experiment ``tracking.experiment_name`` is deleted.
     """
-    from unet3d.tracking.store import resolve_tracking_uri
-
     section = dict(tracking_cfg or {})
     uri = resolve_tracking_uri(section, root_dir)
     apply_http_budget(section)
@@ -94,13 +93,6 @@ def is_store_error(error: BaseException) -> bool:
     """True for an error raised by MLflow's store clients (MLflow, SQLAlchemy, SQLite, HTTP)."""
     module = type(error).__module__.split(".", 1)[0]
     return module in ("mlflow", "sqlalchemy", "sqlite3", "requests", "urllib3", "alembic")
-
-
-def deleted_experiment(name: str, uri: str, experiment_id: str) -> str:
-    """The line of a deleted experiment (``tracking.experiment_name``)."""
-    return (f"tracking.experiment_name: experiment {name!r} (id {experiment_id}) is deleted in "
-            f"{uri}; restore it (MLFLOW_TRACKING_URI={uri} mlflow experiments restore "
-            f"--experiment-id {experiment_id}) or choose another tracking.experiment_name")
 
 
 def apply_http_budget(section: Mapping[str, Any]) -> None:
@@ -171,8 +163,6 @@ def _setting(section: Mapping[str, Any], key: str) -> Any:
 
 
 def _client(uri: str) -> Any:
-    from unet3d.tracking.store import open_client
-
     return open_client(uri)
 
 
