@@ -54,3 +54,23 @@ def test_a_request_beyond_max_concurrent_is_a_503_with_retry_after() -> None:
     assert json.loads(raised.value.serialize_as_json()) == {
         "error_code": "TEMPORARILY_UNAVAILABLE", "retry_after_s": 7,
         "message": "busy: 1 prediction(s) running (serve.max_concurrent); retry after 7 s"}
+
+
+def test_an_unexpected_error_is_a_500_of_one_line_without_the_servers_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import unet3d.serving.pyfunc_model as pyfunc_model
+
+    def broken(frame, folder, limits):
+        raise OSError(28, "No space left on device", str(folder / "x" / "x_t1.nii.gz"))
+
+    monkeypatch.setattr(pyfunc_model, "write_request_cases", broken)
+    model = SegmentationModel()
+    model.limits = serving_limits(None, environ={})
+    model._slots = threading.BoundedSemaphore(1)
+    with pytest.raises(MlflowException) as raised:
+        model.predict(None, example_request(shape=(4, 4, 4)))
+    body = json.loads(raised.value.serialize_as_json())
+    assert raised.value.get_http_status_code() == 500
+    assert body["message"].startswith("internal error: OSError: [Errno 28] No space left on "
+                                      "device: '<request>/cases/x/x_t1.nii.gz' (see the server")
+    assert model._slots.acquire(blocking=False)  # no slot was taken

@@ -194,23 +194,38 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
                 predictions are running (body field ``retry_after_s``), 500 for an unexpected
                 error (its type and first line; the traceback is in the server's log).
         """
+        from mlflow.exceptions import MlflowException
+
         with tempfile.TemporaryDirectory(prefix="unet3d-serve-") as scratch:
             folder = Path(scratch)
-            case_ids = write_request_cases(model_input, folder / "cases", self.limits.volume)
-            if not self._slots.acquire(blocking=False):
-                raise request_error(
-                    f"busy: {self.limits.max_concurrent} prediction(s) running "
-                    f"(serve.max_concurrent); retry after {self.limits.retry_after_s} s", 503,
-                    retry_after_s=self.limits.retry_after_s)
+            replacements: dict[str, str] = {}
             try:
-                return self._predict_cases(folder, case_ids)
-            finally:
-                self._slots.release()
+                case_ids = write_request_cases(model_input, folder / "cases",
+                                               self.limits.volume)
+                replacements = request_files(folder / "cases", case_ids)
+                if not self._slots.acquire(blocking=False):
+                    raise request_error(
+                        f"busy: {self.limits.max_concurrent} prediction(s) running "
+                        f"(serve.max_concurrent); retry after {self.limits.retry_after_s} s",
+                        503, retry_after_s=self.limits.retry_after_s)
+                try:
+                    return self._predict_cases(folder, case_ids, replacements)
+                finally:
+                    self._slots.release()
+            except MlflowException:
+                raise
+            except Exception as error:  # noqa: BLE001 - one line for the client, the log the rest
+                logger.exception("prediction request failed")
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise request_error(
+                    f"internal error: {type(error).__name__}: "
+                    f"{client_line(reason, replacements, folder)} (see the server's log)", 500
+                ) from None
 
-    def _predict_cases(self, folder: Path, case_ids: list[str]) -> Any:
-        """Run ``mode=predict`` on the written cases; errors as the client's one line."""
+    def _predict_cases(self, folder: Path, case_ids: list[str],
+                       replacements: Mapping[str, str]) -> Any:
+        """Run ``mode=predict`` on the written cases; its errors as the client's one line."""
         import keras
-        from mlflow.exceptions import MlflowException
         from omegaconf import OmegaConf
 
         from unet3d.errors import CaseFailures, Unet3dError
@@ -218,7 +233,6 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
 
         # Keras' global dtype policy is per thread; the server may answer on another thread.
         keras.mixed_precision.set_global_policy(self.runtime.precision.policy_name)
-        replacements = request_files(folder / "cases", case_ids)
         cfg = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=False))
         cfg.predict.input_dir = str(folder / "cases")
         cfg.predict.output_dir = str(folder / "predictions")
@@ -230,15 +244,6 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
                               ) from None
         except Unet3dError as error:
             raise bad_request(client_line(str(error), replacements, folder)) from None
-        except MlflowException:
-            raise
-        except Exception as error:  # noqa: BLE001 - the client gets one line, the log the rest
-            logger.exception("prediction of %s failed", ", ".join(case_ids))
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise request_error(
-                f"internal error: {type(error).__name__}: "
-                f"{client_line(reason, replacements, folder)} (see the server's log)", 500
-            ) from None
         return response_frame(case_ids, [folder / "predictions" / f"{case_id}.nii.gz"
                                          for case_id in case_ids])
 
