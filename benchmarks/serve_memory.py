@@ -68,6 +68,22 @@ def _server_pid(parent: int) -> int:
     return pids[0] if pids else parent
 
 
+def _stop_group(server: subprocess.Popen) -> None:
+    """SIGTERM the server's process group and wait until every process of it is gone (uvicorn
+    outlives the ``mlflow`` command by a moment), SIGKILL after 60 s."""
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            return
+        if time.monotonic() > deadline:
+            os.killpg(server.pid, signal.SIGKILL)
+        time.sleep(0.5)
+
+
 def measure(code: Path, store: Path, model: str, body: bytes, port: int) -> dict[str, Any]:
     environment = {key: value for key, value in os.environ.items()
                    if not key.startswith(("UNET3D_SERVE_", "MLFLOW_"))}
@@ -101,8 +117,7 @@ def measure(code: Path, store: Path, model: str, body: bytes, port: int) -> dict
         seconds = time.perf_counter() - started
         after = _memory(pid)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        _stop_group(server)
     return {"code": str(code), "status": status, "answer": answer, "seconds": round(seconds, 2),
             "rss_before_mb": round(before["rss_kb"] / 1024, 1),
             "peak_after_mb": round(after["peak_kb"] / 1024, 1),
@@ -121,8 +136,8 @@ def main() -> None:
     volume = base64.b64encode(constant_volume_gzip(SHAPE)).decode()
     row = {"case_id": "bomb", **{column: volume for column in ("t1", "t1ce", "t2", "flair")}}
     body = json.dumps({"dataframe_records": [row]}).encode()
-    runs = [measure(code.resolve(), args.store.resolve(), args.model, body, args.port)
-            for code in (args.code or [ROOT])]
+    runs = [measure(code.resolve(), args.store.resolve(), args.model, body, args.port + index)
+            for index, code in enumerate(args.code or [ROOT])]
     for run in runs:
         print(json.dumps(run))
     write_result(args.out, {"benchmark": "serve_memory", "request_mb": round(len(body) / 1e6, 2),
