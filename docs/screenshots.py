@@ -58,8 +58,12 @@ def sweep_pages(store_uri: str) -> tuple[str, str]:
         raise SystemExit(f"screenshots: no sweep parent run in {store_uri}")
     parent = parents[0]
     experiment_id = parent.info.experiment_id
-    return (f"#/experiments/{experiment_id}/runs",
-            f"#/experiments/{experiment_id}/runs/{parent.info.run_id}")
+    # The links a run's last line prints: with MLflow 3's model-training sidebar (without the
+    # query MLflow 3.17-3.18 open the GenAI one, mlflow/mlflow#24498).
+    from unet3d.tracking.ui_links import run_url, runs_url
+
+    return (runs_url("", experiment_id).lstrip("/"),
+            run_url("", experiment_id, parent.info.run_id).lstrip("/"))
 
 
 def capture(chromium: str, url: str, path: Path, width: int, height: int) -> None:

@@ -13,6 +13,24 @@ class DataError(Unet3dError):
     """A case or file is missing, unreadable or inconsistent; the message names case and file."""
 
 
+class CaseFailures(DataError):
+    """Some cases of a prediction failed (the others were written).
+
+    ``failures``: ``(case id, one-line error)`` of each failed case, the lines ``mode=predict``
+    logged; ``str()`` is the summary naming them.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.failures = list(failures or [])
+
+
+class TrackingStoreError(Unet3dError):
+    """The MLflow tracking store cannot be used: the server is down, the SQLite file is locked,
+    corrupted or written by a newer MLflow. The message starts with ``tracking.uri=<uri>:`` and
+    says what to do."""
+
+
 class DeviceError(Unet3dError):
     """The requested device, precision or strategy is not available on this machine."""
 

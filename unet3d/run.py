@@ -153,11 +153,13 @@ def main(cfg: DictConfig) -> Any:
         objective = optimized_metric_names(cfg)
         if is_cross_validation(cfg):
             folds = validate_cross_validation(cfg)
+            _check_tracking_store(cfg)
             _commit(folder, cfg)
             metrics = run_cross_validation(cfg, Path(output_dir),
                                            list(hydra_cfg.overrides.task), folds)
         else:
             validate(cfg)
+            _check_tracking_store(cfg)
             from unet3d.runner import run_task  # deferred: imports TensorFlow
 
             metrics = run_task(cfg, commit=lambda: _commit(folder, cfg))
@@ -205,6 +207,16 @@ def main(cfg: DictConfig) -> Any:
         return None
     finally:
         folder.close()
+
+
+def _check_tracking_store(cfg: DictConfig) -> None:
+    """The MLflow store answers and is usable, before anything is built (rank 0 only): else
+    one line naming ``tracking.uri`` (``unet3d.tracking.store_check``)."""
+    if not OmegaConf.select(cfg, "tracking.enabled", default=False) or _launch_rank() != 0:
+        return
+    from unet3d.tracking.store_check import check_store
+
+    check_store(OmegaConf.to_container(cfg.tracking, resolve=True), cfg.paths.root_dir)
 
 
 def _commit(folder: Any, cfg: DictConfig) -> None:

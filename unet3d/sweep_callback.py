@@ -138,6 +138,10 @@ class CrossValidationCallback(Callback):
             if self.tracker.active:
                 self._register_exit_guard()
         except Exception as error:  # noqa: BLE001 - Hydra would only warn: fail loudly
+            if isinstance(error, Unet3dError):  # a store that is down, locked, ...: one line
+                logger.error("%s", error)
+                self._finalized = True
+                raise SystemExit(self.exit_code) from None
             logger.exception("Could not create the sweep's parent MLflow run: %s", error)
             raise SystemExit(self.exit_code) from error
 

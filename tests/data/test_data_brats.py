@@ -67,6 +67,7 @@ def test_missing_label_allowed_only_without_require_label(raw_copy):
         ("flair", lambda d: np.where(d > 0, np.nan, 0).astype(np.float32), "NaN or infinite"),
         ("t1ce", lambda d: np.where(d > 500, np.inf, d).astype(np.float32), "NaN or infinite"),
         ("t1", lambda d: np.stack([d, d], axis=-1), "3D volume"),
+        ("t1", lambda d: d[:, :, :0].copy(), r"empty volume: shape \(\d+, \d+, 0\) holds no voxel"),
         ("seg", lambda d: d.astype(np.float32) + 0.5, "non-integer"),
     ],
 )
@@ -90,7 +91,19 @@ def test_truncated_gzip(raw_copy):
     path = _path(raw_copy, "t1ce")
     content = path.read_bytes()
     path.write_bytes(content[: len(content) // 2])
-    with pytest.raises(DataError, match=f"case {CASE}: .*{CASE}_t1ce.nii.gz: "):
+    with pytest.raises(DataError, match=f"case {CASE}: .*{CASE}_t1ce.nii.gz: truncated "
+                                        r"(or corrupt gzip )?file \(Compressed file ended"):
+        _load(raw_copy)
+
+
+def test_gzip_cut_within_its_first_bytes(raw_copy):
+    """nibabel only says "Cannot work out file type": the line says the gzip stream breaks."""
+    path = _path(raw_copy, "t1ce")
+    noise = np.random.default_rng(0).uniform(0, 100, nib.load(path).shape).astype(np.float32)
+    _rewrite(raw_copy, "t1ce", noise)  # noise compresses little: 600 bytes hold the header
+    path.write_bytes(path.read_bytes()[:600])
+    with pytest.raises(DataError, match=f"case {CASE}: .*{CASE}_t1ce.nii.gz: truncated or "
+                                        r"corrupt gzip file \(Compressed file ended"):
         _load(raw_copy)
 
 
@@ -98,7 +111,9 @@ def test_truncated_nifti_payload(raw_copy):
     path = _path(raw_copy, "t2")
     raw = gzip.decompress(path.read_bytes())
     path.write_bytes(gzip.compress(raw[: len(raw) - 1000]))
-    with pytest.raises(DataError, match=f"case {CASE}: .*{CASE}_t2.nii.gz: "):
+    with pytest.raises(DataError, match=f"case {CASE}: .*{CASE}_t2.nii.gz: truncated file "
+                                        r"\(its header declares \d+ bytes of voxels, the file "
+                                        r"holds \d+\)"):
         _load(raw_copy)
 
 

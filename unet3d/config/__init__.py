@@ -172,6 +172,17 @@ SETTINGS: dict[str, Setting] = {
     "tracking.log_model": Boolean(),
     "tracking.register_model": Nullable(Text()),
     "tracking.model_alias": Nullable(Text()),
+    "tracking.check_retries": Integer(minimum=0),
+    "tracking.check_timeout_s": Integer(minimum=1),
+    "tracking.lock_wait_s": Number(0.0, low_inclusive=True),
+    "tracking.http_max_retries": Nullable(Integer(minimum=0)),
+    "tracking.http_timeout_s": Nullable(Integer(minimum=1)),
+    "tracking.ui_url": Nullable(Text()),
+    # serve: the served model's limits (conf/serve/default.yaml, unet3d/serving/pyfunc_model.py)
+    "serve.max_voxels": Integer(minimum=1),
+    "serve.max_volume_bytes": Integer(minimum=1),
+    "serve.max_concurrent": Integer(minimum=1),
+    "serve.retry_after_s": Integer(minimum=1),
 }
 
 #: Keys that one mode reads, checked only in that mode.

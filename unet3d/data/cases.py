@@ -8,6 +8,7 @@ against the data set's ``LabelConvention``.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,9 @@ def read_volume(case_id: str, path: Path, channels: int | None = None) -> tuple[
         image = nib.load(str(path))
         if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
             raise DataError(f"case {case_id}: {path}: not a NIfTI image ({type(image).__name__})")
+        if 0 in image.shape:
+            raise DataError(f"case {case_id}: {path}: empty volume: shape {image.shape} holds "
+                            "no voxel")
         array = np.asanyarray(image.dataobj)
     except DataError:
         raise
@@ -95,6 +99,13 @@ def read_volume(case_id: str, path: Path, channels: int | None = None) -> tuple[
     except Exception as error:  # nibabel, gzip and zlib raise many types on bad input
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         kind = "truncated file" if reason.startswith("Expected") else "unreadable NIfTI file"
+        sizes = re.match(r"Expected (\d+) bytes, got (\d+) bytes", reason)
+        if sizes:  # nibabel's "Expected N bytes, got M bytes from <file name>"
+            reason = (f"its header declares {sizes[1]} bytes of voxels, the file holds "
+                      f"{sizes[2]}")
+        broken = _broken_gzip(path)
+        if broken is not None:  # nibabel only says "Cannot work out file type of ..."
+            kind, reason = "truncated or corrupt gzip file", broken
         raise DataError(f"case {case_id}: {path}: {kind} ({reason})") from error
     if channels is not None:
         while array.ndim > 4 and array.shape[-1] == 1:
@@ -111,6 +122,27 @@ def read_volume(case_id: str, path: Path, channels: int | None = None) -> tuple[
             f"case {case_id}: {path}: expected a 3D volume, got shape {tuple(array.shape)}"
         )
     return array, image
+
+
+def _broken_gzip(path: Path) -> str | None:
+    """Why the gzip stream of ``path`` is unreadable (read to its end in 1 MiB pieces); None
+    when it reads whole (or ``path`` is not gzip). Called only once nibabel gave up."""
+    import gzip
+    import zlib
+
+    with path.open("rb") as raw:
+        if raw.read(2) != b"\x1f\x8b":
+            return None
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while piece := stream.read(1 << 20):
+                total += len(piece)
+    except (EOFError, OSError, zlib.error) as error:
+        return str(error) or type(error).__name__
+    if total < 348:
+        return f"it holds {total} bytes, less than a NIfTI header (348)"
+    return None
 
 
 def load_case(case: CaseFiles, *, strict_label: bool = True,

@@ -39,7 +39,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from unet3d.errors import ConfigError, DataError
+from unet3d.errors import CaseFailures, ConfigError, DataError
 from unet3d.modes.job import Job
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,9 @@ def run(job: Job) -> dict[str, float]:
 
     Raises:
         DataError: after every other case was written and the metrics logged, when some cases
-            failed or had an unusable reference label (both listed in the message; the latter
-            were written but not scored); also when the input folder has no case.
+            failed or had an unusable reference label (``CaseFailures``: both listed in the
+            message, the failed cases' lines in ``failures``; the latter were written but not
+            scored); also when the input folder has no case.
         ConfigError, CheckpointError: ``predict.checkpoint`` names no usable checkpoint.
     """
     if not job.context.is_chief:
@@ -160,7 +161,8 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
             "WARNING lines above)"
         )
     if problems:
-        raise DataError(f"predict: {'; '.join(problems)}; {written} written to {output_folder}")
+        raise CaseFailures(f"predict: {'; '.join(problems)}; {written} written to "
+                           f"{output_folder}", result.failures)
     return {**summary, "cases_written": float(written)}
 
 

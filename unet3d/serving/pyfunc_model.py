@@ -8,6 +8,15 @@ inference settings, sliding window, TTA). ``predict`` writes the request's case(
 NIfTI files (``unet3d.serving.codec``) and runs ``unet3d.modes.predict.predict`` on them: the
 same code, settings and output as ``python -m unet3d.run mode=predict predict.input_dir=...``.
 
+Limits of the served process (``serving_limits``): the ``serve`` group logged with the model
+(``conf/serve/default.yaml``), each key overridden where it is served by ``UNET3D_SERVE_<KEY>``
+(e.g. ``UNET3D_SERVE_MAX_CONCURRENT=1``). A volume over ``serve.max_voxels`` /
+``serve.max_volume_bytes`` is refused from its header (HTTP 413) before it is decompressed; a
+request that finds ``serve.max_concurrent`` predictions running is refused at once with HTTP
+503 and ``retry_after_s`` in its body (MLflow's scoring server sets no response header from a
+model: docs/serving.md). A case that ``mode=predict`` cannot segment is HTTP 400 with the line
+``mode=predict`` logs for it, the server's temporary paths replaced by the request's column.
+
 The logged model refers to this class by its module path
 (``unet3d.serving.pyfunc_model.SegmentationModel``): a model logged before the class moved
 here (``unet3d.tracking.pyfunc_model``) no longer loads and is logged again with
@@ -17,22 +26,91 @@ here (``unet3d.tracking.pyfunc_model``) no longer loads and is logged again with
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import mlflow.pyfunc
 
-from unet3d.serving.codec import bad_request, response_frame, write_request_cases
+from unet3d.serving.codec import (
+    VolumeLimits,
+    bad_request,
+    client_line,
+    request_error,
+    request_files,
+    response_frame,
+    write_request_cases,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Artifact keys of the logged model.
 CONFIG_ARTIFACT = "config"
 MEMBERS_ARTIFACT = "members"
+#: Where it is served, ``UNET3D_SERVE_<KEY>`` overrides ``serve.<key>`` of the logged model.
+SERVE_ENVIRONMENT_PREFIX = "UNET3D_SERVE_"
+#: The keys of the ``serve`` group (conf/serve/default.yaml), each an integer >= 1.
+SERVE_KEYS = ("max_voxels", "max_volume_bytes", "max_concurrent", "retry_after_s")
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """The served process' limits (``serve.*``; see ``serving_limits``)."""
+
+    volume: VolumeLimits
+    max_concurrent: int
+    retry_after_s: int
+
+
+def serving_limits(serve_cfg: Mapping[str, Any] | None,
+                   environ: Mapping[str, str] | None = None) -> ServingLimits:
+    """The limits from the logged ``serve`` group, the defaults and the environment.
+
+    Args:
+        serve_cfg: the ``serve`` group logged with the model (None or missing keys: a model
+            logged before the group existed; ``conf/serve/default.yaml`` of this checkout
+            gives them).
+        environ: the environment (default ``os.environ``); ``UNET3D_SERVE_<KEY>`` wins.
+
+    Raises:
+        ConfigError: a value that is not an integer >= 1 (the message names the variable or
+            the key).
+    """
+    from unet3d.errors import ConfigError
+
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = dict(_default_serve_settings())
+    values.update({key: value for key, value in (serve_cfg or {}).items() if key in SERVE_KEYS})
+    for key in SERVE_KEYS:
+        name = SERVE_ENVIRONMENT_PREFIX + key.upper()
+        where, value = f"serve.{key}", values.get(key)
+        if environ.get(name, "").strip():
+            where, value = name, environ[name].strip()
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(f"{name}: must be an integer >= 1, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}: must be an integer >= 1, got {value!r}")
+        values[key] = value
+    return ServingLimits(VolumeLimits(values["max_voxels"], values["max_volume_bytes"]),
+                         values["max_concurrent"], values["retry_after_s"])
+
+
+def _default_serve_settings() -> dict[str, Any]:
+    """``conf/serve/default.yaml`` beside the package (the one home of the defaults)."""
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[2] / "conf" / "serve" / "default.yaml"
+    if not path.is_file():
+        return {}
+    return dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
 
 
 def serving_data_config(data_cfg: Any, run_dir: Path) -> Any:
@@ -89,6 +167,11 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         cfg.tracking.enabled = False
         cfg.data = serving_data_config(cfg.data, Path(member_dirs[0]))
         self.cfg = cfg
+        self.limits = serving_limits(cfg.get("serve"))
+        self._slots = threading.BoundedSemaphore(self.limits.max_concurrent)
+        logger.info("serving limits: %d voxels and %d bytes per volume, %d prediction(s) at "
+                    "once (serve.* / UNET3D_SERVE_*)", self.limits.volume.max_voxels,
+                    self.limits.volume.max_bytes, self.limits.max_concurrent)
         # No device / strategy set-up: the served process predicts on its default device, in
         # the precision the job's `precision` group gives there (precision=auto decides on this
         # host, as mode=predict does), so that it answers what mode=predict writes here.
@@ -105,29 +188,64 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
             params: unused.
 
         Raises:
-            MlflowException: INVALID_PARAMETER_VALUE for a malformed request or a case that
-                ``mode=predict`` refuses (its one-line error).
+            MlflowException: HTTP 400 for a malformed request or a case that ``mode=predict``
+                refuses (its one line per failed case, the column instead of the server's
+                path), 413 for a volume over the limits, 503 when ``serve.max_concurrent``
+                predictions are running (body field ``retry_after_s``), 500 for an unexpected
+                error (its type and first line; the traceback is in the server's log).
         """
+        from mlflow.exceptions import MlflowException
+
+        with tempfile.TemporaryDirectory(prefix="unet3d-serve-") as scratch:
+            folder = Path(scratch)
+            replacements: dict[str, str] = {}
+            try:
+                case_ids = write_request_cases(model_input, folder / "cases",
+                                               self.limits.volume)
+                replacements = request_files(folder / "cases", case_ids)
+                if not self._slots.acquire(blocking=False):
+                    raise request_error(
+                        f"busy: {self.limits.max_concurrent} prediction(s) running "
+                        f"(serve.max_concurrent); retry after {self.limits.retry_after_s} s",
+                        503, retry_after_s=self.limits.retry_after_s)
+                try:
+                    return self._predict_cases(folder, case_ids, replacements)
+                finally:
+                    self._slots.release()
+            except MlflowException:
+                raise
+            except Exception as error:  # noqa: BLE001 - one line for the client, the log the rest
+                logger.exception("prediction request failed")
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise request_error(
+                    f"internal error: {type(error).__name__}: "
+                    f"{client_line(reason, replacements, folder)} (see the server's log)", 500
+                ) from None
+
+    def _predict_cases(self, folder: Path, case_ids: list[str],
+                       replacements: Mapping[str, str]) -> Any:
+        """Run ``mode=predict`` on the written cases; its errors as the client's one line."""
         import keras
         from omegaconf import OmegaConf
 
-        from unet3d.errors import Unet3dError
+        from unet3d.errors import CaseFailures, Unet3dError
         from unet3d.modes.predict import predict
 
         # Keras' global dtype policy is per thread; the server may answer on another thread.
         keras.mixed_precision.set_global_policy(self.runtime.precision.policy_name)
-        with tempfile.TemporaryDirectory(prefix="unet3d-serve-") as scratch:
-            folder = Path(scratch)
-            case_ids = write_request_cases(model_input, folder / "cases")
-            cfg = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=False))
-            cfg.predict.input_dir = str(folder / "cases")
-            cfg.predict.output_dir = str(folder / "predictions")
-            try:
-                predict(cfg, self.runtime, None, folder / "job")
-            except Unet3dError as error:
-                raise bad_request(str(error).strip().splitlines()[0]) from None
-            return response_frame(case_ids, [folder / "predictions" / f"{case_id}.nii.gz"
-                                             for case_id in case_ids])
+        cfg = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=False))
+        cfg.predict.input_dir = str(folder / "cases")
+        cfg.predict.output_dir = str(folder / "predictions")
+        try:
+            predict(cfg, self.runtime, None, folder / "job")
+        except CaseFailures as error:
+            lines = [client_line(line, replacements, folder) for _, line in error.failures]
+            raise bad_request("; ".join(lines) or client_line(str(error), replacements, folder)
+                              ) from None
+        except Unet3dError as error:
+            raise bad_request(client_line(str(error), replacements, folder)) from None
+        return response_frame(case_ids, [folder / "predictions" / f"{case_id}.nii.gz"
+                                         for case_id in case_ids])
 
 
 def stage_members(prefixes: Sequence[str], folder: Path) -> Path:

@@ -199,8 +199,8 @@ def get_or_create_experiment(
         tracking_uri: the store's URI, for the error message.
 
     Raises:
-        ValueError: the experiment exists but is deleted (the message names
-            tracking.experiment_name).
+        ConfigError: the experiment exists but is deleted (one line naming
+            tracking.experiment_name and how to restore it).
         MlflowException: the store refuses the call.
     """
     from mlflow.exceptions import MlflowException
@@ -208,10 +208,9 @@ def get_or_create_experiment(
     experiment = retry(lambda: client.get_experiment_by_name(name), "get experiment")
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
-            raise ValueError(
-                f"tracking.experiment_name: experiment {name!r} is deleted in "
-                f"{tracking_uri}; restore it (mlflow experiments restore) or rename"
-            )
+            from unet3d.errors import ConfigError
+
+            raise ConfigError(deleted_experiment(name, tracking_uri, experiment.experiment_id))
         ensure_experiment_kind(client, experiment)
         return experiment.experiment_id
     try:
@@ -229,6 +228,13 @@ def get_or_create_experiment(
             raise
         ensure_experiment_kind(client, experiment)
         return experiment.experiment_id
+
+
+def deleted_experiment(name: str, uri: str, experiment_id: str) -> str:
+    """The line of a deleted experiment (``tracking.experiment_name``)."""
+    return (f"tracking.experiment_name: experiment {name!r} (id {experiment_id}) is deleted in "
+            f"{uri}; restore it (MLFLOW_TRACKING_URI={uri} mlflow experiments restore "
+            f"--experiment-id {experiment_id}) or choose another tracking.experiment_name")
 
 
 def ensure_experiment_kind(client: Any, experiment: Any) -> bool:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from unet3d.errors import TrackingStoreError, Unet3dError
 from unet3d.runs.files import write_text_atomic
 from unet3d.runtime.signals import install_termination_handlers
 from unet3d.tracking.batches import log_metrics, log_new_params, set_tags, truncate
@@ -34,6 +35,8 @@ from unet3d.tracking.store import (
     resolve_tracking_uri,
     retry,
 )
+from unet3d.tracking.store_check import check_store, is_store_error, store_problem
+from unet3d.tracking.ui_links import ui_links_line
 from unet3d.tracking.values import config_yaml, describe_error, error_line, flatten_config
 
 logger = logging.getLogger(__name__)
@@ -139,11 +142,26 @@ class Tracker:
         RUNNING and reused; otherwise a new run is created in `tracking.experiment_name` (nested
         under `parent_run_id` via the `mlflow.parentRunId` tag) and its id written there
         atomically. Returns the run id (None when inactive).
+
+        Raises:
+            TrackingStoreError: the store is down, locked, corrupted or of a newer MLflow (one
+                line naming tracking.uri; `unet3d.tracking.store_check`).
+            ConfigError: the experiment `tracking.experiment_name` is deleted.
         """
         if not self.active:
             return None
-        self.tracking_uri = resolve_tracking_uri(self.tracking_cfg, self.root_dir)
-        output_dir = Path(output_dir)
+        self.tracking_uri = check_store(self.tracking_cfg, self.root_dir)
+        try:
+            return self._start(cfg, Path(output_dir), run_name, tags, parent_run_id,
+                               run_id_file)
+        except Exception as error:
+            if isinstance(error, Unet3dError) or not is_store_error(error):
+                raise
+            raise TrackingStoreError(store_problem(str(self.tracking_uri), error)) from error
+
+    def _start(self, cfg: Any, output_dir: Path, run_name: str | None,
+               tags: Mapping[str, Any] | None, parent_run_id: str | None,
+               run_id_file: str) -> str | None:
         output_dir.mkdir(parents=True, exist_ok=True)
         run_id_path = output_dir / run_id_file
         tags = {str(key): str(value) for key, value in (tags or {}).items()}
@@ -203,7 +221,8 @@ class Tracker:
 
         For FAILED/KILLED the error (message or exception) is recorded as tag `error` (one
         line, truncated) and as artifact `error.txt` (full text with traceback). The terminal
-        status is always attempted, even when recording the error fails.
+        status is always attempted, even when recording the error fails. The line logged last
+        gives the run's page and the experiment's runs in MLflow's UI (`ui_links`).
         """
         status = str(status).upper()
         if status not in TERMINAL_STATUSES:
@@ -223,7 +242,8 @@ class Tracker:
         finally:
             retry(lambda: self.client.set_terminated(run_id, status=status), "end run")
             self.ended = True
-            logger.info("MLflow: run %s ended %s", run_id, status)
+            logger.info("MLflow: run %s ended %s: %s", run_id, status, ui_links_line(
+                self.tracking_cfg, str(self.tracking_uri), str(self.experiment_id), run_id))
 
     # ---- params, tags, metrics
 
