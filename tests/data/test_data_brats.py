@@ -117,7 +117,10 @@ def test_truncated_nifti_payload(raw_copy):
         _load(raw_copy)
 
 
-@pytest.mark.parametrize("content", [b"not a nifti file at all" * 40, gzip.compress(b"x" * 500)])
+# Test ids must be the same in every pytest-xdist worker: no time stamp in the gzip stream.
+@pytest.mark.parametrize("content", [b"not a nifti file at all" * 40,
+                                     gzip.compress(b"x" * 500, mtime=0)],
+                         ids=["text", "gzip-of-text"])
 def test_not_nifti(raw_copy, content):
     _path(raw_copy, "flair").write_bytes(content)
     with pytest.raises(DataError, match=f"case {CASE}: .*{CASE}_flair.nii.gz: "):

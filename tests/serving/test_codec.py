@@ -124,10 +124,13 @@ def test_a_compressed_constant_volume_is_refused_from_its_header(tmp_path: Path)
     write_request_cases([_row()], tmp_path / "fits", VolumeLimits(120, 2000))
 
 
+# The parameters are test ids: they must be the same in every pytest-xdist worker, so the gzip
+# streams carry no time stamp (mtime=0).
 @pytest.mark.parametrize(("content", "message"), [
-    (gzip.compress(b"x" * 100), r"ends within its NIfTI header \(100 of|not a NIfTI header"),
+    (gzip.compress(b"x" * 100, mtime=0),
+     r"ends within its NIfTI header \(100 of|not a NIfTI header"),
     (_gzip_of_constant_volume((6, 5, 4))[:30], r"unreadable gzip stream"),
-])
+], ids=["header-only", "truncated-gzip"])
 def test_an_unreadable_header_is_a_400(tmp_path: Path, content: bytes, message: str) -> None:
     from unet3d.serving.codec import VolumeLimits
 
