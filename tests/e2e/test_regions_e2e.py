@@ -41,7 +41,8 @@ def test_region_sweep_postprocess_then_ensemble_predict(tmp_path: Path) -> None:
     chosen = run_cli("mode=postprocess", f"checkpoint={sweep_dir}", cwd=tmp_path)
     _assert_ok(chosen)
     record = json.loads((sweep_dir / "postprocessing.json").read_text())
-    assert set(record["rules"]) == {"keep_largest_wt_component", "et_to_ncr_below", "unit"}
+    assert set(record["rules"]) == {"keep_largest_wt_component", "et_to_ncr_below", "unit",
+                                    "remove_components_below"}
     assert record["num_cases"] == sum(len(list((job / "oof").glob("*.npz"))) for job in jobs)
     assert record["after"]["score"] >= record["before"]["score"]
     client = mlflow_client(tmp_path)
