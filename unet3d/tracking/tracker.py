@@ -136,9 +136,10 @@ class Tracker:
         """Create (or, on resume, reopen) the run and log `cfg` (skipped when None).
 
         When `<output_dir>/<run_id_file>` names a run of this store, that run is set back to
-        RUNNING and reused (nested under `parent_run_id` when given and it was nested
-        elsewhere: a resumed sweep whose parent run was deleted got a new one); otherwise a new run is created in `tracking.experiment_name` (nested
-        under `parent_run_id` via the `mlflow.parentRunId` tag) and its id written there
+        RUNNING and reused (and nested under `parent_run_id` when given and it was nested
+        elsewhere: a resumed sweep whose parent run was deleted got a new one); otherwise a
+        new run is created in `tracking.experiment_name` (nested under `parent_run_id` via the
+        `mlflow.parentRunId` tag) and its id written there
         atomically. Returns the run id (None when inactive).
         """
         if not self.active:
