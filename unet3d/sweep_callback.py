@@ -144,8 +144,12 @@ class CrossValidationCallback(Callback):
 
                 self._study.end_recovered_runs(self.tracker, run_id_of)
         except Exception as error:  # noqa: BLE001 - Hydra would only warn: fail loudly
-            logger.exception("Could not create the sweep's parent MLflow run: %s", error)
-            raise SystemExit(self.exit_code) from error
+            if isinstance(error, Unet3dError) or str(error).startswith("tracking."):
+                # a "key: message" error (e.g. a deleted experiment): no traceback
+                logger.error("Could not create the sweep's parent MLflow run: %s", error)
+            else:
+                logger.exception("Could not create the sweep's parent MLflow run: %s", error)
+            raise SystemExit(self.exit_code) from None
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """A study's job records who runs its trial (``unet3d.tracking.trials``)."""
