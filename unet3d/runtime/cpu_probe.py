@@ -18,8 +18,9 @@ where ``/proc/cpuinfo`` shows it, model name, every flag), the TensorFlow versio
 intra-op thread count, so a host probes once and every later job (and a resumed run) takes the
 same decision. The data folder is often shared (NFS, a baked image), and CPUs of one name and
 stepping still differ (a hypervisor, firmware, memory): a cached result that says bfloat16 is
-faster is therefore re-checked with one warm-up and one timed pair (``quick_probe``, about a
-tenth of a second) before it is used, and measured again in full when the check disagrees.
+faster is therefore re-checked with one warm-up and one timed pair (``quick_probe``; its cost
+next to the full probe: ``benchmarks/precision_recheck.py``) before it is used, and measured
+again in full when the check disagrees.
 The file is written atomically under a lock (``fcntl``), so processes of one launch that start
 together probe once, one after another. Delete the file (or pass ``precision.reprobe=true``)
 to measure again.
