@@ -50,6 +50,8 @@ def test_default_config_is_valid() -> None:
         ["model.norm=group", "model.base_filters=16"],
         ["training.loss=dice", "training.lr_schedule=constant"],
         ["data=brats2019", "data.raw_dir=/", "debug=fast"],
+        ["inference=fast"], ["inference.engine=openvino", "inference.engine_threads=2"],
+        ["mode=export", "checkpoint=/", "export.formats=[onnx]"],
     ],
 )
 def test_groups_compose_and_validate(overrides: list[str]) -> None:
@@ -97,6 +99,11 @@ def test_debug_preset_shrinks_everything() -> None:
         (["tracking.model_alias=champion"], "tracking.model_alias"),
         (["tracking.register_model=brats", "tracking.model_alias=v2"], "tracking.model_alias"),
         (["tracking.register_model=a/b"], "tracking.register_model"),
+        (["inference.engine=tensorrt"], "inference.engine"),
+        (["inference.engine_threads=0"], "inference.engine_threads"),
+        (["mode=export"], "export.checkpoint"),
+        (["mode=export", "checkpoint=/", "export.formats=[tflite]"], "export.formats"),
+        (["mode=export", "checkpoint=/", "export.tolerance=-1"], "export.tolerance"),
     ],
 )
 def test_bad_values_name_their_key(overrides: list[str], key: str) -> None:

@@ -62,6 +62,23 @@ def _overrides() -> list[str]:
         return []
 
 
+#: Modes that need no model and so no TensorFlow: their runtime is a placeholder (one process,
+#: no device, no precision) and TensorFlow is never imported.
+NO_TENSORFLOW_MODES = ("score",)
+
+
+def light_runtime() -> Runtime:
+    """The runtime of a mode of ``NO_TENSORFLOW_MODES``: one chief process, nothing configured."""
+    from types import SimpleNamespace
+
+    device = SimpleNamespace(type="none", names=[], onednn="n/a")
+    precision = SimpleNamespace(policy_name="none", compute_dtype="none", variable_dtype="none",
+                                loss_scale=False, xla=False, params={},
+                                identity=lambda device_type: {})
+    context = SimpleNamespace(name="none", num_replicas=1, world_size=1, is_chief=True)
+    return Runtime(device, precision, context)
+
+
 def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[str, float]:
     """Run ``cfg.mode.name`` and return its final metrics (also logged and in results.json).
 
@@ -89,7 +106,10 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[
     resuming = bool(cfg.resume) and mode in TRAINING_MODES
     identity = RunIdentity.from_config(cfg)
     recorded = check_resume(output_dir, identity) if resuming else None
-    runtime = setup_runtime(cfg, recorded.precision if recorded is not None else None)
+    if mode in NO_TENSORFLOW_MODES:
+        runtime = light_runtime()
+    else:
+        runtime = setup_runtime(cfg, recorded.precision if recorded is not None else None)
     identity.precision.update(runtime.precision.identity(runtime.device.type))
     context = runtime.context
     tracker = Tracker(cfg.tracking, root_dir, enabled=bool(cfg.tracking.enabled),
@@ -157,6 +177,12 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[
                 from unet3d.serving.registration import publish_model
 
                 publish_model(tracker, cfg, str(output_dir), metrics, kind="job")
+            if context.is_chief and mode == "export" and cfg.tracking.get("log_model", True):
+                # The export's served model: runs without TensorFlow.
+                from unet3d.modes.export import export_folder_of
+                from unet3d.serving.export_model import log_export_model
+
+                log_export_model(tracker, cfg, export_folder_of(cfg, output_dir))
         finally:
             # Also for a failed or interrupted job: its log says why.
             _log_job_files(tracker, output_dir)

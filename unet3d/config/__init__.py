@@ -36,6 +36,7 @@ from unet3d.config.settings import (
     OneOf,
     Setting,
     Sides,
+    SubsetOf,
     Target,
     Text,
     get,
@@ -45,7 +46,7 @@ from unet3d.errors import ConfigError
 # ---- vocabularies: every list of allowed values lives here, modules import it -----------------
 
 MODES = ("train", "evaluate", "train_and_evaluate", "predict", "benchmark", "postprocess",
-         "cross_validate")
+         "cross_validate", "score", "export")
 TRAINING_MODES = ("train", "train_and_evaluate")
 DEVICE_TYPES = ("auto", "cpu", "gpu", "mlu")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "horovod")
@@ -72,11 +73,22 @@ LOSSES = ("dice+ce", "dice", "ce")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam",)
 BLENDS = ("gaussian", "constant")
+#: Engines that run the network on the windows (``inference.engine``; unet3d/inference/engines.py):
+#: ``auto`` the fastest installed here by a short probe, cached per host.
+INFERENCE_ENGINES = ("auto", "tensorflow", "openvino", "onnxruntime")
+#: Formats ``mode=export`` writes (``export.formats``).
+EXPORT_FORMATS = ("onnx", "openvino", "saved_model")
 BENCHMARK_TARGETS = ("train", "predict", "pipeline", "runner")
 #: Layouts the synthetic data set writes (``data.synthetic.layout``): ``flat`` BraTS 2019 names
 #: in <case>/ folders, ``brats2019`` the same under HGG/ and LGG/, and the layouts and labels of
 #: ``conf/data/{brats2023,msd_brain,nnunet_raw}.yaml``.
-SYNTHETIC_LAYOUTS = ("flat", "brats2019", "brats2023", "msd_brain", "nnunet_raw")
+SYNTHETIC_LAYOUTS = ("flat", "brats2019", "brats2023", "brats2024_post", "msd_brain",
+                     "nnunet_raw")
+#: Lesion-wise rules (``evaluation.lesionwise``): ``auto`` from the data set's convention,
+#: the BraTS 2023 (GLI/SSA/PED, MEN, MET) and 2024 (post-treatment GLI) scripts' rules, the
+#: ``brats-evaluation`` package's (2025), or none (unet3d/evaluation/lesionwise.py).
+LESIONWISE_RULES = ("auto", "off", "brats2023", "brats2023_men", "brats2023_met", "brats2024",
+                    "brats2025")
 
 # ---- the built-in components ------------------------------------------------------------------
 
@@ -139,6 +151,12 @@ SETTINGS: dict[str, Setting] = {
     "inference.tta": Boolean(),
     "inference.crop_to_brain": Boolean(),
     "inference.crop_margin": Integer(minimum=0),
+    "evaluation.lesionwise": OneOf(LESIONWISE_RULES),
+    "inference.single_window": Boolean(),
+    "inference.engine": OneOf(INFERENCE_ENGINES),
+    "inference.engine_threads": Nullable(Integer(minimum=1)),
+    "inference.engine_cache": Nullable(Text()),
+    "inference.engine_reprobe": Boolean(),
     "precision.policy": OneOf(PRECISION_POLICIES),
     "precision.xla": Boolean(),
     "precision.min_speedup": Number(0.0),
@@ -167,10 +185,22 @@ MODE_SETTINGS: dict[str, dict[str, Setting]] = {
         "predict.overwrite": Boolean(),
         "predict.postprocess": Boolean(),
     },
+    "export": {
+        "export.checkpoint": ExistingPath(),
+        "export.fold": Nullable(Integer(minimum=0)),
+        "export.output_dir": Nullable(Text()),
+        "export.formats": SubsetOf(EXPORT_FORMATS),
+        "export.tolerance": Number(0.0),
+        "export.overwrite": Boolean(),
+    },
     "postprocess": {
         "postprocess.checkpoint": ExistingPath(),
         "postprocess.unit": OneOf(VOLUME_UNITS),
         "postprocess.min_improvement": Number(0.0, low_inclusive=True),
+    },
+    "score": {
+        "score.predictions": ExistingPath(directory=True),
+        "score.references": ExistingPath(directory=True),
     },
     "benchmark": {
         "benchmark.target": OneOf(BENCHMARK_TARGETS),
@@ -241,6 +271,8 @@ def validate(cfg: DictConfig) -> None:
     mode = get(cfg, "mode.name")
     # Predicting a folder of raw cases reads the data group's layout, not its raw_dir.
     skipped = {"data.raw_dir"} if mode == "predict" and get(cfg, "predict.input_dir") else set()
+    if mode == "score":  # files named by score.*; the data group gives only the labels
+        skipped = {"data.raw_dir"}
     for group in COMPONENT_GROUPS:
         arguments = COMPONENT_ARGUMENTS.get(get(cfg, f"{group}._target_"), {})
         for name, setting in arguments.items():

@@ -101,6 +101,20 @@ def _member_settings(model_cfg: Any, prefix: str) -> tuple[Any, bool]:
     return recorded, True
 
 
+def member_model_settings(model_cfg: Any, prefix: str) -> dict[str, Any]:
+    """The model settings ``load_ensemble`` rebuilds ``prefix``'s network from (a plain dict).
+
+    Raises:
+        CheckpointError: the recorded network takes other inputs than ``model_cfg``.
+    """
+    settings, _ = _member_settings(model_cfg, prefix)
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(settings):
+        settings = OmegaConf.to_container(settings, resolve=True)
+    return dict(settings)
+
+
 def load_ensemble(model_cfg: Any, prefixes: Sequence[str], runtime: Any = None) -> list[Any]:
     """Rebuild each checkpoint's network from its run's recorded settings; restore its weights.
 

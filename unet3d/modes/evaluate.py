@@ -17,7 +17,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from unet3d.modes.job import Job, data_convention, prepare
+from unet3d.modes.inference_setup import make_labeler, region_threshold
+from unet3d.modes.job import Job, data_convention, lesionwise_scorer, prepare
+
+__all__ = ["evaluate_model", "make_labeler", "make_predictor", "region_threshold", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -26,27 +29,22 @@ PER_CASE_CSV = "metrics/per_case.csv"
 
 
 def run(job: Job) -> dict[str, float]:
-    """Load ``checkpoint`` (one model or an ensemble) and evaluate it on the held-out fold."""
-    from unet3d.inference.checkpoints import job_model_checkpoints
-    from unet3d.inference.models import load_ensemble
+    """Load ``checkpoint`` (one model, an ensemble or an export folder) and evaluate it on the
+    held-out fold, in the engine ``inference.engine``."""
+    from unet3d.modes.inference_setup import model_source, source_labeler, source_members
 
     cfg = job.cfg
     prepared = prepare(job)
-    prefixes = job_model_checkpoints(cfg, cfg.checkpoint, fold=int(cfg.fold), key="checkpoint")
-    models = load_ensemble(cfg.model, prefixes, job.runtime)
-    job.tracker.set_tags({"checkpoint": ", ".join(prefixes)})
-    labeler, head = make_labeler(cfg, prefixes, data_convention(prepared))
-    return evaluate_model(job, models, prepared, labeler=labeler, head=head)
-
-
-def region_threshold(cfg: DictConfig) -> float:
-    """The probability above which a region head's voxel is in a region (``0.5`` unless
-    ``inference.region_threshold`` is set)."""
-    return float(cfg.inference.get("region_threshold") or 0.5)
+    source = model_source(cfg, cfg.checkpoint, fold=int(cfg.fold), key="checkpoint")
+    labeler, head = source_labeler(cfg, source, data_convention(prepared))
+    members = source_members(cfg, source, job.runtime, job.tracker)
+    job.tracker.set_tags({"checkpoint": ", ".join(source.ids)})
+    return evaluate_model(job, members, prepared, labeler=labeler, head=head,
+                          input_divisor=source.input_divisor())
 
 
 def make_predictor(cfg: DictConfig, models: Any, jit_compile: bool,
-                   head: str | None = None) -> Any:
+                   head: str | None = None, input_divisor: int | None = None) -> Any:
     """The ``EnsemblePredictor`` of ``models`` with the ``inference`` settings of ``cfg``.
 
     The number of output channels is the members' (their recorded network), not the job's
@@ -54,14 +52,18 @@ def make_predictor(cfg: DictConfig, models: Any, jit_compile: bool,
 
     Args:
         cfg: the job config (``inference``, ``data.crop_size``).
-        models: one Keras model or a list of them.
+        models: one Keras model or engine (``unet3d.inference.engines``), or a list of them.
         jit_compile: ``precision.xla``.
         head: the members' head (``trained_labels``); None: the job's ``model.head``.
+        input_divisor: the members' input divisor (``inference.single_window``); None: the
+            job's ``model`` group's.
     """
+    from unet3d.config.settings import input_divisor as divisor_of
     from unet3d.inference.ensemble import EnsemblePredictor
 
     members = models if isinstance(models, list | tuple) else [models]
-    channels = {int(member.output_shape[-1]) for member in members}
+    channels = {int(getattr(member, "num_classes", None) or member.output_shape[-1])
+                for member in members}
     if len(channels) != 1:
         from unet3d.errors import CheckpointError
 
@@ -71,45 +73,25 @@ def make_predictor(cfg: DictConfig, models: Any, jit_compile: bool,
     # probability is 0.
     head = head or str(cfg.model.get("head") or "softmax")
     background = None if head == "regions" else 0
-    return EnsemblePredictor.from_config(models, cfg.inference, crop_size=cfg.data.crop_size,
-                                         num_classes=channels.pop(), jit_compile=jit_compile,
-                                         background_class=background)
-
-
-def make_labeler(cfg: DictConfig, prefixes: Any, convention: Any) -> tuple[Any, str]:
-    """The labeler of the checkpoints' outputs into the labels of ``convention``.
-
-    Returns:
-        ``(labeler, head)``: the labeler and the head the members were trained with (the
-        predictor's background depends on it: ``make_predictor``).
-
-    Args:
-        cfg: the job config (``inference.region_threshold`` when set).
-        prefixes: the checkpoints (their runs record the convention and head they learnt).
-        convention: the ``LabelConvention`` of the data set being segmented.
-
-    Raises:
-        CheckpointError: members trained on other conventions or heads.
-        ConfigError: the model's classes cannot be written in ``convention``.
-    """
-    from unet3d.inference.labels import make_labeler as labeler_of
-    from unet3d.inference.models import trained_labels
-
-    trained, head = trained_labels(prefixes)
-    return labeler_of(trained, convention, head=head, threshold=region_threshold(cfg)), head
+    return EnsemblePredictor.from_config(
+        models, cfg.inference, crop_size=cfg.data.crop_size, num_classes=channels.pop(),
+        jit_compile=jit_compile, background_class=background,
+        input_divisor=input_divisor or divisor_of(cfg.model))
 
 
 def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
-                   head: str | None = None) -> dict[str, float]:
+                   head: str | None = None, input_divisor: int | None = None
+                   ) -> dict[str, float]:
     """Segment and score every held-out case once (chief only; other ranks return {}).
 
     Args:
         job: the job (config, tracker, run folder).
-        models: one Keras model or a list of them (an ensemble: mean softmax).
+        models: one Keras model or engine, or a list of them (an ensemble: mean softmax).
         prepared: the fold's data (``eval_files``, ``convention``).
         labeler: probabilities -> the data set's labels; None = the data set's own classes
             (a model just trained on it, with the head of ``model.head``).
         head: the models' head (with ``labeler``); None: ``model.head``.
+        input_divisor: the models' input divisor (None: the ``model`` group's).
 
     Returns:
         The mean of every metric over the scored cases.
@@ -133,7 +115,9 @@ def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
     if labeler is None:
         labeler = labeler_of(convention, convention, head=head,
                              threshold=region_threshold(job.cfg))
-    predictor = make_predictor(job.cfg, models, bool(job.runtime.precision.xla), head=head)
+    predictor = make_predictor(job.cfg, models, bool(job.runtime.precision.xla), head=head,
+                               input_divisor=input_divisor)
+    lesionwise = lesionwise_scorer(job.cfg, convention, job.tracker)
 
     def on_scored(case: Any, reference: Any, labels: Any, metrics: Any) -> None:
         # Out-of-fold predictions: mode=postprocess chooses the sweep's rules on them.
@@ -142,7 +126,7 @@ def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
 
     result = segment_cases(predictor, record_pending_cases(prepared.eval_files, convention),
                            verb="evaluated", labeler=labeler, convention=convention,
-                           on_scored=on_scored, warn_unlabelled=True)
+                           on_scored=on_scored, warn_unlabelled=True, lesionwise=lesionwise)
     rows = result.rows
     if len(rows) != result.total:
         log.warning("evaluated %d of %d held-out cases", len(rows), result.total)

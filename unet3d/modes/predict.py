@@ -75,8 +75,7 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     from unet3d.evaluation.postprocess import apply_postprocessing
     from unet3d.inference.background import BackgroundOutputs, CasePrefetcher
     from unet3d.inference.cases import segment_cases
-    from unet3d.inference.checkpoints import job_model_checkpoints
-    from unet3d.inference.models import load_ensemble
+    from unet3d.inference.checkpoints import CHECKPOINT_KEY
     from unet3d.inference.output_folder import (
         SETTINGS_FILE,
         claim_output_folder,
@@ -84,23 +83,27 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
         split_written,
     )
     from unet3d.inference.predict import NiftiOutputs
-    from unet3d.modes.evaluate import make_labeler, make_predictor
+    from unet3d.modes.evaluate import make_predictor
+    from unet3d.modes.inference_setup import model_source, source_labeler, source_members
+    from unet3d.modes.job import lesionwise_scorer
 
     pending, source, convention = _pending_cases(cfg)
-    prefixes = job_model_checkpoints(cfg, cfg.predict.checkpoint, fold=selected_fold(cfg))
-    labeler, head = make_labeler(cfg, prefixes, convention)
+    lesionwise = lesionwise_scorer(cfg, convention, tracker)
+    models = model_source(cfg, cfg.predict.checkpoint, fold=selected_fold(cfg),
+                          key=CHECKPOINT_KEY)
+    labeler, head = source_labeler(cfg, models, convention)
     output_folder = Path(cfg.predict.get("output_dir") or output_dir / "predictions").expanduser()
     output_folder.mkdir(parents=True, exist_ok=True)
     outputs = NiftiOutputs(output_folder,
                            save_probabilities=bool(cfg.predict.get("save_probabilities", False)),
                            overwrite=bool(cfg.predict.get("overwrite", False)),
                            label_values=convention.values)
-    rules = _postprocessing(cfg)
+    rules = _postprocessing(cfg, models)
     postprocess = None if rules is None else (
         lambda labels, spacing: apply_postprocessing(labels, rules, convention, spacing))
-    settings = prediction_settings(prefixes, convention, rules,
+    settings = prediction_settings(models.ids, convention, rules,
                                    OmegaConf.to_container(cfg.inference, resolve=True),
-                                   _policy_name(), outputs.save_probabilities)
+                                   _policy_name(runtime), outputs.save_probabilities)
     kept: list[str] = []
     if claim_output_folder(output_folder, settings, outputs.overwrite):
         pending, kept = split_written(pending, outputs)
@@ -111,19 +114,21 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     with ExitStack() as stack:
         reader = stack.enter_context(CasePrefetcher(pending, accept=_accepts(outputs)))
         reader.start()  # the first case is read while the models are built
-        models = load_ensemble(cfg.model, prefixes, runtime)
-        predictor = make_predictor(cfg, models, bool(runtime.precision.xla), head=head)
+        members = source_members(cfg, models, runtime, tracker)
+        predictor = make_predictor(cfg, members, bool(runtime.precision.xla), head=head,
+                                   input_divisor=models.input_divisor())
         predictor.trace()
         if tracker is not None:
-            tracker.set_tags({"predict.checkpoints": ", ".join(prefixes),
-                              "predict.ensemble_size": str(len(prefixes))})
+            tracker.set_tags({"predict.checkpoints": ", ".join(models.ids),
+                              "predict.ensemble_size": str(len(models.ids))})
         log.info("predicting %d case(s) (%s) with %d model(s), %s -> %s", len(pending), source,
-                 len(prefixes), predictor.describe(), output_folder)
+                 len(models.ids), predictor.describe(), output_folder)
         started = time.perf_counter()
         writer = stack.enter_context(BackgroundOutputs(outputs))
         result = segment_cases(predictor, reader.cases, verb="predicted", labeler=labeler,
                                convention=convention, postprocess=postprocess, outputs=writer,
-                               keep_going=True, progress_bar="predict")
+                               keep_going=True, progress_bar="predict",
+                               lesionwise=lesionwise)
         _add_write_failures(result, writer.close())
     summary: dict[str, float] = {}
     if result.rows:
@@ -159,8 +164,11 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     return {**summary, "cases_written": float(written)}
 
 
-def _policy_name() -> str:
-    """The Keras dtype policy the models are built in (set by ``configure_precision``)."""
+def _policy_name(runtime: Any) -> str:
+    """The dtype policy the job predicts in (``runtime.precision``, else Keras' global one)."""
+    name = getattr(getattr(runtime, "precision", None), "policy_name", None)
+    if name:
+        return str(name)
     import keras
 
     return keras.mixed_precision.global_policy().name
@@ -193,18 +201,27 @@ def _add_write_failures(result: Any, failures: list[Any]) -> None:
                 listed.remove(failure.case_id)
 
 
-def _postprocessing(cfg: DictConfig) -> Any:
+def _postprocessing(cfg: DictConfig, models: Any = None) -> Any:
     """The post-processing rules (``PostprocessingRules``) of the sweep in
     ``predict.checkpoint``, or None.
 
     A sweep folder (or ``runs:/<parent run id>``) holding ``postprocessing.json`` (written by
-    ``mode=postprocess``) gives its rules, unless ``predict.postprocess=false``.
+    ``mode=postprocess``) gives its rules, and an export folder the rules it recorded, unless
+    ``predict.postprocess=false``.
 
     Raises:
         DataError: the sweep's ``postprocessing.json`` is unreadable.
     """
     spec = cfg.predict.get("checkpoint")
-    if not cfg.predict.get("postprocess", True) or not isinstance(spec, str) or not spec:
+    if not cfg.predict.get("postprocess", True):
+        return None
+    if models is not None and models.export is not None:
+        rules = models.export.postprocessing()
+        if rules is not None:
+            log.info("post-processing recorded in %s: %s (predict.postprocess=false turns it "
+                     "off)", models.export.path, rules)
+        return rules
+    if not isinstance(spec, str) or not spec:
         return None
     from unet3d.evaluation.postprocess import POSTPROCESSING_FILE, load_postprocessing
     from unet3d.inference.checkpoints import job_reference_folder
