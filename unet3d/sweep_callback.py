@@ -47,7 +47,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -111,7 +110,6 @@ class CrossValidationCallback(Callback):
         self.run_kind = str(run_kind)
         self.tracker: Tracker | None = None
         self._finalized = False
-        self._uncaught: type[BaseException] | None = None
         self._restore_sigterm: Any = None
         self._study: trials_module.StudyOwner | None = None
 
@@ -346,13 +344,6 @@ class CrossValidationCallback(Callback):
         return tracker
 
     def _register_exit_guard(self) -> None:
-        previous_hook = sys.excepthook
-
-        def excepthook(exception_type: type[BaseException], *args: Any) -> None:
-            self._uncaught = exception_type
-            previous_hook(exception_type, *args)
-
-        sys.excepthook = excepthook
         self._restore_sigterm = install_termination_handlers()
         on_stop(self._stopped)
         atexit.register(self._end_abandoned_parent)
@@ -371,8 +362,7 @@ class CrossValidationCallback(Callback):
         tracker = self.tracker
         if self._finalized or tracker is None or not tracker.running:
             return
-        interrupted = stop_signal() is not None or (
-            self._uncaught is not None and issubclass(self._uncaught, KeyboardInterrupt))
+        interrupted = stop_signal() is not None  # Ctrl-C / SIGTERM (the handlers installed)
         status = "KILLED" if interrupted else "FAILED"
         reason = (
             "the sweep was interrupted before its end"
