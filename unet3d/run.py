@@ -243,10 +243,32 @@ def _prepare_launch() -> None:
         sys.argv.extend(non_chief_overrides(sys.argv[1:]))
 
 
+#: Set by ``mode=cross_validate`` for its fold sweep: that sweep's stop is not the user's
+#: ERROR line (its parent, the trial's sweep, logs it).
+NESTED_SWEEP_VARIABLE = "UNET3D_NESTED_SWEEP"
+
+
 def cli() -> None:
-    """Console entry point (``unet3d ...``), the same as ``python -m unet3d.run``."""
+    """Console entry point (``unet3d ...``), the same as ``python -m unet3d.run``.
+
+    A ``--multirun`` stopped by Ctrl-C or SIGTERM (a single job handles its own in ``main``)
+    runs the sweep's stop hooks (``unet3d.runtime.signals.run_stop_hooks``: Optuna trials told
+    FAIL, MLflow runs KILLED) and ends with one ERROR line and status 130 or 143, no traceback.
+    """
     _prepare_launch()
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as error:
+        from unet3d.runtime.signals import TerminationRequested, run_stop_hooks
+
+        done = run_stop_hooks()
+        terminated = isinstance(error, TerminationRequested)
+        nested = bool(os.environ.get(NESTED_SWEEP_VARIABLE))
+        log.log(logging.WARNING if nested else logging.ERROR, "%s stopped: %s%s",
+                "fold sweep" if nested else "sweep",
+                error if terminated else "interrupted (Ctrl-C)",
+                "".join(f"; {phrase}" for phrase in done))
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,10 @@ invocation finished (a failed trial is an Optuna FAIL, the study goes on). A tri
 `mode=cross_validate` runs its folds as a sweep of its own whose parent run, nested under the
 study run through `parent_run_id`, is the trial's run (study run -> trial run -> fold runs).
 
-If the sweep process dies before `on_multirun_end` (Ctrl-C, SIGTERM, a launcher error), an
-`atexit` hook ends the parent run KILLED (KeyboardInterrupt/SIGTERM) or FAILED, so it is never
-left RUNNING; a SIGKILL of the sweep process leaves it RUNNING (rerunning the sweep in the same
-`hydra.sweep.dir` reopens it).
+Stopped before `on_multirun_end` by Ctrl-C or SIGTERM, the sweep's trials are told FAIL and
+its runs end KILLED (`unet3d.tracking.trials.stop_sweep`, run by `unet3d.run.cli`); by another
+error, an `atexit` hook ends the parent run FAILED. After a SIGKILL the study's next start
+fails the trials whose sweep process is gone (`unet3d.tracking.trials`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,9 +59,10 @@ from unet3d.runs.files import write_text_atomic
 from unet3d.runs.folder import HYDRA_SUBDIR, UNCOMMITTED_FAILURES, refuse_used_sweep_dir
 from unet3d.runs.naming import parse_override
 from unet3d.runs.provenance import git_tags
-from unet3d.runtime.signals import install_termination_handlers
+from unet3d.runtime.signals import install_termination_handlers, on_stop, stop_signal
 from unet3d.tracking import study as study_module
 from unet3d.tracking import summary as summary_module
+from unet3d.tracking import trials as trials_module
 from unet3d.tracking.cv_runs import log_cv_summary
 from unet3d.tracking.parent_run import (
     PARENT_RUN_ID_FILE,
@@ -110,8 +110,8 @@ class CrossValidationCallback(Callback):
         self.run_kind = str(run_kind)
         self.tracker: Tracker | None = None
         self._finalized = False
-        self._uncaught: type[BaseException] | None = None
         self._restore_sigterm: Any = None
+        self._study: trials_module.StudyOwner | None = None
 
     # ------------------------------------------------------------------ hooks
 
@@ -124,7 +124,7 @@ class CrossValidationCallback(Callback):
             refuse_used_sweep_dir(config, sweep_dir)
             if study_module.is_study_sweep(config):
                 with hydra_config_set(config):
-                    study_module.prepare_study(config, sweep_dir)
+                    self._study = trials_module.StudyOwner.open(config, sweep_dir)
         except Exception as error:  # noqa: BLE001 - Hydra would only warn: fail loudly
             if isinstance(error, Unet3dError):
                 logger.error("%s", error)
@@ -135,15 +135,25 @@ class CrossValidationCallback(Callback):
         try:
             sweep_dir.mkdir(parents=True, exist_ok=True)
             self.tracker = self._parent_tracker(config, sweep_dir)
-            if self.tracker.active:
+            if self.tracker.active or self._study is not None:
                 self._register_exit_guard()
+            if self._study is not None:
+                from unet3d.modes.cross_validate import run_id_of
+
+                self._study.end_recovered_runs(self.tracker, run_id_of)
         except Exception as error:  # noqa: BLE001 - Hydra would only warn: fail loudly
-            if isinstance(error, Unet3dError):  # a store that is down, locked, ...: one line
-                logger.error("%s", error)
+            if isinstance(error, Unet3dError) or str(error).startswith("tracking."):
+                # a store that is down, locked, a deleted experiment, ...: one line
+                logger.error("Could not create the sweep's parent MLflow run: %s", error)
                 self._finalized = True
-                raise SystemExit(self.exit_code) from None
-            logger.exception("Could not create the sweep's parent MLflow run: %s", error)
-            raise SystemExit(self.exit_code) from error
+            else:
+                logger.exception("Could not create the sweep's parent MLflow run: %s", error)
+            raise SystemExit(self.exit_code) from None
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A study's job records who runs its trial (``unet3d.tracking.trials``)."""
+        if study_module.is_study_sweep(config):
+            trials_module.claim_for_job(config)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         """Record a failed job and let the sweep go on (see `continue_on_failure`)."""
@@ -335,21 +345,25 @@ class CrossValidationCallback(Callback):
         return tracker
 
     def _register_exit_guard(self) -> None:
-        previous_hook = sys.excepthook
-
-        def excepthook(exception_type: type[BaseException], *args: Any) -> None:
-            self._uncaught = exception_type
-            previous_hook(exception_type, *args)
-
-        sys.excepthook = excepthook
         self._restore_sigterm = install_termination_handlers()
+        on_stop(self._stopped)
         atexit.register(self._end_abandoned_parent)
+
+    def _stopped(self) -> str | None:
+        """On SIGINT / SIGTERM (``unet3d.run.cli``): see `trials_module.stop_sweep`."""
+        if self._finalized:
+            return None
+        self._finalized = True
+        from unet3d.modes.cross_validate import run_id_of
+
+        return trials_module.stop_sweep(self._study, self.tracker,
+                                        f"stopped by {stop_signal() or 'SIGINT'}", run_id_of)
 
     def _end_abandoned_parent(self) -> None:
         tracker = self.tracker
         if self._finalized or tracker is None or not tracker.running:
             return
-        interrupted = self._uncaught is not None and issubclass(self._uncaught, KeyboardInterrupt)
+        interrupted = stop_signal() is not None  # Ctrl-C / SIGTERM (the handlers installed)
         status = "KILLED" if interrupted else "FAILED"
         reason = (
             "the sweep was interrupted before its end"

@@ -324,3 +324,39 @@ def test_low_resolution_is_nearest_down_then_linear_up():
     matrix = intensity.low_resolution_matrix(8, tf.constant([0.5])).numpy()[0]
     np.testing.assert_allclose(matrix @ np.arange(8.0), [1, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7],
                                atol=1e-6)
+
+
+# ---- anisotropic spacing: in-plane only, as nnU-Net's do_dummy_2d_data_aug (issue 30) ----------
+
+
+def test_lowres_axis_follows_nnunets_anisotropy_threshold():
+    from unet3d.data.augmentation import ANISO_THRESHOLD, lowres_axis
+
+    assert ANISO_THRESHOLD == 3.0  # nnunetv2/configuration.py
+    assert lowres_axis((1.0, 1.0, 5.0)) == 2 and lowres_axis((4.0, 0.8, 0.8)) == 0
+    assert lowres_axis((1.0, 1.0, 3.0)) is None  # not above the threshold
+    assert lowres_axis((1.0, 1.0, 1.0)) is None and lowres_axis((0.0, 1.0, 5.0)) is None
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 5.0), (1.0, 1.0, 1.0)])
+def test_anisotropic_cases_are_rotated_scaled_and_deformed_in_plane_only(spacing):
+    """Channel 2 of the coordinate volume is z + 1: in-plane transforms keep it, voxel by voxel
+    (wherever the crop voxel's neighbours all lie inside the volume: channel 3 is 100 there)."""
+    image, label = coordinate_volume()
+    augmentation = dataclasses.replace(OFF, rotation=Draw(1.0, 35.0, 40.0),
+                                       scaling=Draw(1.0, 0.8, 0.8), elastic=Draw(1.0, 20.0, 40.0),
+                                       elastic_sigma=(2.0, 3.0))
+    seed = tf.constant([5, 6], tf.int64)
+    crop, _ = spatial_crop(tf.constant(image), tf.constant(label), tf.constant(ORIGIN), CROP,
+                           tf.ones([4]), tf.zeros([4]), augmentation, seed,
+                           tf.constant(spacing, tf.float32))
+    crop = crop.numpy()
+    inside = np.isclose(crop[..., 3], 100.0)
+    assert inside.sum() > 50
+    z = np.broadcast_to(np.arange(CROP[2], dtype=np.float32) + ORIGIN[2] + 1, CROP)
+    kept = np.isclose(crop[..., 2], z, atol=1e-3)[inside]
+    if spacing[2] > 1.0:
+        assert kept.all()  # every slice stays in its plane
+        assert not np.isclose(crop[..., 0], plain_crop()[0][..., 0])[inside].all()  # rotated
+    else:
+        assert not kept.all()  # isotropic: rotated about every axis, slices mix

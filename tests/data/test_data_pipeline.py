@@ -399,3 +399,24 @@ def test_rotated_crops_stay_aligned_through_the_pipeline(coordinate_files):
             np.testing.assert_array_equal(label[sample][interior][clear], expected)
             checked += int(clear.sum())
     assert checked > 1000
+
+
+def test_an_anisotropic_data_set_is_augmented_in_plane_and_the_log_says_so(tmp_path, caplog):
+    """1 x 1 x 5 mm cases: nnU-Net's rule (max / min spacing > 3) makes the spatial transforms
+    in-plane; every crop's z coordinate channel is then a plain run of slices."""
+    record = {**_coordinate_case(), "case_id": "aniso", "spacing": [1.0, 1.0, 5.0]}
+    path = tmp_path / "aniso.tfrecord"
+    write_record(path, record)
+    section = _nnunet_section(rotation=1.0, scaling=1.0, noise=0.0, blur=0.0, brightness=0.0,
+                              contrast=0.0, low_resolution=0.0, inverted_gamma=0.0, gamma=0.0)
+    with caplog.at_level("INFO", logger="unet3d.data.pipeline"):
+        batches = _batches(_dataset([str(path)], augment=True, augmentation=section,
+                                    batch_size=1), 3)
+    (line,) = [r.getMessage() for r in caplog.records if "anisotropic" in r.getMessage()]
+    assert "1x1x5 mm (aniso.tfrecord" in line and "rotated about axis 2 only" in line
+    for image, _ in batches:
+        z, marker = image[0, ..., 2], image[0, ..., 3]
+        inside = np.isclose(marker, 100.0)
+        steps = np.diff(z, axis=2)[inside[..., 1:] & inside[..., :-1]]
+        # z + 1 along axis 2, unchanged in-plane (a mirrored crop runs backwards)
+        assert np.allclose(np.abs(steps), 1.0, atol=1e-3), steps

@@ -287,6 +287,24 @@ def test_two_fold_sweep_basic_launcher(tmp_path: Path, mlflow_server) -> None:
     assert results(Path(killed.data.tags["output_dir"]))["mlflow_run_id"] == killed.info.run_id
     _check_summary(parent_after, jobs_after)
 
+    # Continue the sweep with more steps (job folders are named without training.max_steps),
+    # its parent run deleted meanwhile (issue 30): the same folds go on from step 2 in their
+    # own runs, nested under a new parent run.
+    job_dirs = sorted(path.parent for path in sweep_dir.glob("*/.hydra"))
+    client.delete_run(parent.info.run_id)
+    more_steps = [item for item in TWO_FOLDS if not item.startswith("training.max_steps=")]
+    longer = run_cli("--multirun", *more_steps, "training.max_steps=4", "resume=true",
+                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    _assert_ok(longer)
+    assert sorted(path.parent for path in sweep_dir.glob("*/.hydra")) == job_dirs
+    assert all((job / "checkpoints" / "ckpt-4.index").is_file() for job in job_dirs)
+    new_parent, jobs_longer = _parent_and_jobs(client)
+    assert new_parent.info.run_id != parent.info.run_id
+    assert new_parent.info.status == "FINISHED"
+    assert [run.info.run_id for run in jobs_longer] == [run.info.run_id for run in jobs]
+    assert all(run.data.tags["unet3d.resumed_from_step"] == "2" for run in jobs_longer)
+    _check_summary(new_parent, jobs_longer)
+
 
 def test_failing_jobs_are_recorded_and_others_summarised(tmp_path: Path) -> None:
     # learning rate 1e30: the loss is NaN at step 2 -> FloatingPointError in both of its folds.

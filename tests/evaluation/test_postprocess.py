@@ -214,12 +214,50 @@ def test_mode_refuses_a_sweep_without_predictions(tmp_path):
 
     sweep = make_sweep(tmp_path)
     (sweep / "2_fold2" / "checkpoints").mkdir(parents=True)
-    with pytest.raises(DataError, match="2_fold2: no out-of-fold predictions in oof/"):
+    with pytest.raises(DataError, match="2_fold2: this job did not finish .no results.json"):
+        run(postprocess_job(tmp_path, sweep, RecordingTracker()))
+    (sweep / "2_fold2" / "results.json").write_text('{"status": "FINISHED"}')
+    with pytest.raises(DataError, match="2_fold2: no out-of-fold predictions in oof/ although"):
         run(postprocess_job(tmp_path, sweep, RecordingTracker()))
     assert not (sweep / "postprocessing.json").exists()
     with pytest.raises(ConfigError, match="postprocess.checkpoint: .* holds no fold jobs"):
         run(postprocess_job(tmp_path, tmp_path / "job", RecordingTracker()) if
             (tmp_path / "job").mkdir() is None else None)
+
+
+def test_a_failed_fold_is_named_with_the_way_to_finish_it(tmp_path):
+    """Issue 30: not "an older version" but the fold, its status and error, and the resume."""
+    from unet3d.modes.postprocess import run
+
+    sweep = make_sweep(tmp_path)
+    job_dir = sweep / "1_fold1"
+    for path in (job_dir / "oof").iterdir():
+        path.unlink()
+    (job_dir / "results.json").write_text(json.dumps(
+        {"status": "FAILED", "fold": 1, "error": "FloatingPointError: loss is nan\nmore"}))
+    with pytest.raises(DataError) as raised:
+        run(postprocess_job(tmp_path, sweep, RecordingTracker()))
+    message = str(raised.value)
+    assert message.startswith(f"{job_dir}: fold 1 FAILED (FloatingPointError: loss is nan)")
+    assert f"resume=true hydra.sweep.dir={sweep}" in message and "older" not in message
+    assert not (sweep / "postprocessing.json").exists()
+
+
+def test_a_sweep_over_some_folds_warns_that_it_is_a_partial_cv(tmp_path, caplog):
+    from unet3d.modes.postprocess import run
+
+    sweep = make_sweep(tmp_path)  # folds 0 and 1 of 2
+    with caplog.at_level("WARNING", logger="unet3d.modes.postprocess"):
+        run(postprocess_job(tmp_path, sweep, RecordingTracker()))
+    assert "partial" not in caplog.text
+    for job_dir in sweep.glob("*_fold*"):  # the same two folds, now of a 5-fold split
+        identity = json.loads((job_dir / IDENTITY_FILE).read_text())
+        (job_dir / IDENTITY_FILE).write_text(json.dumps({**identity, "num_folds": 5}))
+    with caplog.at_level("WARNING", logger="unet3d.modes.postprocess"):
+        run(postprocess_job(tmp_path, sweep, RecordingTracker()))
+    (warning,) = [r.getMessage() for r in caplog.records if "partial" in r.getMessage()]
+    assert f"{sweep} is a partial cross-validation: folds 0, 1 of 5 (3 out-of-fold" in warning
+    assert "Run fold(s) 2, 3, 4 too" in warning
 
 
 def test_quality_comparison_collects_mean_and_std_over_folds(tmp_path, capsys):

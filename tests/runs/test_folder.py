@@ -106,3 +106,37 @@ def test_non_chief_neither_checks_nor_writes(tmp_path: Path) -> None:
     folder.commit(OmegaConf.create({"fold": 0}), None, [])
     folder.close()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_a_resumed_sweep_job_named_by_an_earlier_unet3d_is_pointed_at_with_a_rename(
+        tmp_path: Path) -> None:
+    """Issue 30: job folders no longer carry training.max_steps; a sweep started before keeps
+    its jobs in '<n>_...,training.max_steps=N': a resume says which folder and what to do."""
+    sweep = tmp_path / "sweep"
+    old = sweep / "0_debug=fast,fold=0,training.max_steps=2"
+    (old / "checkpoints").mkdir(parents=True)
+    for name in ("ckpt-2.index", "ckpt-2.data-00000-of-00001"):
+        (old / "checkpoints" / name).write_bytes(INDEX if name.endswith(".index") else b"x")
+    (sweep / "1_debug=fast,fold=1,training.max_steps=2").mkdir()  # another job: not this one
+    before = _snapshot(sweep)
+    new = sweep / "0_debug=fast,fold=0"
+    new.mkdir()
+    with pytest.raises(RunFolderError) as error:
+        RunFolder(new, resume=True).claim()
+    message = str(error.value)
+    assert message.startswith("resume: 0_debug=fast,fold=0 holds no run, but this sweep's job "
+                              f"is in {old.name}")
+    assert f"rename that folder to {new.name}" in message
+    assert _snapshot(sweep) == before
+    RunFolder(sweep / "1_debug=fast,fold=1", resume=True).claim()  # no earlier checkpoint
+    RunFolder(new, resume=False).claim()  # a new job there is not concerned
+
+
+def test_training_max_steps_is_not_part_of_a_sweep_job_folder_name() -> None:
+    from unet3d.runs.naming import job_dirname
+
+    hydra_defaults = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "hydra"
+                                    / "default.yaml")
+    exclude = list(hydra_defaults.job.config.override_dirname.exclude_keys)
+    assert job_dirname(["fold=0", "training.max_steps=600"], exclude) == job_dirname(
+        ["fold=0", "training.max_steps=2000", "resume=true"], exclude) == "fold=0"

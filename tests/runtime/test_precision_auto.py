@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -41,12 +42,15 @@ class FakeProbe:
         return self.result
 
 
-def fake_host(cpu: CpuInfo, probe: FakeProbe | None = None, gpus=None) -> Host:
+def fake_host(cpu: CpuInfo, probe: FakeProbe | None = None, gpus=None,
+              check: FakeProbe | None = None) -> Host:
+    """A host of ``cpu``; the re-check of a cached bf16 result is ``check``, else ``probe``."""
     def no_probe() -> ProbeResult:
         raise AssertionError("the probe must not run")
 
-    return Host(cpu=lambda: cpu, probe=probe or no_probe, threads=lambda: 2,
-                tf_version=lambda: "2.18.1", gpu_details=lambda: list(gpus or []))
+    return Host(cpu=lambda: cpu, probe=probe or no_probe, check=check or probe or no_probe,
+                threads=lambda: 2, tf_version=lambda: "2.18.1",
+                gpu_details=lambda: list(gpus or []))
 
 
 @pytest.fixture(autouse=True)
@@ -73,11 +77,17 @@ def test_cpuinfo_is_parsed_for_model_and_bf16_flags():
     assert not CpuInfo("x", frozenset({"amx_bf16"})).has_bf16
 
 
-def test_the_cache_key_changes_with_cpu_flags_tensorflow_and_threads():
+def test_the_cache_key_changes_with_cpu_identity_flags_tensorflow_and_threads():
     key = host_key(ZEN4, "2.18.1", 2)
-    assert key == host_key(CpuInfo(ZEN4.model, ZEN4.flags | {"sse2"}), "2.18.1", 2)
-    assert len({key, host_key(SAPPHIRE, "2.18.1", 2), host_key(ZEN4, "2.19.0", 2),
-                host_key(ZEN4, "2.18.1", 4)}) == 4
+    assert key == host_key(CpuInfo(ZEN4.model, frozenset(ZEN4.flags)), "2.18.1", 2)
+    identities = [dataclasses.replace(ZEN4, **{name: value})
+                  for name, value in [("vendor", "AuthenticAMD"), ("family", "25"),
+                                      ("model_id", "17"), ("stepping", "1"),
+                                      ("microcode", "0xa101148"),
+                                      ("flags", ZEN4.flags | {"sse2"})]]
+    keys = {key, host_key(SAPPHIRE, "2.18.1", 2), host_key(ZEN4, "2.19.0", 2),
+            host_key(ZEN4, "2.18.1", 4), *(host_key(cpu, "2.18.1", 2) for cpu in identities)}
+    assert len(keys) == 10
 
 
 # ---- the CPU branches ---------------------------------------------------------------------------
@@ -129,27 +139,94 @@ def test_min_speedup_is_honoured():
 # ---- the cache ----------------------------------------------------------------------------------
 
 
-def test_a_cached_result_is_reused_and_reprobe_measures_again(tmp_path, caplog):
-    probe = FakeProbe(54.0, 27.0)
-    host = fake_host(ZEN4, probe)
+def test_a_cached_bf16_result_is_rechecked_with_one_pair_and_reprobe_measures_again(
+        tmp_path, caplog):
+    probe, check = FakeProbe(54.0, 27.0), FakeProbe(50.0, 26.0)
+    host = fake_host(ZEN4, probe, check=check)
     first = configure_precision(AUTO, "CPU", cache_dir=tmp_path, host=host)
-    with caplog.at_level(logging.INFO, logger="unet3d.runtime.precision"):
+    assert (probe.calls, check.calls) == (1, 0)
+    with caplog.at_level(logging.INFO, logger="unet3d"):
         second = configure_precision(AUTO, "CPU", cache_dir=tmp_path, host=host)
-    assert probe.calls == 1 and first.policy_name == second.policy_name == "mixed_bfloat16"
+    assert (probe.calls, check.calls) == (1, 1)  # the cache, confirmed by one pair
+    assert first.policy_name == second.policy_name == "mixed_bfloat16"
     assert second.params == first.params  # a resumed run logs what its first job logged
     assert second.params["precision.probe_bf16_ms"] == "27.00"
-    assert "cached" in caplog.text
+    assert "cached" in caplog.text and "re-checked here" in caplog.text
     record = json.loads((tmp_path / CACHE_FILE).read_text())
     (entry,) = record["hosts"].values()
     assert entry["cpu"] == ZEN4.model and entry["threads"] == 2 and entry["probe"]["fp32_ms"] == 54
-    # the same host later measures bf16 slower: only reprobe takes the new result
-    probe.result = ProbeResult(54.0, 92.0)
-    assert configure_precision(AUTO, "CPU", cache_dir=tmp_path, host=host).policy_name \
-        == "mixed_bfloat16"
     again = configure_precision({**AUTO, "reprobe": True}, "CPU", cache_dir=tmp_path, host=host)
-    assert probe.calls == 2 and again.policy_name == "float32"
+    assert (probe.calls, check.calls) == (2, 1) and again.policy_name == "mixed_bfloat16"
+
+
+def test_a_cached_bf16_result_the_check_contradicts_is_measured_again(tmp_path, caplog):
+    """A data folder baked into an image: the entry says bf16 is 2x faster, but on this host
+    (same CPU identity) bf16 convolutions are 35x slower."""
+    configure_precision(AUTO, "CPU", cache_dir=tmp_path, host=fake_host(ZEN4, FakeProbe(54, 27)))
+    probe, check = FakeProbe(54.0, 1900.0), FakeProbe(50.0, 1750.0)
+    host = fake_host(ZEN4, probe, check=check)
+    with caplog.at_level(logging.WARNING, logger="unet3d.runtime.cpu_probe"):
+        info = configure_precision(AUTO, "CPU", cache_dir=tmp_path, host=host)
+    assert info.policy_name == "float32" and (probe.calls, check.calls) == (1, 1)
+    assert info.params["precision.probe_bf16_ms"] == "1900.00"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(tmp_path / CACHE_FILE) in warning and "probing again" in warning
+    assert "bf16 2.00x faster" in warning and "bf16 35.00x slower" in warning
+    (entry,) = read_cache(tmp_path / CACHE_FILE).values()
+    assert entry["probe"]["bf16_ms"] == 1900.0  # the entry now holds this host's result
+    # A cached float32 result is used without a check.
     assert configure_precision(AUTO, "CPU", cache_dir=tmp_path, host=host).policy_name \
         == "float32"
+    assert (probe.calls, check.calls) == (1, 1)
+
+
+EPYC_TEXT = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: "
+             "{model}\nmodel name\t: AMD EPYC Processor\nstepping\t: {stepping}\n"
+             "microcode\t: {microcode}\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+             "processor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n")
+
+
+def test_two_epyc_hosts_of_one_model_name_get_their_own_entries(tmp_path, monkeypatch,
+                                                                 caplog):
+    """The issue's case: two "AMD EPYC Processor" hosts with avx512_bf16 share a data folder;
+    bf16 is faster on one (Zen 4) and slower on the other (Zen 5). /proc/cpuinfo is faked."""
+    from unet3d.runtime import cpu_probe
+
+    hosts = {"zen4": dict(family=25, model=17, stepping=1, microcode="0xa101148"),
+             "zen5": dict(family=26, model=2, stepping=1, microcode="0xb002116"),
+             "zen4-newer-microcode": dict(family=25, model=17, stepping=1,
+                                          microcode="0xa10124e")}
+    timings = {"zen4": (54.0, 27.0), "zen5": (54.0, 92.0), "zen4-newer-microcode": (54.0, 28.0)}
+    chosen = {}
+    for name, identity in hosts.items():
+        cpuinfo = tmp_path / f"cpuinfo-{name}"
+        cpuinfo.write_text(EPYC_TEXT.format(**identity))
+        monkeypatch.setattr(cpu_probe, "CPUINFO", cpuinfo)
+        probe = FakeProbe(*timings[name])
+        host = Host(probe=probe, threads=lambda: 2, tf_version=lambda: "2.18.1")
+        chosen[name] = configure_precision(AUTO, "CPU", cache_dir=tmp_path / "data", host=host)
+        assert probe.calls == 1, name  # its own probe, not the other host's entry
+    assert {name: info.policy_name for name, info in chosen.items()} == {
+        "zen4": "mixed_bfloat16", "zen5": "float32", "zen4-newer-microcode": "mixed_bfloat16"}
+    entries = read_cache(tmp_path / "data" / CACHE_FILE).values()
+    assert sorted((e["cpu_identity"]["family"], e["cpu_identity"]["microcode"])
+                  for e in entries) == [("25", "0xa101148"), ("25", "0xa10124e"),
+                                        ("26", "0xb002116")]
+    assert {e["cpu"] for e in entries} == {"AMD EPYC Processor"}
+
+
+def test_cpuinfo_identity_is_parsed_on_x86_and_arm():
+    cpu = parse_cpuinfo(EPYC_TEXT.format(family=25, model=17, stepping=1, microcode="0xa1"))
+    assert cpu.identity() == {"vendor": "AuthenticAMD", "family": "25", "model": "17",
+                              "stepping": "1", "microcode": "0xa1"}
+    assert cpu.identity_text() == "AuthenticAMD family 25 model 17 stepping 1 microcode 0xa1"
+    arm = parse_cpuinfo("processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd bf16\n"
+                        "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x1\n"
+                        "CPU part\t: 0xd40\nCPU revision\t: 1\n")
+    assert arm.identity() == {"vendor": "0x41", "family": "8", "model": "0xd40",
+                              "stepping": "0x1", "microcode": "1"}
+    assert "bf16" in arm.flags
+    assert CpuInfo("x", frozenset()).identity_text() == "identity unknown"
 
 
 def test_another_host_gets_its_own_entry(tmp_path):

@@ -78,7 +78,8 @@ def test_fold_sweep_command_keeps_the_trial_overrides_and_nests_under_the_study(
     folds_dir = tmp_path / "0_lr=0.1,x=[1,2]" / "folds"
     overrides = ["+hparams_search=unet3d_optuna", "training.learning_rate=0.001", "fold=1",
                  "mode=cross_validate", "optimized_metric=Dice_WT", "data.crop_size=[32,32,32]",
-                 "hydra/launcher=joblib", "hydra.sweeper.n_trials=3", "resume=true"]
+                 "hydra/launcher=joblib", "hydra.sweeper.n_trials=3", "resume=true",
+                 "mode.folds=[0,1]", "+mode.fold_overrides=[]"]  # the mode's own: not passed on
     command = fold_sweep_command(_cv_cfg(fold_overrides=["hydra/launcher=joblib"]), overrides,
                                  folds_dir, [0, 1], "abc123", "trial-4", "optuna_trial")
     assert command[:4] == [sys.executable, "-m", "unet3d.run", "--multirun"]

@@ -143,6 +143,18 @@ def test_without_continue_on_failure_parent_is_not_left_running(store_root, clie
     assert not (store_root / "sweep" / "cv_summary.md").exists()
 
 
+def test_a_deleted_experiment_stops_the_sweep_with_one_line(store_root, client) -> None:
+    """Issue 30: the (right) message without a traceback; no job runs."""
+    client.delete_experiment(client.create_experiment("toy-sweep"))
+    completed = run_sweep(store_root, "fold=0,1")
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 1, output
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if "is deleted" in line]
+    assert len(lines) == 1 and "tracking.experiment_name" in lines[0], output
+    assert not list((store_root / "sweep").glob("*_fold=*"))
+
+
 def test_tracking_disabled_still_summarises(tmp_path) -> None:
     completed = run_sweep(
         tmp_path, "fold=0,1", "fail_fold=1", "fail_precision=fp32", "tracking.enabled=false"

@@ -187,6 +187,31 @@ def test_nested_run_has_parent_tag(tracking_cfg, store_root, client, tmp_path) -
     assert [run.info.run_id for run in found] == [child_id]
 
 
+def test_a_resumed_job_moves_to_the_new_parent_of_a_sweep_whose_parent_was_deleted(
+        tracking_cfg, store_root, client, tmp_path) -> None:
+    """Issue 30: the deleted parent is replaced (reopenable_run), and the resumed fold runs
+    nest under the new one, so it shows its children."""
+    sweep = tmp_path / "sweep"
+    parent = make_tracker(tracking_cfg, store_root)
+    old_parent = parent.start(None, sweep, run_id_file="parent_id")
+    child = make_tracker(tracking_cfg, store_root)
+    child_id = child.start(None, tmp_path / "job", parent_run_id=old_parent)
+    child.end("KILLED")
+    parent.end("KILLED")
+    client.delete_run(old_parent)
+
+    reopened = make_tracker(tracking_cfg, store_root)
+    new_parent = reopened.start(None, sweep, run_id_file="parent_id")
+    assert new_parent != old_parent  # a deleted run is not reopened
+    resumed = make_tracker(tracking_cfg, store_root)
+    assert resumed.start(None, tmp_path / "job", parent_run_id=new_parent) == child_id
+    resumed.end()
+    assert client.get_run(child_id).data.tags["mlflow.parentRunId"] == new_parent
+    children = client.search_runs([client.get_run(new_parent).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{new_parent}'")
+    assert [run.info.run_id for run in children] == [child_id]
+
+
 @pytest.mark.parametrize(
     ("exception", "status"),
     [

@@ -16,6 +16,16 @@ with its source; ``Augmentation.from_config`` reads it (checks: ``unet3d.config.
 
 Every draw is a stateless op seeded by the crop's seed, so the same seed gives the same crops
 whatever ``tf.data``'s parallelism.
+
+Anisotropic cases (e.g. 1 x 1 x 5 mm): where a case's largest voxel spacing exceeds its
+smallest by more than ``ANISO_THRESHOLD`` (3), its crops are rotated only about the axis of
+lowest resolution (in-plane) and scaled and deformed only in-plane, as nnU-Net does: its
+``do_dummy_2d_data_aug`` (nnunetv2 ``nnUNetTrainer.configure_rotation_dummyDA_mirroring_and_
+inital_patch_size``: ``max(patch_size) / patch_size[0] > ANISO_THRESHOLD``, the patch's low
+resolution axis first) runs the spatial transforms slice by slice in 2D, with
+``ANISO_THRESHOLD = 3`` (``nnunetv2/configuration.py``: "the spacing in the low resolution axis
+must be 3x as large as the next largest spacing"; its resampling's ``get_do_separate_z``: max /
+min spacing > 3). Here the rule reads each case's own spacing (``lowres_axis``), in the graph.
 """
 
 from __future__ import annotations
@@ -139,6 +149,35 @@ class Augmentation:
                    for name in ("rotation", "scaling", "elastic"))
 
 
+#: nnU-Net's anisotropy threshold (``nnunetv2/configuration.py`` ``ANISO_THRESHOLD``).
+ANISO_THRESHOLD = 3.0
+
+
+def lowres_axis(spacing: Sequence[float], threshold: float = ANISO_THRESHOLD) -> int | None:
+    """The axis of lowest resolution when ``max(spacing) / min(spacing) > threshold``, else None.
+
+    Args:
+        spacing: voxel spacing (mm) of the axes ``(H, W, D)``.
+        threshold: nnU-Net's ``ANISO_THRESHOLD`` (3).
+    """
+    values = [float(side) for side in spacing]
+    if min(values) <= 0.0 or max(values) / min(values) <= threshold:
+        return None
+    return values.index(max(values))
+
+
+def _plane_masks(spacing: Any) -> tuple[Any, Any]:
+    """float32 ``[3]`` masks of a case (see ``lowres_axis``): the axes rotated about, and the
+    axes scaled and deformed; all ones for an isotropic enough case."""
+    import tensorflow as tf
+
+    spacing = tf.cast(tf.reshape(spacing, [3]), tf.float32)
+    anisotropic = tf.reduce_max(spacing) > ANISO_THRESHOLD * tf.reduce_min(spacing)
+    lowres = tf.one_hot(tf.argmax(spacing), 3, dtype=tf.float32)
+    ones = tf.ones([3], tf.float32)
+    return tf.where(anisotropic, lowres, ones), tf.where(anisotropic, 1.0 - lowres, ones)
+
+
 def _applies(seed: Any, probability: float) -> Any:
     import tensorflow as tf
 
@@ -146,11 +185,14 @@ def _applies(seed: Any, probability: float) -> Any:
 
 
 def spatial_crop(image: Any, label: Any, origin: Any, crop_size: Sequence[int], scale: Any,
-                 offset: Any, augmentation: Augmentation, seed: Any) -> tuple[Any, Any]:
+                 offset: Any, augmentation: Augmentation, seed: Any,
+                 spacing: Any = None) -> tuple[Any, Any]:
     """The z-scored crop at ``origin``, rotated / scaled / deformed about its centre when drawn.
 
     A crop none of the three is drawn for is the plain block ``origin : origin + crop_size``
     (zeros outside the volume): the same values ``spatial.resample`` gives at integer points.
+    A case of anisotropic ``spacing`` is rotated about its low-resolution axis only and scaled
+    and deformed in-plane only (see the module doc).
 
     Args:
         image: uint8 ``(H, W, D, C)``; label: uint8 ``(H, W, D)`` (the cached case).
@@ -160,19 +202,22 @@ def spatial_crop(image: Any, label: Any, origin: Any, crop_size: Sequence[int], 
         scale, offset: float32 ``(C,)``: voxels ``x > 0`` become ``x * scale + offset``.
         augmentation: the probabilities and ranges.
         seed: stateless seed ``[2]`` of this crop's spatial draws.
+        spacing: float32 ``[3]``, the case's voxel spacing (mm); None: treated as isotropic.
 
     Returns:
         ``(float32 (h, w, d, C), uint8 (h, w, d))``.
     """
     import tensorflow as tf
 
+    rotated_about, in_plane = _plane_masks([1.0, 1.0, 1.0] if spacing is None else spacing)
     keys = tf.random.experimental.stateless_split(seed, num=8)
     rotate = _applies(keys[0], augmentation.rotation.probability)
     zoom = _applies(keys[1], augmentation.scaling.probability)
     deform = _applies(keys[2], augmentation.elastic.probability)
     degrees = intensity.uniform(keys[3], [3], *augmentation.rotation.range)
-    angles = tf.where(rotate, degrees * (math.pi / 180.0), tf.zeros([3]))
+    angles = tf.where(rotate, degrees * (math.pi / 180.0), tf.zeros([3])) * rotated_about
     factor = tf.where(zoom, intensity.around_one(keys[4], [], *augmentation.scaling.range), 1.0)
+    factors = tf.where(in_plane > 0.0, factor, 1.0)  # per output axis (commutes with R)
     alpha = intensity.uniform(keys[5], [], *augmentation.elastic.range)
     sigma = intensity.uniform(keys[6], [], *augmentation.elastic_sigma)
     crop = [int(side) for side in crop_size]
@@ -197,10 +242,11 @@ def spatial_crop(image: Any, label: Any, origin: Any, crop_size: Sequence[int], 
             deform,
             lambda: spatial.elastic_displacement(crop, alpha, sigma,
                                                  augmentation.elastic_sigma[1], keys[7]),
-            lambda: tf.zeros([*crop, 3]))
+            lambda: tf.zeros([*crop, 3])) * in_plane
         centre = tf.cast(origin, tf.float32) + tf.constant([(side - 1) / 2.0 for side in crop])
         points = spatial.sampling_points(spatial.centred_grid(crop), centre,
-                                         spatial.rotation_matrix(angles) * factor, displacement)
+                                         spatial.rotation_matrix(angles) * factors[None, :],
+                                         displacement)
         return spatial.resample(image, label, points, scale, offset)
 
     if not augmentation.resamples:

@@ -124,6 +124,7 @@ def _training_element(serialized: Any, with_foreground: bool) -> dict:
         "label": label,
         "mean": parsed["mean"],
         "std": parsed["std"],
+        "spacing": parsed["spacing"],
         "foreground": coordinates,
     }
 
@@ -242,10 +243,32 @@ def _crop_and_augment_nnunet(
         tf.random.experimental.stateless_split(nnunet_seed, num=2))
     image, label = spatial_crop(element["image"], element["label"], start - before, crop_size,
                                 factor * inverse_std, -element["mean"] * inverse_std,
-                                augmentation, spatial_seed)
+                                augmentation, spatial_seed, element["spacing"])
     image = intensity_transforms(image, augmentation, intensity_seed)
     return mirror(image, label, seeds[3], augmentation.mirror_probability,
                   augmentation.mirror_axes)
+
+
+def _log_anisotropy(files: Sequence[str]) -> None:
+    """Say (INFO) when the first training case is anisotropic: its crops are rotated, scaled
+    and deformed in-plane only (``unet3d.data.augmentation.lowres_axis``, checked per case)."""
+    import tensorflow as tf
+
+    from unet3d.data.augmentation import ANISO_THRESHOLD, lowres_axis
+
+    try:
+        (raw,) = tf.data.TFRecordDataset(list(files)[:1]).take(1)
+        spacing = tf.io.parse_single_example(raw, {"spacing": tf.io.FixedLenFeature(
+            [3], tf.float32, default_value=[1.0, 1.0, 1.0])})["spacing"].numpy().tolist()
+    except (tf.errors.OpError, ValueError):  # the pipeline itself names a bad file
+        return
+    axis = lowres_axis(spacing)
+    if axis is not None:
+        logger.info("training augmentation: anisotropic spacing %s mm (%s; max / min > %g): "
+                    "crops are rotated about axis %d only and scaled and deformed in-plane, "
+                    "as nnU-Net does (do_dummy_2d_data_aug); every case by its own spacing",
+                    "x".join(f"{side:g}" for side in spacing), Path(files[0]).name,
+                    ANISO_THRESHOLD, axis)
 
 
 def _label_to_int32(image: Any, label: Any) -> tuple[Any, Any]:
@@ -302,6 +325,8 @@ def train_dataset(
         augmentation = Augmentation.from_config(augmentation)
     nnunet_path = bool(augment) and augmentation.uses_nnunet_transforms
     logger.info("training augmentation %s", augmentation.describe() if augment else "off")
+    if nnunet_path and augmentation.resamples:
+        _log_anisotropy(files)
     files = [str(f) for f in files]
     shard_index = 0
     if shard is None and input_context is not None:

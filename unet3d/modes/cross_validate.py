@@ -111,7 +111,8 @@ def fold_sweep_command(cfg: DictConfig, overrides: list[str], folds_dir: Path,
     Args:
         cfg: the job's config (``mode.fold_mode``, ``mode.fold_overrides``).
         overrides: the job's task overrides (``hydra.overrides.task``); those of
-            ``NOT_INHERITED`` keys and ``hydra*`` keys are left out.
+            ``NOT_INHERITED`` keys, ``mode.*`` keys (this mode's own) and ``hydra*`` keys are
+            left out.
         folds_dir: the fold sweep's ``hydra.sweep.dir``.
         folds: the folds to run.
         parent_run_id: the run the trial run nests under (None: a top-level run).
@@ -121,7 +122,7 @@ def fold_sweep_command(cfg: DictConfig, overrides: list[str], folds_dir: Path,
 
     inherited = [item for item in overrides
                  if (key := parse_override(item)[0]) not in NOT_INHERITED
-                 and not key.startswith("hydra")]
+                 and not key.lstrip("+~").startswith(("hydra", "mode."))]
     callback = "hydra.callbacks.cv_summary"
     command = [sys.executable, "-m", "unet3d.run", "--multirun", *inherited,
                f"mode={cfg.mode.fold_mode}", "fold=" + ",".join(str(fold) for fold in folds),
@@ -195,8 +196,14 @@ def run_cross_validation(cfg: DictConfig, output_dir: Path, overrides: list[str]
 
 
 def _run(command: list[str], cwd: str) -> int:
-    """Run the fold sweep; on Ctrl-C / SIGTERM let it end its runs, then re-raise."""
-    child = subprocess.Popen(command, cwd=cwd)
+    """Run the fold sweep; on Ctrl-C / SIGTERM let it end its runs, then re-raise.
+
+    On Linux the fold sweep gets SIGTERM if this process dies (``PR_SET_PDEATHSIG``), so a
+    SIGKILL of the trial's sweep does not leave it training alone.
+    """
+    environment = {**os.environ, "UNET3D_NESTED_SWEEP": "1"}  # unet3d.run.NESTED_SWEEP_VARIABLE
+    child = subprocess.Popen(command, cwd=cwd, env=environment,
+                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     try:
         return child.wait()
     except BaseException:
@@ -208,6 +215,16 @@ def _run(command: list[str], cwd: str) -> int:
                 child.kill()
                 child.wait()
         raise
+
+
+def _die_with_parent() -> None:
+    """In the child before ``exec``: SIGTERM when the parent dies (Linux ``prctl``)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _fold_metrics(cfg: DictConfig, folds_dir: Path,

@@ -51,11 +51,14 @@ def sweep_oof_cases(sweep_dir: Path) -> tuple[list[Any], Any]:
         ``(cases, convention)``: the convention recorded by the jobs (``run_identity.json``),
         BraTS 2019's when none is recorded.
 
+    Logs a WARNING when the jobs cover only some folds (a partial cross-validation).
+
     Raises:
         ConfigError: no fold job below ``sweep_dir``.
-        DataError: a job without out-of-fold predictions, or jobs of different conventions.
+        DataError: a job without out-of-fold predictions (a failed or stopped fold: the line
+            says so and how to finish it), or jobs of different conventions.
     """
-    from unet3d.evaluation.postprocess import OOF_FOLDER, read_oof_predictions
+    from unet3d.evaluation.postprocess import read_oof_predictions
     from unet3d.inference.checkpoints import sweep_job_folders
     from unet3d.inference.models import recorded_convention
     from unet3d.runs.identity import read_identity
@@ -64,20 +67,63 @@ def sweep_oof_cases(sweep_dir: Path) -> tuple[list[Any], Any]:
     if not jobs:
         raise ConfigError(f"{SWEEP_KEY}: {sweep_dir} holds no fold jobs (a --multirun "
                           "sweep folder is expected)")
-    cases, conventions = [], set()
+    cases, conventions, folds = [], set(), {}
     for job_dir in jobs:
         identity = read_identity(job_dir)
         fold = identity.fold if identity is not None else None
+        if identity is not None:
+            folds[identity.fold] = identity.num_folds
         conventions.add(recorded_convention(job_dir))
         found = read_oof_predictions(job_dir, fold)
         if not found:
-            raise DataError(f"{job_dir}: no out-of-fold predictions in {OOF_FOLDER}/ (the "
-                            "sweep's evaluation writes them; re-run it with this version)")
+            raise DataError(_no_predictions(sweep_dir, job_dir, fold))
         cases.extend(found)
     if len(conventions) != 1:
         raise DataError(f"{sweep_dir}: its jobs were trained on different label conventions "
                         f"{sorted(c.name for c in conventions)}")
+    _warn_partial(sweep_dir, folds, len(cases))
     return cases, conventions.pop()
+
+
+def _no_predictions(sweep_dir: Path, job_dir: Path, fold: int | None) -> str:
+    """Why a fold job has no out-of-fold predictions, and what to do (one line)."""
+    from unet3d.evaluation.postprocess import OOF_FOLDER
+    from unet3d.runs.results import read_job_result
+
+    try:
+        result = read_job_result(job_dir) or {}
+    except (OSError, ValueError):
+        result = {}
+    status = str(result.get("status") or "").upper()
+    name = f"fold {fold}" if fold is not None else "this job"
+    resume = (f"rerun the sweep's command with resume=true hydra.sweep.dir={sweep_dir} (its "
+              "failed or stopped folds go on from their last checkpoint and are evaluated), "
+              "then mode=postprocess again")
+    if status and status != "FINISHED":
+        error = str(result.get("error") or "").splitlines()[0:1]
+        return (f"{job_dir}: {name} {status}{f' ({error[0]})' if error else ''}, so it wrote "
+                f"no out-of-fold predictions: {resume}")
+    if not status:
+        return (f"{job_dir}: {name} did not finish (no results.json: stopped, killed or still "
+                f"running), so it wrote no out-of-fold predictions: {resume}")
+    return (f"{job_dir}: no out-of-fold predictions in {OOF_FOLDER}/ although {name} finished "
+            "(it was evaluated by a version that did not write them); evaluate it again "
+            f"with this version: {resume}")
+
+
+def _warn_partial(sweep_dir: Path, folds: dict[int, int], num_cases: int) -> None:
+    """Warn when the sweep's jobs cover only some folds of their cross-validation."""
+    if not folds:
+        return
+    num_folds = max(folds.values())
+    missing = [fold for fold in range(num_folds) if fold not in folds]
+    if missing:
+        log.warning(
+            "postprocess: %s is a partial cross-validation: folds %s of %d (%d out-of-fold "
+            "case(s)); the rules are chosen on those cases only (nnU-Net requires every fold). "
+            "Run fold(s) %s too for rules chosen on every case", sweep_dir,
+            ", ".join(str(fold) for fold in sorted(folds)), num_folds, num_cases,
+            ", ".join(str(fold) for fold in missing))
 
 
 def run(job: Job) -> dict[str, float]:

@@ -32,6 +32,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,29 @@ def stop_hint(run_dir: str | os.PathLike, training: bool) -> str:
     return "the same command runs it again"
 
 
+_MAX_STEPS_ITEM = re.compile(r"(?:^|,)training\.max_steps=[^,]*")
+
+
+def earlier_sweep_job(run_dir: str | os.PathLike) -> Path | None:
+    """The job folder of a sweep started before ``training.max_steps`` left the job folder
+    names (``conf/hydra/default.yaml``) that holds this job, when ``run_dir`` is new.
+
+    ``<num>_<overrides>``: a sibling ``<num>_<the same overrides + training.max_steps=N>``
+    with a checkpoint; None when ``run_dir`` holds anything or there is no such sibling.
+    """
+    run_dir = Path(run_dir)
+    prefix, _, name = run_dir.name.partition("_")
+    if (not prefix.isdigit() or used_markers(run_dir) or earlier_job_without_work(run_dir)
+            or not run_dir.parent.is_dir()):
+        return None
+    for sibling in sorted(run_dir.parent.glob(f"{prefix}_*training.max_steps=*")):
+        rest = sibling.name[len(prefix) + 1:]
+        if (sibling != run_dir and _MAX_STEPS_ITEM.sub("", rest).lstrip(",") == name
+                and saved_checkpoints(sibling / CHECKPOINT_FOLDER)):
+            return sibling
+    return None
+
+
 def refusal(run_dir: str | os.PathLike, markers: list[str]) -> str:
     """The one-line message refusing a used folder to a job without ``resume=true``."""
     return (f"{run_dir}: this folder already holds an earlier run ({', '.join(markers)}); "
@@ -160,6 +184,15 @@ class RunFolder:
             if markers:
                 self.release()
                 raise RunFolderError(refusal(self.path, markers))
+        if self.is_chief and self.resume:
+            earlier = earlier_sweep_job(self.path)
+            if earlier is not None:
+                self.release()
+                raise RunFolderError(
+                    f"resume: {self.path.name} holds no run, but this sweep's job is in "
+                    f"{earlier.name} (named with its training.max_steps by an earlier unet3d; "
+                    f"job folders are now named without it): rename that folder to "
+                    f"{self.path.name} and run the same command again, nothing was changed")
         if self.is_chief and self._buffer is None:
             self._buffer = logging.handlers.MemoryHandler(
                 capacity=1_000_000, flushLevel=logging.CRITICAL + 1, target=None,

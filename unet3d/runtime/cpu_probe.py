@@ -13,11 +13,17 @@
   Xeon with AMX 12 vs 80 ms).
 
 The probe's result is cached per host (``cached_probe``) in ``<paths.data_dir>/
-precision_probe.json``, keyed by the CPU model, its bfloat16 flags, the TensorFlow version and
-the intra-op thread count, so a host probes once and every later job (and a resumed run) takes
-the same decision. The file is written atomically under a lock (``fcntl``), so processes of one
-launch that start together probe once, one after another. Delete the file (or pass
-``precision.reprobe=true``) to measure again.
+precision_probe.json``, keyed by the CPU's identity (vendor, family, model, stepping, microcode
+where ``/proc/cpuinfo`` shows it, model name, every flag), the TensorFlow version and the
+intra-op thread count, so a host probes once and every later job (and a resumed run) takes the
+same decision. The data folder is often shared (NFS, a baked image), and CPUs of one name and
+stepping still differ (a hypervisor, firmware, memory): a cached result that says bfloat16 is
+faster is therefore re-checked with one warm-up and one timed pair (``quick_probe``; its cost
+next to the full probe: ``benchmarks/precision_recheck.py``) before it is used, and measured
+again in full when the check disagrees.
+The file is written atomically under a lock (``fcntl``), so processes of one launch that start
+together probe once, one after another. Delete the file (or pass ``precision.reprobe=true``)
+to measure again.
 
 TensorFlow is imported only by ``probe_conv3d`` and ``intra_op_threads``.
 """
@@ -61,16 +67,39 @@ CACHE_FORMAT = 1
 
 @dataclass(frozen=True)
 class CpuInfo:
-    """The CPU's model name and flags.
+    """The CPU's model name, identity and flags.
 
     Attributes:
         model: ``model name`` of ``/proc/cpuinfo`` (else ``platform.processor()``, else
             ``"unknown CPU"``).
         flags: the CPU's flags (empty where ``/proc/cpuinfo`` does not exist).
+        vendor: ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``; ARM: ``CPU implementer``).
+        family: ``cpu family`` (ARM: ``CPU architecture``).
+        model_id: ``model``, the numeric model within the family (ARM: ``CPU part``).
+        stepping: ``stepping`` (ARM: ``CPU variant`` / ``CPU revision``).
+        microcode: ``microcode`` revision where the kernel shows it (x86), else ``""``.
+        The identity fields are ``""`` where ``/proc/cpuinfo`` does not have them.
     """
 
     model: str
     flags: frozenset[str]
+    vendor: str = ""
+    family: str = ""
+    model_id: str = ""
+    stepping: str = ""
+    microcode: str = ""
+
+    def identity(self) -> dict[str, str]:
+        """The fields that tell CPUs apart (part of the probe cache's key)."""
+        return {"vendor": self.vendor, "family": self.family, "model": self.model_id,
+                "stepping": self.stepping, "microcode": self.microcode}
+
+    def identity_text(self) -> str:
+        """``GenuineIntel family 6 model 207 stepping 2 microcode 0x1`` (the fields known)."""
+        parts = [self.vendor] if self.vendor else []
+        parts += [f"{name} {value}" for name, value in self.identity().items()
+                  if value and name != "vendor"]
+        return " ".join(parts) or "identity unknown"
 
     @property
     def bf16_flags(self) -> tuple[str, ...]:
@@ -98,27 +127,41 @@ class CpuInfo:
         return f"{self.model} [{flags}]"
 
 
-def parse_cpuinfo(text: str) -> CpuInfo:
-    """The first processor's model name and flags in the text of ``/proc/cpuinfo``.
+#: ``/proc/cpuinfo`` keys of the identity fields (x86 first, then ARM's names).
+_IDENTITY_KEYS = {
+    "vendor": ("vendor_id", "cpu implementer"),
+    "family": ("cpu family", "cpu architecture"),
+    "model_id": ("model", "cpu part"),
+    "stepping": ("stepping", "cpu variant"),
+    "microcode": ("microcode", "cpu revision"),
+}
 
-    ARM kernels name the flags ``Features``; a text without a model name gives
-    ``platform.processor()`` or ``"unknown CPU"``.
+
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """The first processor's model name, identity and flags in the text of ``/proc/cpuinfo``.
+
+    Each field is its first occurrence (the first processor's). ARM kernels name the flags
+    ``Features`` and the identity ``CPU implementer`` / ``architecture`` / ``part`` /
+    ``variant`` / ``revision``; a text without a model name gives ``platform.processor()`` or
+    ``"unknown CPU"``.
     """
-    model, flags = None, None
+    fields: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if model is None and key in ("model name", "cpu model", "hardware"):
-            model = value.strip()
-        elif flags is None and key in ("flags", "features"):
-            flags = frozenset(value.split())
-        if model is not None and flags is not None:
-            break
-    return CpuInfo(model or platform.processor() or "unknown CPU", flags or frozenset())
+        fields.setdefault(key.strip().lower(), value.strip())
+    model = next((fields[key] for key in ("model name", "cpu model", "hardware")
+                  if fields.get(key)), None)
+    flags = next((fields[key] for key in ("flags", "features") if key in fields), "")
+    identity = {name: next((fields[key] for key in keys if fields.get(key)), "")
+                for name, keys in _IDENTITY_KEYS.items()}
+    return CpuInfo(model or platform.processor() or "unknown CPU", frozenset(flags.split()),
+                   **identity)
 
 
-def read_cpu_info(path: str | os.PathLike = CPUINFO) -> CpuInfo:
-    """This host's ``CpuInfo`` (no flags where ``path`` cannot be read: not Linux)."""
+def read_cpu_info(path: str | os.PathLike | None = None) -> CpuInfo:
+    """This host's ``CpuInfo`` from ``path`` (default ``CPUINFO``, ``/proc/cpuinfo``); no flags
+    and no identity where it cannot be read (not Linux)."""
+    path = CPUINFO if path is None else path
     try:
         return parse_cpuinfo(Path(path).read_text(encoding="utf-8", errors="replace"))
     except OSError as error:
@@ -228,10 +271,18 @@ def probe_conv3d(side: int = PROBE_SIDE, channels: int = PROBE_CHANNELS,
                        channels=channels, repeats=len(times[tf.float32]))
 
 
+def quick_probe() -> ProbeResult:
+    """The re-check of a cached result: one warm-up and one timed pair of ``probe_conv3d``."""
+    return probe_conv3d(warmup=1, repeats=1)
+
+
 def host_key(cpu: CpuInfo, tf_version: str, threads: int) -> str:
-    """The cache key of a host: SHA-256 (16 hex digits) of CPU model, bf16 flags, TF, threads."""
-    text = json.dumps({"cpu": cpu.model, "bf16_flags": list(cpu.bf16_flags),
-                       "tensorflow": tf_version, "threads": int(threads)}, sort_keys=True)
+    """The cache key of a host: SHA-256 (16 hex digits) of the CPU's model name, identity
+    (vendor, family, model, stepping, microcode) and every flag, TensorFlow's version and the
+    intra-op thread count."""
+    text = json.dumps({"cpu": cpu.model, "identity": cpu.identity(),
+                       "flags": sorted(cpu.flags), "tensorflow": tf_version,
+                       "threads": int(threads)}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -279,17 +330,23 @@ ProbeFn = Callable[[], ProbeResult]
 
 def cached_probe(cache: str | os.PathLike | None, cpu: CpuInfo, threads: int,
                  tf_version: str, probe: ProbeFn = probe_conv3d,
-                 refresh: bool = False) -> tuple[ProbeResult, bool]:
+                 refresh: bool = False, check: ProbeFn | None = None,
+                 min_speedup: float = 1.0) -> tuple[ProbeResult, bool]:
     """This host's probe result: from the cache file, else measured (and then cached).
 
     Args:
         cache: the cache file (``<paths.data_dir>/precision_probe.json``), or None: no file,
             measure.
-        cpu: this host's CPU.
+        cpu: this host's CPU (its identity and flags are part of the key).
         threads: the intra-op thread count the probe runs with (part of the key).
         tf_version: ``tf.__version__`` (part of the key).
         probe: the measurement (``probe_conv3d``).
         refresh: measure even when the host is cached (``precision.reprobe``).
+        check: the cheap re-check (``quick_probe``) of a cached result that says bfloat16 is at
+            least ``min_speedup`` times faster; None: no re-check. When the check measures less
+            than ``min_speedup``, the cached result is not used: a WARNING says so, the full
+            probe runs and its result replaces the entry.
+        min_speedup: see ``check`` (``precision.min_speedup``).
 
     Returns:
         ``(result, cached)``: ``cached`` is True when the result was read from the file.
@@ -306,12 +363,17 @@ def cached_probe(cache: str | os.PathLike | None, cpu: CpuInfo, threads: int,
             entry = hosts.get(key)
             if entry is not None and not refresh:
                 try:
-                    return ProbeResult.from_dict(entry.get("probe") or {}), True
+                    cached = ProbeResult.from_dict(entry.get("probe") or {})
                 except (KeyError, TypeError, ValueError) as error:
                     log.warning("%s: unreadable entry for this host (%s); probing again",
                                 path, error)
+                else:
+                    if _confirmed(path, cached, check, min_speedup):
+                        return cached, True
             result = probe()
-            hosts[key] = {"cpu": cpu.model, "bf16_flags": list(cpu.bf16_flags),
+            hosts[key] = {"cpu": cpu.model, "cpu_identity": cpu.identity(), "flags_sha256":
+                          hashlib.sha256(" ".join(sorted(cpu.flags)).encode()).hexdigest()[:16],
+                          "bf16_flags": list(cpu.bf16_flags),
                           "tensorflow": tf_version, "threads": int(threads),
                           "created": datetime.now(UTC).isoformat(timespec="seconds"),
                           "probe": result.to_dict()}
@@ -321,3 +383,18 @@ def cached_probe(cache: str | os.PathLike | None, cpu: CpuInfo, threads: int,
         log.warning("%s: cannot use the precision probe cache (%s); probing without it",
                     path, error)
         return (result if result is not None else probe()), False
+
+
+def _confirmed(path: Path, cached: ProbeResult, check: ProbeFn | None,
+               min_speedup: float) -> bool:
+    """Whether the cached result stands: it does not favour bfloat16, or a quick pair agrees."""
+    if check is None or cached.speedup < min_speedup:
+        return True
+    quick = check()
+    if quick.speedup >= min_speedup:
+        log.info("%s: cached bf16 result re-checked here (%s)", path, quick.describe())
+        return True
+    log.warning("precision probe cache %s says bfloat16 is faster on this CPU (%s), but a "
+                "check here measured %s: the entry came from another host or conditions "
+                "changed; probing again", path, cached.describe(), quick.describe())
+    return False

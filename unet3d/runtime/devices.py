@@ -23,6 +23,7 @@ from typing import Any
 
 from unet3d.config import DEVICE_TYPES as REQUESTABLE_TYPES
 from unet3d.errors import ConfigError, DeviceError
+from unet3d.runtime.onednn import ignored_value_warning, onednn_state
 
 logger = logging.getLogger(__name__)
 
@@ -213,42 +214,6 @@ def _set_threads(tf: Any, intra_op: int, inter_op: int) -> None:
                 logger.warning("device.%s=%d not applied: %s", label, value, error)
 
 
-def onednn_state(enabled: bool | None = None, source: str | None = None,
-                 environ: Mapping[str, str] | None = None) -> str:
-    """Whether TensorFlow runs its oneDNN CPU kernels in this process, and who decided.
-
-    Args:
-        enabled: oneDNN on or off (default: TensorFlow's ``IsMklEnabled()``, read once the
-            variable can no longer change).
-        source: who decided (default: ``unet3d.ONEDNN``, see ``unet3d._prefer_onednn``).
-        environ: the environment (default ``os.environ``).
-
-    Returns:
-        ``"on"`` or ``"off"`` with the reason, e.g. ``"on (TF_ENABLE_ONEDNN_OPTS=1 set by
-        unet3d)"``, ``"off (TF_ENABLE_ONEDNN_OPTS=0 from the environment)"``, ``"off
-        (TensorFlow's default: TensorFlow was imported before unet3d)"``.
-    """
-    import unet3d
-
-    environ = os.environ if environ is None else environ
-    source = unet3d.ONEDNN if source is None else source
-    if enabled is None:
-        try:
-            from tensorflow.python.util import _pywrap_util_port
-
-            enabled = bool(_pywrap_util_port.IsMklEnabled())
-        except (ImportError, AttributeError):  # a TensorFlow build without the query
-            enabled = environ.get(unet3d.ONEDNN_VARIABLE, "").lower() in ("1", "true")
-    variable = f"{unet3d.ONEDNN_VARIABLE}={environ.get(unet3d.ONEDNN_VARIABLE)}"
-    reason = {
-        "environment": f"{variable} from the environment",
-        "unet3d": f"{variable} set by unet3d",
-        "tensorflow imported first": "TensorFlow's default: TensorFlow was imported before "
-                                     "unet3d",
-    }.get(source, f"TensorFlow's default: {source}")
-    return f"{'on' if enabled else 'off'} ({reason})"
-
-
 def configure_devices(
     device_cfg: Mapping[str, Any], local_rank: int = 0, local_size: int = 1
 ) -> DeviceInfo:
@@ -322,6 +287,8 @@ def configure_devices(
         local_size,
         info.onednn,
     )
+    if device_type == "CPU":
+        ignored_value_warning(info.onednn.startswith("on"))
     if device_type == "CPU" and info.onednn.startswith("off (TensorFlow's default: TensorFlow"):
         logger.warning(
             "oneDNN is off: TensorFlow was imported before unet3d and this CPU is not one on "

@@ -122,7 +122,8 @@ def _auto_policy(precision_cfg: Mapping[str, Any], device_type: str, host: Any,
     refresh = bool(precision_cfg.get("reprobe", False))
     min_speedup = float(precision_cfg.get("min_speedup", DEFAULT_MIN_SPEEDUP))
     return choose_cpu(cpu, lambda: cached_probe(cache, cpu, host.threads(), host.tf_version(),
-                                                host.probe, refresh), min_speedup)
+                                                host.probe, refresh, host.check, min_speedup),
+                      min_speedup)
 
 
 def _explicit_bf16_check(precision_cfg: Mapping[str, Any], policy_name: str, host: Any,
@@ -133,7 +134,7 @@ def _explicit_bf16_check(precision_cfg: Mapping[str, Any], policy_name: str, hos
 
     cpu = host.cpu()
     probe, cached = cached_probe(cache, cpu, host.threads(), host.tf_version(), host.probe,
-                                 bool(precision_cfg.get("reprobe", False)))
+                                 bool(precision_cfg.get("reprobe", False)), host.check, 1.0)
     slow_bf16_warning(f"precision={precision_cfg.get('name') or policy_name} "
                       f"({policy_name})", cpu, probe, cached)
     return host_params(cpu, probe, cached)

@@ -3,7 +3,9 @@
 - CPU: ``mixed_bfloat16`` only where the CPU has bfloat16 instructions (``amx_bf16`` /
   ``avx512_bf16``, :mod:`unet3d.runtime.cpu_probe`) and a sub-second probe convolution runs at
   least ``precision.min_speedup`` times faster in bfloat16 than in float32; else ``float32``.
-  A CPU without those flags gets float32 without probing. The probe is cached per host.
+  A CPU without those flags gets float32 without probing. The probe is cached per host (CPU
+  identity, flags, TensorFlow, threads); a cached result that says bfloat16 is faster is
+  re-checked with one probe pair before it is used (``cpu_probe.cached_probe``).
 - GPU: ``mixed_float16`` where every visible GPU has Tensor Cores (CUDA compute capability
   >= 7.0, read with ``tf.config.experimental.get_device_details``), else ``float32``.
 - MLU: ``mixed_float16`` (the Cambricon reference's AMP).
@@ -197,6 +199,8 @@ class Host:
     Attributes:
         cpu: returns the CPU's model and flags (``read_cpu_info``).
         probe: runs the probe convolution (``probe_conv3d``).
+        check: the cheap re-check of a cached bfloat16 result (``quick_probe``); default: the
+            real one with the real probe, else ``probe`` itself (a fake probe in tests).
         threads: the intra-op thread count (``intra_op_threads``).
         tf_version: TensorFlow's version.
         gpu_details: ``get_device_details`` of the visible GPUs.
@@ -204,6 +208,7 @@ class Host:
 
     cpu: Callable[[], CpuInfo] | None = None
     probe: Callable[[], ProbeResult] | None = None
+    check: Callable[[], ProbeResult] | None = None
     threads: Callable[[], int] | None = None
     tf_version: Callable[[], str] = _tf_version
     gpu_details: Callable[[], list[dict[str, Any]]] = visible_gpu_details
@@ -213,6 +218,8 @@ class Host:
         from unet3d.runtime import cpu_probe
 
         self.cpu = self.cpu or cpu_probe.read_cpu_info
+        if self.check is None:
+            self.check = self.probe or cpu_probe.quick_probe
         self.probe = self.probe or cpu_probe.probe_conv3d
         self.threads = self.threads or cpu_probe.intra_op_threads
 

@@ -156,20 +156,23 @@ def study_settings(config: DictConfig) -> StudySettings:
 STUDY_FILE = "optuna_study.json"
 
 
-def prepare_study(config: DictConfig, sweep_dir: Path) -> int:
+def prepare_study(config: DictConfig, sweep_dir: Path,
+                  owner: Mapping[str, Any] | None = None) -> int:
     """Before the sweeper exists: count the study's trials, reseed its sampler, record both.
 
     A rerun of a study with a seeded sampler would repeat the first invocation's suggestions
     (a new sampler with the same seed draws the same random startup trials). So the sampler
     of an invocation that finds ``n`` trials in the storage gets seed ``seed + n``: reruns are
     reproducible and do not repeat trials. Writes ``<sweep dir>/optuna_study.json``
-    (study name, storage, ``first_trial`` = n, the seed used) so that a trial job can name
-    itself after its Optuna trial number (:func:`trial_number`).
+    (study name, storage, ``first_trial`` = n, the seed used, ``owner``: the sweep process)
+    so that a trial job can name itself after its Optuna trial number (:func:`trial_number`)
+    and record who runs its trial (``unet3d.tracking.trials.claim_trials``).
 
     Args:
         config: the sweep's config (``hydra.sweeper.*`` resolvable); changed in place
             (``hydra.sweeper.sampler.seed``) when the seed is an integer.
         sweep_dir: the sweep's folder (created).
+        owner: the sweep process (``unet3d.tracking.trials.this_process``), recorded.
 
     Returns:
         The number of trials the study already has (0 for a new study).
@@ -191,7 +194,7 @@ def prepare_study(config: DictConfig, sweep_dir: Path) -> int:
                     settings.key, existing, seed)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     record = {"study_name": settings.study_name, "storage": settings.storage,
-              "first_trial": existing, "seed": seed}
+              "first_trial": existing, "seed": seed, "owner": dict(owner or {})}
     write_text_atomic(sweep_dir / STUDY_FILE, json.dumps(record, indent=2) + "\n")
     return existing
 
@@ -235,21 +238,28 @@ def _count_trials(settings: StudySettings) -> int:
     return len(study.get_trials(deepcopy=False))
 
 
-def trial_number(sweep_dir: Path | None, job_num: int) -> int | None:
-    """The Optuna trial number of job ``job_num`` of a study sweep, or None when unknown.
-
-    The sweeper asks the study for one trial per job, in job order; with no other process
-    adding trials to the same study at the same time, job ``k`` is trial ``first_trial + k``.
-    """
+def read_study_record(sweep_dir: Path | None) -> dict[str, Any] | None:
+    """``<sweep dir>/optuna_study.json`` (see :func:`prepare_study`), or None when unreadable."""
     import json
 
     if sweep_dir is None:
         return None
     try:
         record = json.loads((sweep_dir / STUDY_FILE).read_text(encoding="utf-8"))
-        return int(record["first_trial"]) + int(job_num)
+        int(record["first_trial"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+def trial_number(sweep_dir: Path | None, job_num: int) -> int | None:
+    """The Optuna trial number of job ``job_num`` of a study sweep, or None when unknown.
+
+    The sweeper asks the study for one trial per job, in job order; with no other process
+    adding trials to the same study at the same time, job ``k`` is trial ``first_trial + k``.
+    """
+    record = read_study_record(sweep_dir)
+    return None if record is None else int(record["first_trial"]) + int(job_num)
 
 
 def find_study_run(client: Any, experiment_name: str, settings: StudySettings) -> str | None:
@@ -366,6 +376,7 @@ __all__ = [
     "StudySummary",
     "find_study_run",
     "prepare_study",
+    "read_study_record",
     "require_optuna",
     "trial_number",
     "is_study_sweep",

@@ -139,8 +139,10 @@ class Tracker:
         """Create (or, on resume, reopen) the run and log `cfg` (skipped when None).
 
         When `<output_dir>/<run_id_file>` names a run of this store, that run is set back to
-        RUNNING and reused; otherwise a new run is created in `tracking.experiment_name` (nested
-        under `parent_run_id` via the `mlflow.parentRunId` tag) and its id written there
+        RUNNING and reused (and nested under `parent_run_id` when given and it was nested
+        elsewhere: a resumed sweep whose parent run was deleted got a new one); otherwise a
+        new run is created in `tracking.experiment_name` (nested under `parent_run_id` via the
+        `mlflow.parentRunId` tag) and its id written there
         atomically. Returns the run id (None when inactive).
 
         Raises:
@@ -175,6 +177,12 @@ class Tracker:
             self.resumed = True
             retry(lambda: self.client.update_run(self.run_id, status="RUNNING"), "reopen run")
             tags["unet3d.resumed"] = "true"
+            earlier_parent = run.data.tags.get("mlflow.parentRunId")
+            if parent_run_id and earlier_parent != parent_run_id:
+                # A resumed sweep whose parent run was deleted has a new parent: move there.
+                tags["mlflow.parentRunId"] = parent_run_id
+                logger.info("MLflow: run %s now nests under the sweep's parent run %s (was %s)",
+                            self.run_id, parent_run_id, earlier_parent or "top level")
             logger.info("MLflow: resumed run %s (%s)", self.run_id, self.tracking_uri)
         else:
             section = self.tracking_cfg if self.tracking_cfg is not None else {}

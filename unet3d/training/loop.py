@@ -221,8 +221,9 @@ def train(
                         "first one): training starts at step 0", checkpointer.directory)
         else:
             raise CheckpointError(
-                f"resume: no checkpoint in {checkpointer.directory}; point hydra.run.dir at "
-                "the run to resume, or drop resume=true to start a new run"
+                f"resume: no checkpoint in {checkpointer.directory}; resume a run in its own "
+                "folder (one job: hydra.run.dir=<its folder>; a sweep: its own command with "
+                "hydra.sweep.dir=<the sweep folder>), or drop resume=true to start a new run"
             )
     context.broadcast_variables([step_variable, *model.variables, *optimizer.variables])
     first_step = int(step_variable.numpy())
