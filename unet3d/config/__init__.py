@@ -21,12 +21,10 @@ instant. ``unet3d.config.components`` builds a component from its group.
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 from omegaconf import DictConfig
 
 from unet3d.config.augmentation import AUGMENTATION_SETTINGS, check_unknown_keys
+from unet3d.config.rules import check_rules, head_problem, registry_problem
 from unet3d.config.settings import (
     Boolean,
     ExistingPath,
@@ -40,58 +38,43 @@ from unet3d.config.settings import (
     Text,
     get,
 )
-from unet3d.errors import ConfigError
+from unet3d.config.vocabulary import (
+    BENCHMARK_TARGETS,
+    BLENDS,
+    BRATS_FOLDER_TARGET,
+    CLUSTER_RESOLVERS,
+    COMMUNICATIONS,
+    DATA_PIPELINE_KEYS,
+    DEFAULT_NUM_REGIONS,
+    DEVICE_TYPES,
+    HEAD_KERNELS,
+    HEADS,
+    LOSSES,
+    LR_SCHEDULE_TARGET,
+    LR_SCHEDULES,
+    MODES,
+    NORMS,
+    OPTIMIZERS,
+    PRECISION_POLICIES,
+    REGION_LOSS_TARGET,
+    SEGMENTATION_LOSS_TARGET,
+    STRATEGIES,
+    SYNTHETIC_DATASET_TARGET,
+    SYNTHETIC_LAYOUTS,
+    TRAINING_MODES,
+    UNET3D_TARGET,
+    VOLUME_UNITS,
+)
 
-# ---- vocabularies: every list of allowed values lives here, modules import it -----------------
-
-MODES = ("train", "evaluate", "train_and_evaluate", "predict", "benchmark", "postprocess",
-         "cross_validate")
-TRAINING_MODES = ("train", "train_and_evaluate")
-DEVICE_TYPES = ("auto", "cpu", "gpu", "mlu")
-STRATEGIES = ("auto", "mirrored", "multi_worker", "horovod")
-CLUSTER_RESOLVERS = ("tf_config", "slurm")
-#: Collective communication of strategy=multi_worker.
-COMMUNICATIONS = ("auto", "ring", "nccl")
-#: Keras dtype policies of ``precision.policy``: ``auto`` the fastest on this host
-#: (unet3d.runtime.precision_auto), ``mixed`` mixed_bfloat16 on CPU / mixed_float16 on GPU/MLU.
-PRECISION_POLICIES = ("auto", "float32", "mixed", "mixed_bfloat16", "mixed_float16")
-#: Normalisations of the U-Net's conv units (``none``: no norm, the convolutions get a bias).
-NORMS = ("instance", "group", "batch", "none")
-#: Output heads (``model.head``): a softmax over the classes, or one sigmoid per evaluation
-#: region (region-based training, nnU-Net's ``regions_class_order``).
-HEADS = ("softmax", "regions")
-#: ``model.num_regions`` when a model group has none: BraTS's WT, TC and ET.
-DEFAULT_NUM_REGIONS = 3
-#: Units of the post-processing's ET volume threshold (``postprocess.unit``).
-VOLUME_UNITS = ("voxels", "mm3")
-#: Kernels of the U-Net's class-logit convolution (3: the reference's published head).
-HEAD_KERNELS = (1, 3)
-#: Built-in losses (``training.loss``, the ``name`` of ``loss=default``).
-LOSSES = ("dice+ce", "dice", "ce")
-#: Built-in learning-rate schedules (``training.lr_schedule``).
-LR_SCHEDULES = ("constant", "cosine")
-OPTIMIZERS = ("adam",)
-BLENDS = ("gaussian", "constant")
-BENCHMARK_TARGETS = ("train", "predict", "pipeline", "runner")
-#: Layouts the synthetic data set writes (``data.synthetic.layout``): ``flat`` BraTS 2019 names
-#: in <case>/ folders, ``brats2019`` the same under HGG/ and LGG/, and the layouts and labels of
-#: ``conf/data/{brats2023,msd_brain,nnunet_raw}.yaml``.
-SYNTHETIC_LAYOUTS = ("flat", "brats2019", "brats2023", "msd_brain", "nnunet_raw")
-
-# ---- the built-in components ------------------------------------------------------------------
-
-UNET3D_TARGET = "unet3d.model.unet3d.build_unet3d"
-SEGMENTATION_LOSS_TARGET = "unet3d.training.losses.SegmentationLoss"
-REGION_LOSS_TARGET = "unet3d.training.region_loss.RegionLoss"
-LR_SCHEDULE_TARGET = "unet3d.training.optimizer.learning_rate_schedule"
-SYNTHETIC_DATASET_TARGET = "unet3d.data.datasets.SyntheticBraTS"
-BRATS_FOLDER_TARGET = "unet3d.data.datasets.BraTSFolder"
-#: Keys of the ``data`` group that the framework reads (preprocessing cache, training input);
-#: the data set's ``_target_`` is called with every other key of the group.
-DATA_PIPELINE_KEYS = ("name", "preprocessed_dir", "crop_size", "batch_size", "augment",
-                      "augmentation", "foreground_probability", "shuffle_buffer", "cache",
-                      # the layout and label convention (unet3d/data/layout.py)
-                      "reader", "convention", "labels", "regions", "region_order")
+__all__ = [
+    "BENCHMARK_TARGETS", "BLENDS", "BRATS_FOLDER_TARGET", "CLUSTER_RESOLVERS", "COMMUNICATIONS",
+    "COMPONENT_ARGUMENTS", "DATA_PIPELINE_KEYS", "DEFAULT_NUM_REGIONS", "DEVICE_TYPES",
+    "HEAD_KERNELS", "HEADS", "LOSSES", "LR_SCHEDULE_TARGET", "LR_SCHEDULES", "MODE_SETTINGS",
+    "MODES", "NORMS", "OPTIMIZERS", "PRECISION_POLICIES", "REGION_LOSS_TARGET",
+    "SEGMENTATION_LOSS_TARGET", "SETTINGS", "STRATEGIES", "SYNTHETIC_DATASET_TARGET",
+    "SYNTHETIC_LAYOUTS", "TRAINING_MODES", "UNET3D_TARGET", "VOLUME_UNITS", "head_problem",
+    "registry_problem", "validate",
+]
 
 # ---- the schema -------------------------------------------------------------------------------
 
@@ -249,110 +232,4 @@ def validate(cfg: DictConfig) -> None:
                 setting.check(cfg, key)
     for key, setting in MODE_SETTINGS.get(mode, {}).items():
         setting.check(cfg, key)
-    _check_rules(cfg, mode)
-
-
-def head_problem(model_cfg: Any, loss_cfg: Any, num_painted_regions: int | None = None
-                 ) -> str | None:
-    """What is inconsistent between the head, the loss and the data set; None when nothing.
-
-    ``model.head=regions`` (one sigmoid per region, nnU-Net's region-based training) needs the
-    region loss (``loss=regions``) and the region loss needs ``model.head=regions``; with the
-    data set's convention known (``unet3d.runner.check_num_classes``), ``model.num_regions``
-    (default ``DEFAULT_NUM_REGIONS``) must equal its painted regions.
-
-    Args:
-        model_cfg: the ``model`` group; loss_cfg: the ``loss`` group (mappings).
-        num_painted_regions: ``len(unet3d.data.regions.painted_regions(convention))``
-            when the data set's convention is known.
-
-    Returns:
-        One line starting with the key to change, or None.
-    """
-    head = model_cfg.get("head") or "softmax"
-    if head not in HEADS:
-        return f"model.head: must be one of {', '.join(HEADS)}, got {head!r}"
-    loss_target = loss_cfg.get("_target_")
-    if head == "regions" and loss_target == SEGMENTATION_LOSS_TARGET:
-        return ("loss: model.head=regions predicts one sigmoid per region; use loss=regions "
-                "(BCE + soft Dice per region) instead of the class loss")
-    if loss_target == REGION_LOSS_TARGET and head != "regions":
-        return "model.head: loss=regions needs model.head=regions, got model.head=softmax"
-    if head == "regions" and num_painted_regions is not None:
-        regions = model_cfg.get("num_regions") or DEFAULT_NUM_REGIONS
-        if regions != num_painted_regions:
-            return (f"model.num_regions: the data set paints {num_painted_regions} regions, "
-                    f"got {regions}")
-    return None
-
-
-def registry_problem(name: Any, alias: Any) -> str | None:
-    """What is wrong with ``tracking.register_model`` / ``tracking.model_alias``; None if nothing.
-
-    A name is a non-empty string without ``@`` and ``/`` (it becomes ``models:/<name>@...``);
-    an alias follows MLflow's rule (letters, digits, ``_``, ``-``; not ``latest`` or
-    ``v<number>``, which MLflow reserves) and needs a name.
-    """
-    if name is not None and (not isinstance(name, str) or not name.strip() or "@" in name
-                             or "/" in name):
-        return f"tracking.register_model: must be null or a model name without '@' and '/', " \
-               f"got {name!r}"
-    if alias is None:
-        return None
-    if name is None:
-        return "tracking.model_alias: needs tracking.register_model=<name>"
-    if (not isinstance(alias, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias)
-            or alias == "latest" or re.fullmatch(r"[vV]\d+", alias)):
-        return (f"tracking.model_alias: must be null or an alias of letters, digits, '_' and "
-                f"'-' (not 'latest' or v<number>), got {alias!r}")
-    return None
-
-
-def _check_rules(cfg: DictConfig, mode: str) -> None:
-    """The rules between keys (each names the key to change)."""
-    num_folds, fold = get(cfg, "num_folds"), get(cfg, "fold")
-    if fold >= num_folds:
-        raise ConfigError(f"fold: must be in [0, num_folds={num_folds}), got {fold}")
-    # model.num_classes is checked against the data set's label convention once it is read
-    # (unet3d.runner.check_num_classes).
-    classes = get(cfg, "model.num_classes")
-    if get(cfg, "model._target_") == UNET3D_TARGET:
-        base, largest = get(cfg, "model.base_filters"), get(cfg, "model.max_filters")
-        if base is not None and largest is not None and largest < base:
-            raise ConfigError(
-                f"model.max_filters: must be >= model.base_filters={base}, got {largest}")
-        if get(cfg, "model.norm") == "group" and base is not None and base % min(16, base):
-            raise ConfigError(
-                f"model.base_filters: group norm needs a multiple of 16, got {base}")
-    if get(cfg, "loss._target_") == SEGMENTATION_LOSS_TARGET:
-        loss_classes = get(cfg, "loss.num_classes")
-        if loss_classes is not None and loss_classes != classes:
-            raise ConfigError(
-                f"loss.num_classes: must equal model.num_classes={classes}, got {loss_classes}")
-    for problem in (head_problem(cfg.model, cfg.loss),
-                    registry_problem(get(cfg, "tracking.register_model"),
-                                     get(cfg, "tracking.model_alias"))):
-        if problem is not None:
-            raise ConfigError(problem)
-    if get(cfg, "data._target_") == SYNTHETIC_DATASET_TARGET:
-        cases = get(cfg, "data.synthetic.num_cases")
-        if cases is not None and cases < num_folds:
-            raise ConfigError(
-                f"data.synthetic.num_cases: must be >= num_folds={num_folds}, got {cases}")
-        from unet3d.config.synthetic_options import options_from
-
-        options_from(get(cfg, "data.synthetic"))  # the appearance settings (data=synthetic_hard)
-    strategy = get(cfg, "strategy.name")
-    if strategy == "horovod" and get(cfg, "precision.xla"):
-        raise ConfigError(
-            "precision.xla: XLA cannot compile Horovod's collective ops; use "
-            "precision.xla=false or strategy=mirrored/multi_worker"
-        )
-    if strategy == "multi_worker":
-        OneOf(CLUSTER_RESOLVERS).check(cfg, "strategy.cluster_resolver")
-        if get(cfg, "strategy.communication") is not None:
-            OneOf(COMMUNICATIONS).check(cfg, "strategy.communication")
-    if strategy == "horovod" and get(cfg, "strategy.divide_steps_by_world_size") is not None:
-        Boolean().check(cfg, "strategy.divide_steps_by_world_size")
-    if mode == "benchmark" and get(cfg, "benchmark.target") == "runner":
-        Integer(minimum=1).check(cfg, "benchmark.rounds")
+    check_rules(cfg, mode)

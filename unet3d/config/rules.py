@@ -1,0 +1,132 @@
+"""The rules between settings: what one key may be given the others.
+
+Each rule raises (or returns) one line that starts with the dotted key to change. ``check_rules``
+runs at the end of :func:`unet3d.config.validate`; ``head_problem`` also runs once the data
+set's label convention is known (``unet3d.runner``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from omegaconf import DictConfig
+
+from unet3d.config.settings import Boolean, Integer, OneOf, get
+from unet3d.config.vocabulary import (
+    CLUSTER_RESOLVERS,
+    COMMUNICATIONS,
+    DEFAULT_NUM_REGIONS,
+    HEADS,
+    REGION_LOSS_TARGET,
+    SEGMENTATION_LOSS_TARGET,
+    SYNTHETIC_DATASET_TARGET,
+    UNET3D_TARGET,
+)
+from unet3d.errors import ConfigError
+
+
+def head_problem(model_cfg: Any, loss_cfg: Any, num_painted_regions: int | None = None
+                 ) -> str | None:
+    """What is inconsistent between the head, the loss and the data set; None when nothing.
+
+    ``model.head=regions`` (one sigmoid per region, nnU-Net's region-based training) needs the
+    region loss (``loss=regions``) and the region loss needs ``model.head=regions``; with the
+    data set's convention known (``unet3d.runner.check_num_classes``), ``model.num_regions``
+    (default ``DEFAULT_NUM_REGIONS``) must equal its painted regions.
+
+    Args:
+        model_cfg: the ``model`` group; loss_cfg: the ``loss`` group (mappings).
+        num_painted_regions: ``len(unet3d.data.regions.painted_regions(convention))``
+            when the data set's convention is known.
+
+    Returns:
+        One line starting with the key to change, or None.
+    """
+    head = model_cfg.get("head") or "softmax"
+    if head not in HEADS:
+        return f"model.head: must be one of {', '.join(HEADS)}, got {head!r}"
+    loss_target = loss_cfg.get("_target_")
+    if head == "regions" and loss_target == SEGMENTATION_LOSS_TARGET:
+        return ("loss: model.head=regions predicts one sigmoid per region; use loss=regions "
+                "(BCE + soft Dice per region) instead of the class loss")
+    if loss_target == REGION_LOSS_TARGET and head != "regions":
+        return "model.head: loss=regions needs model.head=regions, got model.head=softmax"
+    if head == "regions" and num_painted_regions is not None:
+        regions = model_cfg.get("num_regions") or DEFAULT_NUM_REGIONS
+        if regions != num_painted_regions:
+            return (f"model.num_regions: the data set paints {num_painted_regions} regions, "
+                    f"got {regions}")
+    return None
+
+
+def registry_problem(name: Any, alias: Any) -> str | None:
+    """What is wrong with ``tracking.register_model`` / ``tracking.model_alias``; None if nothing.
+
+    A name is a non-empty string without ``@`` and ``/`` (it becomes ``models:/<name>@...``);
+    an alias follows MLflow's rule (letters, digits, ``_``, ``-``; not ``latest`` or
+    ``v<number>``, which MLflow reserves) and needs a name.
+    """
+    if name is not None and (not isinstance(name, str) or not name.strip() or "@" in name
+                             or "/" in name):
+        return f"tracking.register_model: must be null or a model name without '@' and '/', " \
+               f"got {name!r}"
+    if alias is None:
+        return None
+    if name is None:
+        return "tracking.model_alias: needs tracking.register_model=<name>"
+    if (not isinstance(alias, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias)
+            or alias == "latest" or re.fullmatch(r"[vV]\d+", alias)):
+        return (f"tracking.model_alias: must be null or an alias of letters, digits, '_' and "
+                f"'-' (not 'latest' or v<number>), got {alias!r}")
+    return None
+
+
+def check_rules(cfg: DictConfig, mode: str) -> None:
+    """The rules between keys (each names the key to change)."""
+    num_folds, fold = get(cfg, "num_folds"), get(cfg, "fold")
+    if fold >= num_folds:
+        raise ConfigError(f"fold: must be in [0, num_folds={num_folds}), got {fold}")
+    # model.num_classes is checked against the data set's label convention once it is read
+    # (unet3d.runner.check_num_classes).
+    classes = get(cfg, "model.num_classes")
+    if get(cfg, "model._target_") == UNET3D_TARGET:
+        base, largest = get(cfg, "model.base_filters"), get(cfg, "model.max_filters")
+        if base is not None and largest is not None and largest < base:
+            raise ConfigError(
+                f"model.max_filters: must be >= model.base_filters={base}, got {largest}")
+        if get(cfg, "model.norm") == "group" and base is not None and base % min(16, base):
+            raise ConfigError(
+                f"model.base_filters: group norm needs a multiple of 16, got {base}")
+    if get(cfg, "loss._target_") == SEGMENTATION_LOSS_TARGET:
+        loss_classes = get(cfg, "loss.num_classes")
+        if loss_classes is not None and loss_classes != classes:
+            raise ConfigError(
+                f"loss.num_classes: must equal model.num_classes={classes}, got {loss_classes}")
+    for problem in (head_problem(cfg.model, cfg.loss),
+                    registry_problem(get(cfg, "tracking.register_model"),
+                                     get(cfg, "tracking.model_alias"))):
+        if problem is not None:
+            raise ConfigError(problem)
+    if get(cfg, "data._target_") == SYNTHETIC_DATASET_TARGET:
+        cases = get(cfg, "data.synthetic.num_cases")
+        if cases is not None and cases < num_folds:
+            raise ConfigError(
+                f"data.synthetic.num_cases: must be >= num_folds={num_folds}, got {cases}")
+        from unet3d.config.synthetic_options import options_from
+
+        options_from(get(cfg, "data.synthetic"))  # the appearance settings (data=synthetic_hard)
+    strategy = get(cfg, "strategy.name")
+    if strategy == "horovod" and get(cfg, "precision.xla"):
+        raise ConfigError(
+            "precision.xla: XLA cannot compile Horovod's collective ops; use "
+            "precision.xla=false or strategy=mirrored/multi_worker"
+        )
+    if strategy == "multi_worker":
+        OneOf(CLUSTER_RESOLVERS).check(cfg, "strategy.cluster_resolver")
+        if get(cfg, "strategy.communication") is not None:
+            OneOf(COMMUNICATIONS).check(cfg, "strategy.communication")
+    if strategy == "horovod" and get(cfg, "strategy.divide_steps_by_world_size") is not None:
+        Boolean().check(cfg, "strategy.divide_steps_by_world_size")
+    if mode == "benchmark" and get(cfg, "benchmark.target") == "runner":
+        Integer(minimum=1).check(cfg, "benchmark.rounds")
