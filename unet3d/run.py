@@ -34,7 +34,7 @@ from unet3d.modes.cross_validate import (
     is_cross_validation,
     run_cross_validation,
     run_id_of,
-    validate_cross_validation,
+    selected_folds,
 )
 from unet3d.tracking.study import objective_value, optimized_metric_names
 
@@ -151,13 +151,12 @@ def main(cfg: DictConfig) -> Any:
         if not folder.resume:
             _commit(folder, cfg)
         objective = optimized_metric_names(cfg)
+        validate(cfg)
         if is_cross_validation(cfg):
-            folds = validate_cross_validation(cfg)
             _commit(folder, cfg)
             metrics = run_cross_validation(cfg, Path(output_dir),
-                                           list(hydra_cfg.overrides.task), folds)
+                                           list(hydra_cfg.overrides.task), selected_folds(cfg))
         else:
-            validate(cfg)
             from unet3d.runner import run_task  # deferred: imports TensorFlow
 
             metrics = run_task(cfg, commit=lambda: _commit(folder, cfg))

@@ -100,8 +100,7 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[
         "num_folds": str(cfg.num_folds),
         "device": runtime.device.type,
         "onednn": runtime.device.onednn.split(" ", 1)[0],
-        "precision": runtime.precision.policy_name,
-        "precision_policy": runtime.precision.policy_name,
+        "precision": runtime.precision.name,
         "compute_dtype": runtime.precision.compute_dtype,
         "variable_dtype": runtime.precision.variable_dtype,
         "loss_scaling": str(runtime.precision.loss_scale).lower(),
@@ -245,11 +244,11 @@ def check_num_classes(cfg: DictConfig, convention: Any) -> None:
         ConfigError: ``model.num_classes`` is not the data set's number of classes, or
             ``model.num_regions`` not the number of regions its region head paints.
     """
-    from unet3d.config import head_problem
+    from unet3d.config import head_problem, model_head
     from unet3d.data.regions import painted_regions
     from unet3d.errors import ConfigError
 
-    if str(cfg.model.get("head") or "softmax") == "regions":
+    if model_head(cfg.model) == "regions":
         problem = head_problem(cfg.model, cfg.loss, len(painted_regions(convention)))
         if problem is not None:
             raise ConfigError(problem)

@@ -49,11 +49,6 @@ def test_classes_the_target_cannot_write_are_one_error():
     assert labels.ravel().tolist() == [0, 1, 2, 3]
 
 
-def test_unknown_head_is_a_config_error():
-    with pytest.raises(ConfigError, match="model.head"):
-        make_labeler(head="sigmoid")
-
-
 def test_the_predictor_follows_the_trained_head_not_the_jobs():
     # A region-head model predicted by a job whose model.head is the default softmax: outside
     # the brain box every region probability must be 0 (no background channel to set to 1).

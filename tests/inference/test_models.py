@@ -158,7 +158,8 @@ def test_nothing_found_names_the_key_and_path(tmp_path):
 
 def predictor(models, cfg) -> EnsemblePredictor:
     return EnsemblePredictor.from_config(models, cfg.inference, crop_size=cfg.data.crop_size,
-                                         num_classes=int(cfg.model.num_classes))
+                                         num_classes=int(cfg.model.num_classes),
+                                         jit_compile=False, background_class=0)
 
 
 def test_load_ensemble_restores_each_members_weights(sweep, cfg):

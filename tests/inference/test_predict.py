@@ -296,8 +296,9 @@ def test_safe_case_ids_are_accepted(tmp_path):
 
 
 def test_fold_selection():
+    # A folder of new cases: every fold of a sweep (an ensemble), whatever `fold` is.
     with_input = compose_config("mode=predict", "predict.input_dir=/somewhere", "fold=2")
-    assert selected_fold(with_input) is None  # no fold= on a command line here: all folds
+    assert selected_fold(with_input) is None
     held_out = compose_config("mode=predict", "fold=2")
     assert selected_fold(held_out) == 2
     chosen = compose_config("mode=predict", "predict.input_dir=/somewhere", "predict.fold=3")

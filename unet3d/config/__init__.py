@@ -3,8 +3,8 @@
 Hydra composes ``conf/`` (its YAML files hold the default values) and rejects unknown groups,
 options and keys. This package holds the rest of what a setting is:
 
-- the vocabularies (``NORMS``, ``LOSSES``, ...): every list of allowed values, which the
-  modules import from here;
+- the vocabularies (``NORMS``, ``LOSSES``, ...; ``unet3d.config.vocabulary``): every list of
+  allowed values, which the modules import from here;
 - ``SETTINGS``: the framework's keys, each with its type and range or allowed values
   (``unet3d.config.settings``; the ``data.augmentation`` keys: ``unet3d.config.augmentation``);
 - ``MODE_SETTINGS``: the keys that only one mode reads;
@@ -13,29 +13,42 @@ options and keys. This package holds the rest of what a setting is:
   their ``_target_``. A component of the user's own is checked for the framework keys of its
   group only (``docs/contracts.md``); its arguments are its own business.
 
-``validate`` checks a composed config once, before any heavy work, and raises ``ConfigError``
-with one line that starts with the dotted key. Neither it nor this package imports
+``validate`` checks a composed config once, before any heavy work, with the rules between
+keys (``unet3d.config.rules``), and raises ``ConfigError`` with one line that starts with the
+dotted key. It is the one place that checks a setting: the code that reads one trusts it, and
+the YAML is the one place that gives its default (a component built from config gets every
+argument from its group, ``tests/test_config_defaults.py``). Neither it nor this package imports
 TensorFlow or the user's components, so ``--help``, ``--cfg job`` and config errors stay
 instant. ``unet3d.config.components`` builds a component from its group.
 """
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import copy
+
+from omegaconf import DictConfig, OmegaConf
 
 from unet3d.config.augmentation import AUGMENTATION_SETTINGS, check_unknown_keys
-from unet3d.config.rules import check_rules, head_problem, registry_problem
+from unet3d.config.rules import (
+    check_rules,
+    head_problem,
+    model_head,
+    model_regions,
+    registry_problem,
+)
 from unet3d.config.settings import (
     Boolean,
     ExistingPath,
     Integer,
     Nullable,
     Number,
+    Numbers,
     OneOf,
     Setting,
     Sides,
     Target,
     Text,
+    Texts,
     get,
 )
 from unet3d.config.vocabulary import (
@@ -47,6 +60,7 @@ from unet3d.config.vocabulary import (
     DATA_PIPELINE_KEYS,
     DEFAULT_NUM_REGIONS,
     DEVICE_TYPES,
+    FOLD_MODES,
     HEAD_KERNELS,
     HEADS,
     LOSSES,
@@ -54,7 +68,6 @@ from unet3d.config.vocabulary import (
     LR_SCHEDULES,
     MODES,
     NORMS,
-    OPTIMIZERS,
     PRECISION_POLICIES,
     REGION_LOSS_TARGET,
     SEGMENTATION_LOSS_TARGET,
@@ -69,11 +82,11 @@ from unet3d.config.vocabulary import (
 __all__ = [
     "BENCHMARK_TARGETS", "BLENDS", "BRATS_FOLDER_TARGET", "CLUSTER_RESOLVERS", "COMMUNICATIONS",
     "COMPONENT_ARGUMENTS", "DATA_PIPELINE_KEYS", "DEFAULT_NUM_REGIONS", "DEVICE_TYPES",
-    "HEAD_KERNELS", "HEADS", "LOSSES", "LR_SCHEDULE_TARGET", "LR_SCHEDULES", "MODE_SETTINGS",
-    "MODES", "NORMS", "OPTIMIZERS", "PRECISION_POLICIES", "REGION_LOSS_TARGET",
+    "FOLD_MODES", "HEADS", "HEAD_KERNELS", "LOSSES", "LR_SCHEDULES", "LR_SCHEDULE_TARGET", "MODES",
+    "MODE_SETTINGS", "NORMS", "PRECISION_POLICIES", "REGION_LOSS_TARGET",
     "SEGMENTATION_LOSS_TARGET", "SETTINGS", "STRATEGIES", "SYNTHETIC_DATASET_TARGET",
     "SYNTHETIC_LAYOUTS", "TRAINING_MODES", "UNET3D_TARGET", "VOLUME_UNITS", "head_problem",
-    "registry_problem", "validate",
+    "model_head", "model_regions", "registry_problem", "validate",
 ]
 
 # ---- the schema -------------------------------------------------------------------------------
@@ -102,17 +115,15 @@ SETTINGS: dict[str, Setting] = {
     # data.augmentation: conf/augmentation/ (mounted into the data group)
     **AUGMENTATION_SETTINGS,
     "training.max_steps": Integer(minimum=1),
-    "training.optimizer": OneOf(OPTIMIZERS),
     "training.learning_rate": Number(0.0),
     "training.lr_schedule": OneOf(LR_SCHEDULES),
     "training.lr_warmup_steps": Integer(minimum=0),
-    "training.loss": OneOf(LOSSES),
-    "training.include_background": Boolean(),
     "training.log_every": Integer(minimum=1),
     "training.checkpoint_every": Integer(minimum=1),
     "training.keep_checkpoints": Integer(minimum=1),
     "training.deep_supervision": Boolean(),
     "training.deep_supervision_levels": Nullable(Integer(minimum=1)),
+    "training.deep_supervision_weights": Nullable(Numbers(minimum=0.0)),
     "loss._target_": Target(),
     "lr_schedule._target_": Target(),
     "inference.window_size": Sides(int, spatial=True, optional=True),
@@ -122,9 +133,10 @@ SETTINGS: dict[str, Setting] = {
     "inference.tta": Boolean(),
     "inference.crop_to_brain": Boolean(),
     "inference.crop_margin": Integer(minimum=0),
+    "inference.region_threshold": Number(0.0, 1.0),
+    "precision.name": Text(),
     "precision.policy": OneOf(PRECISION_POLICIES),
     "precision.xla": Boolean(),
-    "precision.min_speedup": Number(0.0),
     "precision.reprobe": Boolean(),
     "device.type": OneOf(DEVICE_TYPES),
     "device.memory_growth": Boolean(),
@@ -155,6 +167,10 @@ MODE_SETTINGS: dict[str, dict[str, Setting]] = {
         "postprocess.unit": OneOf(VOLUME_UNITS),
         "postprocess.min_improvement": Number(0.0, low_inclusive=True),
     },
+    "cross_validate": {
+        "mode.fold_mode": OneOf(FOLD_MODES),
+        "mode.fold_overrides": Texts(),
+    },
     "benchmark": {
         "benchmark.target": OneOf(BENCHMARK_TARGETS),
         "benchmark.warmup_steps": Integer(minimum=0),
@@ -173,8 +189,6 @@ COMPONENT_ARGUMENTS: dict[str, dict[str, Setting]] = {
         "num_levels": Integer(minimum=2),
         "norm": OneOf(NORMS),
         "output_kernel_size": OneOf(HEAD_KERNELS),
-        "head": OneOf(HEADS),
-        "num_regions": Integer(minimum=1),
     },
     REGION_LOSS_TARGET: {
         "num_classes": Integer(minimum=2),
@@ -233,3 +247,7 @@ def validate(cfg: DictConfig) -> None:
     for key, setting in MODE_SETTINGS.get(mode, {}).items():
         setting.check(cfg, key)
     check_rules(cfg, mode)
+    if mode == "cross_validate":  # every fold job runs the config with mode.name=<fold_mode>
+        folds = copy.deepcopy(cfg)
+        OmegaConf.update(folds, "mode.name", get(cfg, "mode.fold_mode"), merge=False)
+        validate(folds)

@@ -12,10 +12,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from unet3d.config.settings import Boolean, Integer, OneOf, get
+from unet3d.config.settings import Boolean, Integer, Number, OneOf, get
 from unet3d.config.vocabulary import (
     CLUSTER_RESOLVERS,
     COMMUNICATIONS,
+    DEFAULT_HEAD,
     DEFAULT_NUM_REGIONS,
     HEADS,
     REGION_LOSS_TARGET,
@@ -26,6 +27,19 @@ from unet3d.config.vocabulary import (
 from unet3d.errors import ConfigError
 
 
+def model_head(model_cfg: Any) -> str:
+    """The head of a ``model`` group: its ``head``; ``softmax`` for a group without one (a
+    model of your own, docs/contracts.md). Checked by ``head_problem``."""
+    return str(model_cfg.get("head") or DEFAULT_HEAD)
+
+
+def model_regions(model_cfg: Any) -> int:
+    """The region channels of a ``model`` group with ``head: regions``: its ``num_regions``;
+    ``DEFAULT_NUM_REGIONS`` (WT, TC, ET) for a group without one. Checked by ``head_problem``."""
+    regions = model_cfg.get("num_regions")
+    return DEFAULT_NUM_REGIONS if regions is None else regions
+
+
 def head_problem(model_cfg: Any, loss_cfg: Any, num_painted_regions: int | None = None
                  ) -> str | None:
     """What is inconsistent between the head, the loss and the data set; None when nothing.
@@ -33,7 +47,8 @@ def head_problem(model_cfg: Any, loss_cfg: Any, num_painted_regions: int | None 
     ``model.head=regions`` (one sigmoid per region, nnU-Net's region-based training) needs the
     region loss (``loss=regions``) and the region loss needs ``model.head=regions``; with the
     data set's convention known (``unet3d.runner.check_num_classes``), ``model.num_regions``
-    (default ``DEFAULT_NUM_REGIONS``) must equal its painted regions.
+    (``model_regions``) must equal its painted regions. The head and ``num_regions`` of any
+    model group (the U-Net's or yours) are checked here.
 
     Args:
         model_cfg: the ``model`` group; loss_cfg: the ``loss`` group (mappings).
@@ -43,9 +58,13 @@ def head_problem(model_cfg: Any, loss_cfg: Any, num_painted_regions: int | None 
     Returns:
         One line starting with the key to change, or None.
     """
-    head = model_cfg.get("head") or "softmax"
+    head = model_head(model_cfg)
     if head not in HEADS:
         return f"model.head: must be one of {', '.join(HEADS)}, got {head!r}"
+    regions = model_regions(model_cfg)
+    if head == "regions" and (isinstance(regions, bool) or not isinstance(regions, int)
+                              or regions < 1):
+        return f"model.num_regions: must be an integer >= 1, got {regions!r}"
     loss_target = loss_cfg.get("_target_")
     if head == "regions" and loss_target == SEGMENTATION_LOSS_TARGET:
         return ("loss: model.head=regions predicts one sigmoid per region; use loss=regions "
@@ -53,7 +72,6 @@ def head_problem(model_cfg: Any, loss_cfg: Any, num_painted_regions: int | None 
     if loss_target == REGION_LOSS_TARGET and head != "regions":
         return "model.head: loss=regions needs model.head=regions, got model.head=softmax"
     if head == "regions" and num_painted_regions is not None:
-        regions = model_cfg.get("num_regions") or DEFAULT_NUM_REGIONS
         if regions != num_painted_regions:
             return (f"model.num_regions: the data set paints {num_painted_regions} regions, "
                     f"got {regions}")
@@ -87,6 +105,14 @@ def check_rules(cfg: DictConfig, mode: str) -> None:
     num_folds, fold = get(cfg, "num_folds"), get(cfg, "fold")
     if fold >= num_folds:
         raise ConfigError(f"fold: must be in [0, num_folds={num_folds}), got {fold}")
+    if mode == "cross_validate":
+        _check_cross_validation_folds(get(cfg, "mode.folds"), num_folds)
+    if get(cfg, "precision.policy") == "auto":  # the probe's margin, only auto reads it
+        if get(cfg, "precision.min_speedup") is None:
+            raise ConfigError("precision.min_speedup: missing; precision.policy=auto needs it "
+                              "(choose precision=auto: conf/precision/auto.yaml)")
+        Number(0.0).check(cfg, "precision.min_speedup")
+    _check_deep_supervision(cfg)
     # model.num_classes is checked against the data set's label convention once it is read
     # (unet3d.runner.check_num_classes).
     classes = get(cfg, "model.num_classes")
@@ -130,3 +156,38 @@ def check_rules(cfg: DictConfig, mode: str) -> None:
         Boolean().check(cfg, "strategy.divide_steps_by_world_size")
     if mode == "benchmark" and get(cfg, "benchmark.target") == "runner":
         Integer(minimum=1).check(cfg, "benchmark.rounds")
+
+
+def _check_cross_validation_folds(folds: Any, num_folds: int) -> None:
+    """``mode.folds`` of ``mode=cross_validate``: null (every fold) or distinct folds."""
+    if folds is None:
+        return
+    if (not isinstance(folds, list) or not folds or len(set(folds)) != len(folds)
+            or not all(isinstance(fold, int) and not isinstance(fold, bool)
+                       and 0 <= fold < num_folds for fold in folds)):
+        raise ConfigError(f"mode.folds: expected null or distinct folds in [0, num_folds="
+                          f"{num_folds}), got {folds!r}")
+
+
+def _check_deep_supervision(cfg: DictConfig) -> None:
+    """``training.deep_supervision_levels`` / ``_weights`` against the U-Net's decoder.
+
+    The built-in U-Net has ``model.num_levels - 1`` decoder stages; with levels null every stage
+    is supervised, and the weights (when given) are one per supervised resolution. A model of
+    your own is checked once built (``unet3d.training.deep_supervision``).
+    """
+    if not get(cfg, "training.deep_supervision") or get(cfg, "model._target_") != UNET3D_TARGET:
+        return
+    stages = get(cfg, "model.num_levels") - 1
+    if stages < 2:
+        raise ConfigError(f"training.deep_supervision: needs model.num_levels >= 3 (a decoder "
+                          f"stage below full resolution), got {stages + 1}")
+    levels = get(cfg, "training.deep_supervision_levels")
+    if levels is not None and levels > stages:
+        raise ConfigError(f"training.deep_supervision_levels: must be in [1, {stages}] "
+                          f"(model.num_levels - 1), got {levels}")
+    outputs = stages if levels is None else levels
+    weights = get(cfg, "training.deep_supervision_weights")
+    if weights is not None and len(weights) != outputs:
+        raise ConfigError(f"training.deep_supervision_weights: needs {outputs} weights (full "
+                          f"resolution first), got {weights}")

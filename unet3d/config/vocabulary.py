@@ -7,6 +7,9 @@ and rules check the composed config against them.
 MODES = ("train", "evaluate", "train_and_evaluate", "predict", "benchmark", "postprocess",
          "cross_validate")
 TRAINING_MODES = ("train", "train_and_evaluate")
+#: The modes a fold of ``mode=cross_validate`` may run (``mode.fold_mode``: they return
+#: held-out metrics).
+FOLD_MODES = ("train_and_evaluate", "evaluate")
 DEVICE_TYPES = ("auto", "cpu", "gpu", "mlu")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "horovod")
 CLUSTER_RESOLVERS = ("tf_config", "slurm")
@@ -20,17 +23,18 @@ NORMS = ("instance", "group", "batch", "none")
 #: Output heads (``model.head``): a softmax over the classes, or one sigmoid per evaluation
 #: region (region-based training, nnU-Net's ``regions_class_order``).
 HEADS = ("softmax", "regions")
+#: ``model.head`` of a model group without one (a model of your own): the class softmax.
+DEFAULT_HEAD = "softmax"
 #: ``model.num_regions`` when a model group has none: BraTS's WT, TC and ET.
 DEFAULT_NUM_REGIONS = 3
 #: Units of the post-processing's ET volume threshold (``postprocess.unit``).
 VOLUME_UNITS = ("voxels", "mm3")
 #: Kernels of the U-Net's class-logit convolution (3: the reference's published head).
 HEAD_KERNELS = (1, 3)
-#: Built-in losses (``training.loss``, the ``name`` of ``loss=default``).
+#: Built-in losses (``loss.name`` of ``loss=default``).
 LOSSES = ("dice+ce", "dice", "ce")
 #: Built-in learning-rate schedules (``training.lr_schedule``).
 LR_SCHEDULES = ("constant", "cosine")
-OPTIMIZERS = ("adam",)
 BLENDS = ("gaussian", "constant")
 BENCHMARK_TARGETS = ("train", "predict", "pipeline", "runner")
 #: Layouts the synthetic data set writes (``data.synthetic.layout``): ``flat`` BraTS 2019 names

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unet3d.config import model_head
 from unet3d.errors import CheckpointError, ConfigError
 from unet3d.inference.checkpoints import CHECKPOINT_KEY, run_config, run_dir_of
 from unet3d.runs.identity import IDENTITY_FILE, read_identity
@@ -205,7 +206,7 @@ def trained_labels(prefixes: Sequence[str]) -> tuple[Any, str]:
         run_dir = run_dir_of(prefix)
         settings = _trained_model_settings(run_dir) or {}
         found.append((prefix, recorded_convention(run_dir),
-                      str(settings.get("head") or "softmax")))
+                      model_head(settings)))
     if not found:
         raise ConfigError(f"{CHECKPOINT_KEY}: no checkpoint to load")
     first_prefix, convention, head = found[0]

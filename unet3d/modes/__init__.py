@@ -16,17 +16,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from unet3d.config import MODES
-
 
 def mode_function(name: str) -> Callable[[Any], dict[str, float]]:
-    """``run(job) -> metrics`` of mode ``name``.
-
-    Raises:
-        ConfigError: ``name`` is not a mode.
-    """
-    if name not in MODES:
-        from unet3d.errors import ConfigError
-
-        raise ConfigError(f"mode.name: must be one of {', '.join(MODES)}, got {name!r}")
+    """``run(job) -> metrics`` of mode ``name`` (one of ``unet3d.config.MODES``, checked by
+    the config)."""
     return importlib.import_module(f"unet3d.modes.{name}").run

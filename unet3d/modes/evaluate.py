@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from unet3d.config import model_head
 from unet3d.modes.job import Job, data_convention, prepare
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,6 @@ def run(job: Job) -> dict[str, float]:
     job.tracker.set_tags({"checkpoint": ", ".join(prefixes)})
     labeler, head = make_labeler(cfg, prefixes, data_convention(prepared))
     return evaluate_model(job, models, prepared, labeler=labeler, head=head)
-
-
-def region_threshold(cfg: DictConfig) -> float:
-    """The probability above which a region head's voxel is in a region (``0.5`` unless
-    ``inference.region_threshold`` is set)."""
-    return float(cfg.inference.get("region_threshold") or 0.5)
 
 
 def make_predictor(cfg: DictConfig, models: Any, jit_compile: bool,
@@ -69,7 +64,7 @@ def make_predictor(cfg: DictConfig, models: Any, jit_compile: bool,
                               "channels; they must all give the same")
     # A region (sigmoid) head has no background channel: outside the brain box every region
     # probability is 0.
-    head = head or str(cfg.model.get("head") or "softmax")
+    head = head or model_head(cfg.model)
     background = None if head == "regions" else 0
     return EnsemblePredictor.from_config(models, cfg.inference, crop_size=cfg.data.crop_size,
                                          num_classes=channels.pop(), jit_compile=jit_compile,
@@ -84,7 +79,7 @@ def make_labeler(cfg: DictConfig, prefixes: Any, convention: Any) -> tuple[Any, 
         predictor's background depends on it: ``make_predictor``).
 
     Args:
-        cfg: the job config (``inference.region_threshold`` when set).
+        cfg: the job config (``inference.region_threshold``).
         prefixes: the checkpoints (their runs record the convention and head they learnt).
         convention: the ``LabelConvention`` of the data set being segmented.
 
@@ -96,7 +91,8 @@ def make_labeler(cfg: DictConfig, prefixes: Any, convention: Any) -> tuple[Any, 
     from unet3d.inference.models import trained_labels
 
     trained, head = trained_labels(prefixes)
-    return labeler_of(trained, convention, head=head, threshold=region_threshold(cfg)), head
+    threshold = float(cfg.inference.region_threshold)
+    return labeler_of(trained, convention, head=head, threshold=threshold), head
 
 
 def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
@@ -129,10 +125,10 @@ def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
     convention = data_convention(prepared)
     key = "Dice_WT" if "WT" in convention.regions else f"Dice_{next(iter(convention.regions))}"
     figures = CaseFigureCollector(job.output_dir / "figures", key=key, convention=convention)
-    head = head or str(job.cfg.model.get("head") or "softmax")
+    head = head or model_head(job.cfg.model)
     if labeler is None:
         labeler = labeler_of(convention, convention, head=head,
-                             threshold=region_threshold(job.cfg))
+                             threshold=float(job.cfg.inference.region_threshold))
     predictor = make_predictor(job.cfg, models, bool(job.runtime.precision.xla), head=head)
 
     def on_scored(case: Any, reference: Any, labels: Any, metrics: Any) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from unet3d.errors import ConfigError, DataError
+from unet3d.errors import DataError
 from unet3d.modes.job import Job
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
         lambda labels, spacing: apply_postprocessing(labels, rules, convention, spacing))
     settings = prediction_settings(prefixes, convention, rules,
                                    OmegaConf.to_container(cfg.inference, resolve=True),
-                                   _policy_name(), outputs.save_probabilities)
+                                   runtime.precision.policy_name, outputs.save_probabilities)
     kept: list[str] = []
     if claim_output_folder(output_folder, settings, outputs.overwrite):
         pending, kept = split_written(pending, outputs)
@@ -157,13 +157,6 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     if problems:
         raise DataError(f"predict: {'; '.join(problems)}; {written} written to {output_folder}")
     return {**summary, "cases_written": float(written)}
-
-
-def _policy_name() -> str:
-    """The Keras dtype policy the models are built in (set by ``configure_precision``)."""
-    import keras
-
-    return keras.mixed_precision.global_policy().name
 
 
 def _accepts(outputs: Any) -> Any:
@@ -236,31 +229,12 @@ def _pending_cases(cfg: DictConfig) -> tuple[list[Any], str, Any]:
             f"held-out fold {cfg.fold} of {prepared.preprocessed_dir}", convention)
 
 
-def _fold_overridden() -> bool:
-    """True when ``fold=`` was given on the command line of this Hydra job."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = HydraConfig.get().overrides.task
-    except (ImportError, ValueError):
-        return False
-    return any(str(item).lstrip("+~").split("=", 1)[0] == "fold" for item in overrides)
-
-
 def selected_fold(cfg: DictConfig) -> int | None:
     """Which fold's model to take from a sweep dir (None = every fold, an ensemble).
 
     ``predict.fold`` when set; else ``fold`` when predicting the held-out fold (only the model
-    that never saw those cases) or when ``fold=`` is on the command line; else None.
-
-    Raises:
-        ConfigError: ``predict.fold`` is not null or an index >= 0.
+    that never saw those cases); else (a folder of new cases) None.
     """
-    value = cfg.predict.get("fold")
-    if value is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"predict.fold: must be null or a fold index >= 0, got {value!r}")
-        return int(value)
-    if not cfg.predict.get("input_dir") or _fold_overridden():
-        return int(cfg.fold)
-    return None
+    if cfg.predict.fold is not None:
+        return int(cfg.predict.fold)
+    return None if cfg.predict.input_dir else int(cfg.fold)

@@ -43,7 +43,7 @@ def train_model(job: Job, prepared: Any) -> tuple[Any, dict[str, float]]:
         StorageError: a checkpoint cannot be written (disk full, read-only folder).
         FloatingPointError: the loss became NaN or infinite.
     """
-    from unet3d.model.heads import model_head
+    from unet3d.config import model_head
     from unet3d.training.deep_supervision import apply_deep_supervision
     from unet3d.training.loop import train
 
