@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -232,19 +233,19 @@ def test_shell_completion_of_the_console_script(tmp_path: Path) -> None:
 
 
 def test_num_classes_must_be_the_data_sets():
-    from omegaconf import OmegaConf
-
+    from unet3d.config import data_problem
     from unet3d.data.convention import BRATS2023, LabelConvention
-    from unet3d.errors import ConfigError
-    from unet3d.runner import check_num_classes
 
-    cfg = OmegaConf.create({"model": {"num_classes": 4}})
-    check_num_classes(cfg, BRATS2023)  # 0, 1, 2, 3: four classes
+    model, loss = {"num_classes": 4}, {"_target_": "unet3d.training.losses.SegmentationLoss"}
+    assert data_problem(model, loss, BRATS2023, 3) is None  # 0, 1, 2, 3: four classes
     post = LabelConvention("brats2024_post", {0: "background", 1: "NETC", 2: "SNFH", 3: "ET",
                                               4: "RC"}, {"RC": (4,)})
-    with pytest.raises(ConfigError, match=r"^model.num_classes: .*brats2024_post has 5 classes.*"
-                                          r"model.num_classes=5$"):
-        check_num_classes(cfg, post)
+    problem = data_problem(model, loss, post, 4)
+    assert re.match(r"^model.num_classes: .*brats2024_post has 5 classes.*model.num_classes=5$",
+                    problem), problem
+    regions = {"num_classes": 4, "head": "regions", "num_regions": 3}
+    assert data_problem(regions, {"_target_": "unet3d.training.region_loss.RegionLoss"},
+                        BRATS2023, 2).startswith("model.num_regions: the data set paints 2")
 
 
 # ---- data.augmentation (conf/augmentation/) -----------------------------------------------------

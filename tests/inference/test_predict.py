@@ -259,8 +259,8 @@ def test_the_held_out_fold_is_predicted_with_its_stored_affine(workspace, tmp_pa
 
     # The evaluate mode goes through the same per-case loop: the same metrics.
     from unet3d.inference.models import load_ensemble
-    from unet3d.modes.evaluate import PER_CASE_CSV, evaluate_model
     from unet3d.modes.job import Job
+    from unet3d.modes.steps import PER_CASE_CSV, evaluate_model
 
     model = load_ensemble(cfg.model, [tracker.tags["predict.checkpoints"]])
     eval_tracker = FakeTracker()

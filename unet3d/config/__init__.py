@@ -25,12 +25,14 @@ instant. ``unet3d.config.components`` builds a component from its group.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from unet3d.config.augmentation import AUGMENTATION_SETTINGS, check_unknown_keys
 from unet3d.config.rules import (
     check_rules,
+    data_problem,
     head_problem,
     model_head,
     model_regions,
@@ -81,13 +83,19 @@ from unet3d.config.vocabulary import (
 
 __all__ = [
     "BENCHMARK_TARGETS", "BLENDS", "BRATS_FOLDER_TARGET", "CLUSTER_RESOLVERS", "COMMUNICATIONS",
-    "COMPONENT_ARGUMENTS", "DATA_PIPELINE_KEYS", "DEFAULT_NUM_REGIONS", "DEVICE_TYPES",
-    "FOLD_MODES", "HEADS", "HEAD_KERNELS", "LOSSES", "LR_SCHEDULES", "LR_SCHEDULE_TARGET", "MODES",
-    "MODE_SETTINGS", "NORMS", "PRECISION_POLICIES", "REGION_LOSS_TARGET",
-    "SEGMENTATION_LOSS_TARGET", "SETTINGS", "STRATEGIES", "SYNTHETIC_DATASET_TARGET",
-    "SYNTHETIC_LAYOUTS", "TRAINING_MODES", "UNET3D_TARGET", "VOLUME_UNITS", "head_problem",
-    "model_head", "model_regions", "registry_problem", "validate",
+    "COMPONENT_ARGUMENTS", "CONFIG_DIR", "DATA_PIPELINE_KEYS", "DEFAULT_NUM_REGIONS",
+    "DEVICE_TYPES", "FOLD_MODES", "HEADS", "HEAD_KERNELS", "LOSSES", "LR_SCHEDULES",
+    "LR_SCHEDULE_TARGET", "MODES", "MODE_SETTINGS", "NORMS", "PRECISION_POLICIES",
+    "REGION_LOSS_TARGET", "SEGMENTATION_LOSS_TARGET", "SETTINGS", "STRATEGIES",
+    "SYNTHETIC_DATASET_TARGET", "SYNTHETIC_LAYOUTS", "TRAINING_MODES", "UNET3D_TARGET",
+    "VOLUME_UNITS", "data_problem", "head_problem", "model_head", "model_regions",
+    "registry_problem", "validate",
 ]
+
+#: conf/ beside the package (an editable install or a source checkout), where Hydra composes
+#: from. An absolute path keeps the console script `unet3d`, `python -m unet3d.run` and shell
+#: completion on the same files.
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # ---- the schema -------------------------------------------------------------------------------
 

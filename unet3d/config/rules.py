@@ -2,7 +2,7 @@
 
 Each rule raises (or returns) one line that starts with the dotted key to change. ``check_rules``
 runs at the end of :func:`unet3d.config.validate`; ``head_problem`` also runs once the data
-set's label convention is known (``unet3d.runner``).
+set's label convention is known (``data_problem``, from ``unet3d.modes.job.Job.check_data``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def head_problem(model_cfg: Any, loss_cfg: Any, num_painted_regions: int | None 
 
     ``model.head=regions`` (one sigmoid per region, nnU-Net's region-based training) needs the
     region loss (``loss=regions``) and the region loss needs ``model.head=regions``; with the
-    data set's convention known (``unet3d.runner.check_num_classes``), ``model.num_regions``
+    data set's convention known (``data_problem``), ``model.num_regions``
     (``model_regions``) must equal its painted regions. The head and ``num_regions`` of any
     model group (the U-Net's or yours) are checked here.
 
@@ -75,6 +75,34 @@ def head_problem(model_cfg: Any, loss_cfg: Any, num_painted_regions: int | None 
         if regions != num_painted_regions:
             return (f"model.num_regions: the data set paints {num_painted_regions} regions, "
                     f"got {regions}")
+    return None
+
+
+def data_problem(model_cfg: Any, loss_cfg: Any, convention: Any,
+                 num_painted_regions: int) -> str | None:
+    """What the model's settings and the data set's label convention disagree on; None if
+    nothing. Checked once the data set is read (``unet3d.modes.job.Job.check_data``).
+
+    Args:
+        model_cfg: the ``model`` group; loss_cfg: the ``loss`` group.
+        convention: the data set's ``unet3d.data.convention.LabelConvention`` (``name``,
+            ``num_classes``, ``values``).
+        num_painted_regions: ``len(unet3d.data.regions.painted_regions(convention))``.
+
+    Returns:
+        One line starting with the key to change (``model.num_regions`` of a region head,
+        ``model.num_classes``), or None.
+    """
+    if model_head(model_cfg) == "regions":
+        problem = head_problem(model_cfg, loss_cfg, num_painted_regions)
+        if problem is not None:
+            return problem
+    wanted = int(convention.num_classes)
+    if int(model_cfg["num_classes"]) != wanted:
+        values = ", ".join(str(value) for value in convention.values)
+        return (f"model.num_classes: the data set {convention.name} has {wanted} classes (label "
+                f"values {values}), the model {model_cfg['num_classes']}: pass "
+                f"model.num_classes={wanted}")
     return None
 
 
@@ -114,7 +142,7 @@ def check_rules(cfg: DictConfig, mode: str) -> None:
         Number(0.0).check(cfg, "precision.min_speedup")
     _check_deep_supervision(cfg)
     # model.num_classes is checked against the data set's label convention once it is read
-    # (unet3d.runner.check_num_classes).
+    # (data_problem).
     classes = get(cfg, "model.num_classes")
     if get(cfg, "model._target_") == UNET3D_TARGET:
         base, largest = get(cfg, "model.base_filters"), get(cfg, "model.max_filters")

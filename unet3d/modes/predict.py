@@ -76,7 +76,7 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     from unet3d.inference.background import BackgroundOutputs, CasePrefetcher
     from unet3d.inference.cases import segment_cases
     from unet3d.inference.checkpoints import job_model_checkpoints
-    from unet3d.inference.models import load_ensemble
+    from unet3d.inference.models import job_labeler, job_predictor, load_ensemble
     from unet3d.inference.output_folder import (
         SETTINGS_FILE,
         claim_output_folder,
@@ -84,11 +84,10 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
         split_written,
     )
     from unet3d.inference.predict import NiftiOutputs
-    from unet3d.modes.evaluate import make_labeler, make_predictor
 
     pending, source, convention = _pending_cases(cfg)
     prefixes = job_model_checkpoints(cfg, cfg.predict.checkpoint, fold=selected_fold(cfg))
-    labeler, head = make_labeler(cfg, prefixes, convention)
+    labeler, head = job_labeler(cfg, prefixes, convention)
     output_folder = Path(cfg.predict.get("output_dir") or output_dir / "predictions").expanduser()
     output_folder.mkdir(parents=True, exist_ok=True)
     outputs = NiftiOutputs(output_folder,
@@ -112,7 +111,7 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
         reader = stack.enter_context(CasePrefetcher(pending, accept=_accepts(outputs)))
         reader.start()  # the first case is read while the models are built
         models = load_ensemble(cfg.model, prefixes, runtime)
-        predictor = make_predictor(cfg, models, bool(runtime.precision.xla), head=head)
+        predictor = job_predictor(cfg, models, bool(runtime.precision.xla), head=head)
         predictor.trace()
         if tracker is not None:
             tracker.set_tags({"predict.checkpoints": ", ".join(prefixes),
