@@ -20,6 +20,10 @@ training is deterministic on one host.
     python benchmarks/quality_comparison.py --out /tmp/quality-cmp --dry-run  # commands only
     python benchmarks/quality_comparison.py --out /tmp/quality-cmp --collect  # table only
 
+``--lesionwise auto`` (or a rule set) adds the lesion-wise Dice/HD95 columns (BraTS 2023+
+data, e.g. ``--data synthetic_brats2023``) and a row with the post-processing chosen without
+the small-component rule.
+
 Defaults: ``data=synthetic_hard``, 3 folds, ``model=unet3d_small`` (4 levels, 8-64 filters),
 ``training.max_steps=600`` with crops of 64^3, batch 2; everything lands under ``--out``
 (sweeps, MLflow store ``mlflow.db``, ``timings.json``, ``comparison.md``), and the summary
@@ -96,10 +100,14 @@ def finished(sweep_dir: Path, folds: int) -> bool:
     return len(list(sweep_dir.glob("*/results.json"))) >= folds
 
 
-def fold_scores(sweep_dir: Path, postprocessed: bool) -> dict[int, dict[str, float]]:
-    """Per fold, the mean over its held-out cases of ``Dice_<region>`` and ``HD95_<region>``."""
+def fold_scores(sweep_dir: Path, postprocessed: bool, lesionwise: str = "off",
+                rules: Any = None) -> dict[int, dict[str, float]]:
+    """Per fold, the mean over its held-out cases of ``Dice_<region>`` and ``HD95_<region>``
+    (and, with ``lesionwise`` rules for the sweep's data, ``LesionDice_<region>`` and
+    ``LesionHD95_<region>``); ``rules`` replaces the sweep's ``postprocessing.json``."""
     import numpy as np
 
+    from unet3d.evaluation.lesionwise import lesionwise_scorer
     from unet3d.evaluation.metrics import case_metrics
     from unet3d.evaluation.postprocess import (
         PostprocessingRules,
@@ -109,15 +117,34 @@ def fold_scores(sweep_dir: Path, postprocessed: bool) -> dict[int, dict[str, flo
     from unet3d.modes.postprocess import sweep_oof_cases
 
     cases, convention = sweep_oof_cases(sweep_dir)
-    rules = (load_postprocessing(sweep_dir) if postprocessed else None) or PostprocessingRules()
+    scorer = lesionwise_scorer(lesionwise, convention)
+    if rules is None:
+        rules = (load_postprocessing(sweep_dir) if postprocessed else None) or \
+            PostprocessingRules()
     per_fold: dict[int, list[dict[str, float]]] = {}
     for case in cases:
         labels = apply_postprocessing(case.prediction, rules, convention, case.spacing)
         metrics = case_metrics(labels, case.reference, case.spacing, convention=convention)
+        if scorer is not None:
+            metrics.update(scorer(labels, case.reference, case.spacing))
         per_fold.setdefault(-1 if case.fold is None else case.fold, []).append(metrics)
-    keys = [f"{metric}_{region}" for metric in METRICS for region in convention.regions]
-    return {fold: {key: float(np.mean([row[key] for row in rows])) for key in keys}
+    names = METRICS + (("LesionDice", "LesionHD95") if scorer is not None else ())
+    keys = [f"{metric}_{region}" for metric in names for region in convention.regions
+            if any(f"{metric}_{region}" in row for rows in per_fold.values() for row in rows)]
+    return {fold: {key: float(np.nanmean([row.get(key, math.nan) for row in rows]))
+                   for key in keys}
             for fold, rows in sorted(per_fold.items())}
+
+
+def rules_without_components(sweep_dir: Path, lesionwise: str) -> Any:
+    """The rules ``mode=postprocess`` chooses on the sweep without the small-component rule."""
+    from unet3d.evaluation.lesionwise import lesionwise_scorer
+    from unet3d.evaluation.postprocess import select_postprocessing
+    from unet3d.modes.postprocess import sweep_oof_cases
+
+    cases, convention = sweep_oof_cases(sweep_dir)
+    return select_postprocessing(cases, convention, component_thresholds=(),
+                                 lesionwise=lesionwise_scorer(lesionwise, convention)).rules
 
 
 def summarize(folds: dict[int, dict[str, float]]) -> dict[str, tuple[float, float]]:
@@ -137,7 +164,7 @@ def table(rows: dict[str, dict[str, tuple[float, float]]], minutes: dict[str, fl
     for name, values in rows.items():
         cells = [f"{values[key][0]:.3f} ± {values[key][1]:.3f}" if not math.isnan(values[key][0])
                  else "n/a" for key in keys]
-        arm = name.removesuffix(" + post-processing")
+        arm = name.split(" + post-processing")[0]
         wall = f"{minutes[arm]:.1f}" if arm in minutes and arm == name else ""
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {wall} |")
     return "\n".join(lines)
@@ -237,7 +264,14 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             if postprocessed:
                 rules[name] = json.loads(record.read_text(encoding="utf-8")).get("rules")
-            per_fold = fold_scores(sweep, postprocessed)
+                if args.lesionwise != "off":  # the same selection without the new rule
+                    without = rules_without_components(sweep, args.lesionwise)
+                    label_without = f"{name} + post-processing without component removal"
+                    rules[label_without] = without.to_dict()
+                    per_fold = fold_scores(sweep, True, args.lesionwise, without)
+                    folds[label_without] = per_fold
+                    rows[label_without] = summarize(per_fold)
+            per_fold = fold_scores(sweep, postprocessed, args.lesionwise)
             folds[label] = per_fold
             rows[label] = summarize(per_fold)
     if not rows:
@@ -250,6 +284,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "quality_comparison",
         "commit": _git("rev-parse", "HEAD"),
         "settings": {"data": args.data, "folds": args.folds, "steps": args.steps,
+                     "lesionwise": args.lesionwise,
                      "crop": [args.crop] * 3, "batch_size": "data default (2)",
                      "seed": args.seed, "model": args.model,
                      "model_settings": _model_settings(args.model), "extra": args.extra},
@@ -282,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--lesionwise", default="off",
+                        help="evaluation.lesionwise rules for the table's lesion-wise columns "
+                             "(auto: the data set's; off: none)")
     parser.add_argument("--only", nargs="*", choices=list(CONFIGURATIONS), default=None)
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument("--collect", action="store_true", help="only score finished sweeps")

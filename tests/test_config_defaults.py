@@ -25,7 +25,8 @@ OPTIONS = sorted(f"{path.parent.name}={path.stem}" for path in CONF.glob("*/*.ya
                  if path.parent.name not in ("hydra", "debug")) + ["debug=fast"]
 
 #: What an option needs beside it to be valid.
-COMPANIONS = {"loss=regions": ["model.head=regions"]}
+COMPANIONS = {"loss=regions": ["model.head=regions"],
+              "mode=score": ["score.predictions=/", "score.references=/"]}
 #: The framework's arguments of each component group (``unet3d.config.components.instantiate``'s
 #: runtime arguments), and the keys of a group that are not arguments (the data group's pipeline
 #: and layout keys).

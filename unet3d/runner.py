@@ -155,6 +155,23 @@ def setup_runtime(cfg: DictConfig, recorded_precision: Any = None) -> Runtime:
     return Runtime(device, precision, context)
 
 
+#: Modes that need no model and so no TensorFlow: their runtime is a placeholder (one process,
+#: no device, no precision) and TensorFlow is never imported.
+NO_TENSORFLOW_MODES = ("score",)
+
+
+def light_runtime() -> Runtime:
+    """The runtime of a mode of ``NO_TENSORFLOW_MODES``: one chief process, nothing configured."""
+    from types import SimpleNamespace
+
+    device = SimpleNamespace(type="none", names=[], onednn="n/a")
+    precision = SimpleNamespace(policy_name="none", compute_dtype="none", variable_dtype="none",
+                                loss_scale=False, xla=False, params={},
+                                identity=lambda device_type: {})
+    context = SimpleNamespace(name="none", num_replicas=1, world_size=1, is_chief=True)
+    return Runtime(device, precision, context)
+
+
 def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None,
              overrides: list[str] | None = None) -> dict[str, float]:
     """Run ``cfg.mode.name`` and return its final metrics (also logged and in results.json).
@@ -181,7 +198,10 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None,
     resuming = bool(cfg.resume) and mode in TRAINING_MODES
     record = RunIdentity.from_config(cfg)
     recorded = check_resume(output_dir, record) if resuming else None
-    runtime = setup_runtime(cfg, recorded.precision if recorded is not None else None)
+    if mode in NO_TENSORFLOW_MODES:
+        runtime = light_runtime()
+    else:
+        runtime = setup_runtime(cfg, recorded.precision if recorded is not None else None)
     record.precision.update(runtime.precision.identity(runtime.device.type))
     tracker = Tracker(cfg.tracking, Path(cfg.paths.root_dir), enabled=bool(cfg.tracking.enabled),
                       is_chief=runtime.context.is_chief)

@@ -72,6 +72,7 @@ def test_file_names_of_each_layout(written: dict[str, Path]) -> None:
 
 # BraTS 2019 label -> the layout's label of the same tissue.
 MAPS = {"brats2019": {0: 0, 1: 1, 2: 2, 4: 4}, "brats2023": {0: 0, 1: 1, 2: 2, 4: 3},
+        "brats2024_post": {0: 0, 1: 1, 2: 2, 4: 3},
         "msd_brain": {0: 0, 1: 2, 2: 1, 4: 3}, "nnunet_raw": {0: 0, 1: 2, 2: 1, 4: 3}}
 
 
@@ -81,7 +82,7 @@ def _case_paths(layout: str, folder: Path, index: int) -> tuple[list[Path], Path
         c = f"BraTS19_SYN_{index + 1:04d}"
         base = folder / case_grade(SEED, index) / c
         return [base / f"{c}_{m}.nii.gz" for m in MODALITIES], base / f"{c}_seg.nii.gz"
-    if layout == "brats2023":
+    if layout in ("brats2023", "brats2024_post"):
         c = f"BraTS-GLI-{index:05d}-000"
         return ([folder / c / f"{c}-{m}.nii.gz" for m in ("t1n", "t1c", "t2w", "t2f")],
                 folder / c / f"{c}-seg.nii.gz")
@@ -192,7 +193,8 @@ def test_settings_key_differs_per_layout_and_keeps_the_default() -> None:
 
 @pytest.mark.parametrize(("arguments", "message"), [
     ({"layout": "brats2077"}, r"^data\.synthetic\.layout: must be one of \['flat', 'brats2019', "
-                              r"'brats2023', 'msd_brain', 'nnunet_raw'\], got 'brats2077'$"),
+                              r"'brats2023', 'brats2024_post', 'msd_brain', 'nnunet_raw'\], "
+                              r"got 'brats2077'$"),
     ({"layout": "flat", "num_test": 2}, r"^data\.synthetic\.num_test: only the layouts"),
     ({"layout": "msd_brain", "num_test": -1}, r"^data\.synthetic\.num_test: must be an integer"),
     ({"noise_level": 0.1}, r"^data\.synthetic\.noise_level: unknown generator setting"),
@@ -206,7 +208,8 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path: Path, arguments: 
 
 
 READERS = {"flat": "brats2019", "brats2019": "brats2019", "brats2023": "brats2023",
-           "msd_brain": "msd_brain", "nnunet_raw": "nnunet_raw"}
+           "brats2024_post": "brats2024_post", "msd_brain": "msd_brain",
+           "nnunet_raw": "nnunet_raw"}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -226,3 +229,19 @@ def test_the_data_sets_reader_reads_the_same_cases(written: dict[str, Path], lay
         tissues = np.array(reader.convention.tissues)[reader.convention.to_classes(loaded.label)]
         expected = np.array(BRATS2019.tissues)[BRATS2019.to_classes(truth.label)]
         assert np.array_equal(tissues, expected)
+
+
+def test_resection_cavities_are_rc_in_brats2024_post(tmp_path: Path) -> None:
+    # Post-treatment cases: the cavity is label 4 (RC) in brats2024_post, background elsewhere;
+    # without resection_fraction the generator's first stream, and so the cases, are unchanged.
+    import nibabel as nib
+
+    for layout in ("brats2024_post", "brats2023"):
+        generate_dataset(tmp_path / layout, 2, SHAPE, SPACING, SEED, layout=layout,
+                         resection_fraction=1.0)
+    post = nib.load(tmp_path / "brats2024_post" / "BraTS-GLI-00000-000" /
+                    "BraTS-GLI-00000-000-seg.nii.gz").get_fdata()
+    old = nib.load(tmp_path / "brats2023" / "BraTS-GLI-00000-000" /
+                   "BraTS-GLI-00000-000-seg.nii.gz").get_fdata()
+    assert (post == 4).sum() > 0 and set(np.unique(old)) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(np.where(post == 4, 0, post), old)

@@ -38,7 +38,9 @@ def test_explicit_defaults_give_todays_cases() -> None:
 def test_the_hard_preset_composes_and_parses() -> None:
     hard = OmegaConf.load(CONF / "synthetic_hard.yaml").synthetic
     options = options_from(hard)
-    assert set(options.non_default()) == set(OPTION_KEYS)
+    # Every difficulty setting; resection cavities are post-treatment data's
+    # (data=synthetic_brats2024), not a difficulty.
+    assert set(options.non_default()) == set(OPTION_KEYS) - {"resection_fraction"}
     default = OmegaConf.load(CONF / "synthetic.yaml").synthetic
     assert {key: hard[key] for key in ("num_cases", "shape", "spacing", "seed", "layout")} == \
         {key: default[key] for key in ("num_cases", "shape", "spacing", "seed", "layout")}

@@ -77,7 +77,8 @@ def test_et_rule_follows_the_convention(convention, et, core):
 
 
 def test_selection_finds_both_rules_and_the_threshold():
-    selection = select_postprocessing(cases(), BRATS2019, thresholds=[2, 5, 10, 50, 100])
+    selection = select_postprocessing(cases(), BRATS2019, thresholds=[2, 5, 10, 50, 100],
+                                      component_thresholds=())
     assert selection.rules == PostprocessingRules(True, 5.0)
     # before: ET Dice of case A is 0 (1 and 1 for B, C); WT of C is lowered by the blob
     assert selection.before.dice["ET"] == pytest.approx(2 / 3)
@@ -98,7 +99,8 @@ def test_a_rule_that_does_not_help_is_not_kept():
     reference = tumour(et=True)
     reference[12:15, 12:15, 12:15] = 2
     exact = [OofCase("m", reference.copy(), reference), OofCase("b", tumour(), tumour())]
-    selection = select_postprocessing(exact, BRATS2019, thresholds=[5, 10])
+    selection = select_postprocessing(exact, BRATS2019, thresholds=[5, 10],
+                                      component_thresholds=())
     assert selection.rules == PostprocessingRules()
     assert selection.after.score == selection.before.score == 1.0
     assert selection.metrics()["postprocess_largest_wt_component"] == 0.0
@@ -115,11 +117,12 @@ def test_bad_input():
 
 
 def test_save_load_and_oof_files(tmp_path):
-    selection = select_postprocessing(cases(), BRATS2019, thresholds=[5, 50])
+    selection = select_postprocessing(cases(), BRATS2019, thresholds=[5, 50],
+                                      component_thresholds=())
     path = save_postprocessing(tmp_path, selection, BRATS2019)
     record = json.loads(path.read_text())
     assert record["rules"] == {"keep_largest_wt_component": True, "et_to_ncr_below": 5.0,
-                               "unit": "voxels"}
+                               "unit": "voxels", "remove_components_below": {}}
     assert record["convention"]["name"] == "brats2019" and len(record["candidates"]) == 4
     assert load_postprocessing(tmp_path) == selection.rules == load_postprocessing(path)
     assert load_postprocessing(tmp_path / "missing") is None
@@ -232,7 +235,8 @@ def test_quality_comparison_collects_mean_and_std_over_folds(tmp_path, capsys):
     sweep = make_sweep(tmp_path).rename(out / "regions")
     for job_dir in sweep.iterdir():
         (job_dir / "results.json").write_text("{}")  # what marks a fold job finished
-    selection = select_postprocessing(cases(), BRATS2019, thresholds=[5])
+    selection = select_postprocessing(cases(), BRATS2019, thresholds=[5],
+                                      component_thresholds=())
     save_postprocessing(sweep, selection, BRATS2019)
     results = tmp_path / "quality_comparison.json"
     assert module.main(["--out", str(out), "--collect", "--folds", "2",
@@ -244,3 +248,56 @@ def test_quality_comparison_collects_mean_and_std_over_folds(tmp_path, capsys):
     assert rows["regions + post-processing"]["Dice_ET"] == pytest.approx([1.0, 0.0])
     assert rows["regions + post-processing"]["HD95_WT"] == pytest.approx([0.0, 0.0])
     assert "regions + post-processing" in (out / "comparison.md").read_text()
+    # With lesion-wise columns (the 2023 rules read BraTS 2019's ET as label 4) and the same
+    # selection without the small-component rule.
+    assert module.main(["--out", str(out), "--collect", "--folds", "2", "--lesionwise",
+                        "brats2023", "--results", str(results)]) == 0
+    rows = json.loads(results.read_text())["summary"]
+    assert "regions + post-processing without component removal" in rows
+    assert rows["regions"]["LesionDice_ET"][0] <= rows["regions"]["Dice_ET"][0]
+    assert "LesionHD95_WT" in rows["regions + post-processing"]
+
+
+def test_small_components_take_the_next_region_out():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:10, 2:10, 2:10] = 2          # SNFH
+    labels[4:8, 4:8, 4:8] = 1             # NETC
+    labels[5:7, 5:7, 5:7] = 3             # ET inside: 8 voxels
+    labels[15:17, 15:17, 15:17] = 2       # a WT speck of 8 voxels
+    rules = PostprocessingRules(remove_components_below=(("WT", 10.0), ("ET", 10.0)))
+    out = apply_postprocessing(labels, rules, BRATS2023)
+    assert (out[15:17, 15:17, 15:17] == 0).all()      # WT: background
+    assert (out[5:7, 5:7, 5:7] == 1).all()            # ET: NETC, TC's own value
+    assert (out[2:10, 2:10, 2:10] == np.where(labels == 3, 1, labels)[2:10, 2:10, 2:10]).all()
+    assert PostprocessingRules.from_dict(rules.to_dict()) == rules
+    assert rules.describe() == ("WT components below 10 voxels removed + ET components below "
+                                "10 voxels removed")
+
+
+def test_lesionwise_criterion_removes_false_positive_components():
+    from unet3d.evaluation.lesionwise import lesionwise_scorer
+
+    reference = np.zeros((40, 40, 40), np.uint8)
+    reference[5:15, 5:15, 5:15] = 2
+    reference[8:12, 8:12, 8:12] = 3
+    reference[25:35, 5:15, 5:15] = 2      # a second focus: the largest-component rule loses it
+    reference[28:32, 8:12, 8:12] = 3
+    prediction = reference.copy()
+    prediction[30:33, 30:33, 30:33] = 3   # a 27-voxel false-positive ET component, far away
+    cases = [OofCase("a", prediction, reference), OofCase("b", reference.copy(), reference)]
+    scorer = lesionwise_scorer("brats2023", BRATS2023)
+    selection = select_postprocessing(cases, BRATS2023, thresholds=[5], lesionwise=scorer,
+                                      component_thresholds=[10, 50])
+    assert selection.criterion.startswith("mean lesion-wise Dice")
+    assert dict(selection.rules.remove_components_below) in ({"WT": 50.0}, {"TC": 50.0},
+                                                             {"ET": 50.0})
+    assert not selection.rules.keep_largest_wt_component
+    # Case a: ET 2 lesions + 1 false positive -> 2/3 lesion-wise; removed: 1.
+    assert selection.before.lesion["LesionDice_ET"] == pytest.approx((2 / 3 + 1) / 2)
+    assert selection.after.lesion["LesionDice_ET"] == pytest.approx(1.0)
+    assert selection.after.score == pytest.approx(1.0)
+    assert selection.before.score < 1.0
+    metrics = selection.metrics()
+    assert metrics["postprocess_after_LesionDice_ET"] == pytest.approx(1.0)
+    assert metrics["postprocess_before_Dice_ET"] < metrics["postprocess_after_Dice_ET"] == 1.0
+    assert "lesion Dice ET" in selection.table()

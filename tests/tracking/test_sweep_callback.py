@@ -120,6 +120,17 @@ def test_joblib_launcher_parallel_folds(store_root, client) -> None:
     assert parent.data.metrics["cv_min/HD95_WT"] == pytest.approx(9.0)
 
 
+def test_lesionwise_metrics_are_summarised_with_a_figure(store_root, client) -> None:
+    completed = run_sweep(store_root, "fold=0,1", "lesionwise=true")
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    parent = client.get_run(read_parent_run_id(store_root / "sweep"))
+    assert parent.data.metrics["cv_mean/LesionDice_WT"] == pytest.approx(0.45)
+    assert parent.data.metrics["cv_mean/LesionHD95_WT"] == pytest.approx(99.5)
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "cv_summary")}
+    assert "cv_summary/cv_scores.png" in artifacts
+    assert (store_root / "sweep" / "cv_scores.png").stat().st_size > 5000
+
+
 def test_without_continue_on_failure_parent_is_not_left_running(store_root, client) -> None:
     completed = run_sweep(
         store_root, "fold=0,1", "fail_fold=0", "fail_precision=fp32",

@@ -65,6 +65,7 @@ from unet3d.config.vocabulary import (
     FOLD_MODES,
     HEAD_KERNELS,
     HEADS,
+    LESIONWISE_RULES,
     LOSSES,
     LR_SCHEDULE_TARGET,
     LR_SCHEDULES,
@@ -84,8 +85,8 @@ from unet3d.config.vocabulary import (
 __all__ = [
     "BENCHMARK_TARGETS", "BLENDS", "BRATS_FOLDER_TARGET", "CLUSTER_RESOLVERS", "COMMUNICATIONS",
     "COMPONENT_ARGUMENTS", "CONFIG_DIR", "DATA_PIPELINE_KEYS", "DEFAULT_NUM_REGIONS",
-    "DEVICE_TYPES", "FOLD_MODES", "HEADS", "HEAD_KERNELS", "LOSSES", "LR_SCHEDULES",
-    "LR_SCHEDULE_TARGET", "MODES", "MODE_SETTINGS", "NORMS", "PRECISION_POLICIES",
+    "DEVICE_TYPES", "FOLD_MODES", "HEADS", "HEAD_KERNELS", "LESIONWISE_RULES", "LOSSES",
+    "LR_SCHEDULES", "LR_SCHEDULE_TARGET", "MODES", "MODE_SETTINGS", "NORMS", "PRECISION_POLICIES",
     "REGION_LOSS_TARGET", "SEGMENTATION_LOSS_TARGET", "SETTINGS", "STRATEGIES",
     "SYNTHETIC_DATASET_TARGET", "SYNTHETIC_LAYOUTS", "TRAINING_MODES", "UNET3D_TARGET",
     "VOLUME_UNITS", "data_problem", "head_problem", "model_head", "model_regions",
@@ -142,6 +143,7 @@ SETTINGS: dict[str, Setting] = {
     "inference.crop_to_brain": Boolean(),
     "inference.crop_margin": Integer(minimum=0),
     "inference.region_threshold": Number(0.0, 1.0),
+    "evaluation.lesionwise": OneOf(LESIONWISE_RULES),
     "precision.name": Text(),
     "precision.policy": OneOf(PRECISION_POLICIES),
     "precision.xla": Boolean(),
@@ -178,6 +180,10 @@ MODE_SETTINGS: dict[str, dict[str, Setting]] = {
     "cross_validate": {
         "mode.fold_mode": OneOf(FOLD_MODES),
         "mode.fold_overrides": Texts(),
+    },
+    "score": {
+        "score.predictions": ExistingPath(directory=True),
+        "score.references": ExistingPath(directory=True),
     },
     "benchmark": {
         "benchmark.target": OneOf(BENCHMARK_TARGETS),
@@ -246,6 +252,8 @@ def validate(cfg: DictConfig) -> None:
     mode = get(cfg, "mode.name")
     # Predicting a folder of raw cases reads the data group's layout, not its raw_dir.
     skipped = {"data.raw_dir"} if mode == "predict" and get(cfg, "predict.input_dir") else set()
+    if mode == "score":  # files named by score.*; the data group gives only the labels
+        skipped = {"data.raw_dir"}
     for group in COMPONENT_GROUPS:
         arguments = COMPONENT_ARGUMENTS.get(get(cfg, f"{group}._target_"), {})
         for name, setting in arguments.items():

@@ -47,6 +47,9 @@ class SyntheticOptions:
             non-enhancing core) relative to the edema's draw; 1 keeps data=synthetic's cores
             (about 5-20 % of the whole tumour's volume), 1.4 gives cores of about a third of
             it as in BraTS (0.5..2).
+        resection_fraction: share of cases with a resection cavity beside the tumour core
+            (post-treatment cases; label RC, 4, in ``layout=brats2024_post``, background in
+            the other layouts; 0..1).
     """
 
     lgg_fraction: float = 0.25
@@ -63,6 +66,7 @@ class SyntheticOptions:
     enhancing_islands: tuple[int, int] = (0, 0)
     rim_gaps: float = 0.0
     core_scale: float = 1.0
+    resection_fraction: float = 0.0
 
     def non_default(self) -> dict[str, Any]:
         """The settings that differ from the defaults, as JSON values (part of the cache key)."""
@@ -87,6 +91,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "noise": (0.0, 1.0), "bias": (0.0, 2.0), "blur": (0.0, 10.0), "slice_thickness": (1, 8),
     "satellites": (0, 10),
     "enhancing_islands": (0, 20), "rim_gaps": (0.0, 0.9), "core_scale": (0.5, 2.0),
+    "resection_fraction": (0.0, 1.0),
 }
 _INTEGERS = ("slice_thickness", "satellites", "enhancing_islands")
 

@@ -5,7 +5,7 @@ and rules check the composed config against them.
 """
 
 MODES = ("train", "evaluate", "train_and_evaluate", "predict", "benchmark", "postprocess",
-         "cross_validate")
+         "cross_validate", "score")
 TRAINING_MODES = ("train", "train_and_evaluate")
 #: The modes a fold of ``mode=cross_validate`` may run (``mode.fold_mode``: they return
 #: held-out metrics).
@@ -40,7 +40,13 @@ BENCHMARK_TARGETS = ("train", "predict", "pipeline", "runner")
 #: Layouts the synthetic data set writes (``data.synthetic.layout``): ``flat`` BraTS 2019 names
 #: in <case>/ folders, ``brats2019`` the same under HGG/ and LGG/, and the layouts and labels of
 #: ``conf/data/{brats2023,msd_brain,nnunet_raw}.yaml``.
-SYNTHETIC_LAYOUTS = ("flat", "brats2019", "brats2023", "msd_brain", "nnunet_raw")
+SYNTHETIC_LAYOUTS = ("flat", "brats2019", "brats2023", "brats2024_post", "msd_brain",
+                     "nnunet_raw")
+#: Lesion-wise rules (``evaluation.lesionwise``): ``auto`` from the data set's convention,
+#: the BraTS 2023 (GLI/SSA/PED, MEN, MET) and 2024 (post-treatment GLI) scripts' rules, the
+#: ``brats-evaluation`` package's (2025), or none (unet3d/evaluation/lesionwise.py).
+LESIONWISE_RULES = ("auto", "off", "brats2023", "brats2023_men", "brats2023_met", "brats2024",
+                    "brats2025")
 
 # ---- the built-in components ------------------------------------------------------------------
 

@@ -40,8 +40,11 @@ __all__ = ["LGG_FRACTION", "TISSUE_CODES", "SyntheticCase", "case_grade", "case_
 #: Fraction of LGG-like cases (no enhancing tumour) of the default settings.
 LGG_FRACTION = SyntheticOptions.lgg_fraction
 
-#: BraTS label of each tissue code.
-_CODE_TO_LABEL = np.array([0, 0, 0, 0, 2, 1, 4, 1], dtype=np.uint8)
+#: BraTS 2019 label of each tissue code; the resection cavity gets 5, a value of the generator's
+#: own that each layout maps (``synthetic_layouts``: RC 4 in brats2024_post, else background).
+_CODE_TO_LABEL = np.array([0, 0, 0, 0, 2, 1, 4, 1, 5], dtype=np.uint8)
+#: A resection cavity's intensity relative to CSF's per modality (fluid: T1 dark, T2 bright).
+_CAVITY_VS_CSF = np.array([0.95, 0.95, 1.0, 1.15], dtype=np.float32)
 #: Mean intensity of each tissue code per modality (t1, t1ce, t2, flair), scanner-like units.
 _INTENSITIES = np.array(
     [
@@ -65,7 +68,7 @@ class SyntheticCase:
     case_id: str
     grade: str
     image: np.ndarray  # int16 (H, W, D, 4) in MODALITIES order
-    label: np.ndarray  # uint8 (H, W, D) BraTS labels
+    label: np.ndarray  # uint8 (H, W, D) BraTS 2019 labels (5: resection cavity)
     affine: np.ndarray  # float64 (4, 4)
     tissue: np.ndarray  # uint8 (H, W, D) tissue codes (see TISSUE_CODES)
 
@@ -247,6 +250,8 @@ def generate_case(
         lesions.add_rim_gaps(extra, options, tissue)
         if grade == "HGG":
             lesions.add_enhancing_islands(extra, options, tissue, spacing_arr)
+        lesions.add_resection_cavity(extra, options, tissue, brain, spacing_arr, centre_vox,
+                                     core_radii)
     tissue[~brain] = BACKGROUND
     # The tumour centre is a brain voxel, so every case has a tumour.
     tissue[tuple(centre_vox)] = NECROSIS if grade == "HGG" else NON_ENHANCING
@@ -259,6 +264,7 @@ def generate_case(
     jitter = rng.uniform(1.0 - spread, 1.0 + spread, size=_INTENSITIES.shape).astype(np.float32)
     table = lesions.pull_tumour_intensities(_INTENSITIES * jitter * scale,
                                             options.tumour_contrast, options.core_contrast)
+    table = np.vstack([table, table[CSF] * _CAVITY_VS_CSF])  # RESECTION: no new draw
     texture = 1.0 + 0.04 * smooth_field(rng, shape, [max(2, n // 8) for n in shape])
     degradation = lesions.draw_degradation(extra, options, shape)
     image = np.empty(shape + (4,), dtype=np.int16)

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Tissue codes of the tissue map.
-BACKGROUND, CSF, GREY, WHITE, EDEMA, NECROSIS, ENHANCING, NON_ENHANCING = range(8)
+# Tissue codes of the tissue map (RESECTION: the resection cavity of post-treatment cases).
+BACKGROUND, CSF, GREY, WHITE, EDEMA, NECROSIS, ENHANCING, NON_ENHANCING, RESECTION = range(9)
 #: Name of each tissue code of ``SyntheticCase.tissue``.
 TISSUE_CODES: dict[str, int] = {
     "background": BACKGROUND,
@@ -22,6 +22,7 @@ TISSUE_CODES: dict[str, int] = {
     "necrosis": NECROSIS,
     "enhancing": ENHANCING,
     "non_enhancing": NON_ENHANCING,
+    "resection_cavity": RESECTION,
 }
 #: Tissue codes of the tumour (edema and core).
 TUMOUR_CODES: tuple[int, ...] = (EDEMA, NECROSIS, ENHANCING, NON_ENHANCING)

@@ -11,6 +11,8 @@ layout          files                                                           
 ``brats2019``   the same under ``HGG/`` or ``LGG/``                             as ``flat``
 ``brats2023``   ``<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``                  0, 1 NETC,
                 (ids ``BraTS-GLI-00000-000``)                                   2 SNFH, 3 ET
+``brats2024_``  as ``brats2023`` (the resection cavities of                     as brats2023,
+``post``        ``resection_fraction`` labelled)                                4 RC
 ``msd_brain``   ``imagesTr/BRATS_001.nii.gz`` one 4D volume (H, W, D, 4),       0, 1 edema,
                 channels FLAIR, T1w, T1gd, T2w; ``labelsTr/BRATS_001.nii.gz``;  2 non-enhancing,
                 ``imagesTs/`` (``num_test``); ``dataset.json``                  3 enhancing
@@ -39,7 +41,10 @@ from unet3d.data.synthetic_case import SyntheticCase
 from unet3d.runs.files import write_bytes_atomic
 
 #: Every layout the generator writes (``data.synthetic.layout``).
-LAYOUTS: tuple[str, ...] = ("flat", "brats2019", "brats2023", "msd_brain", "nnunet_raw")
+LAYOUTS: tuple[str, ...] = ("flat", "brats2019", "brats2023", "brats2024_post", "msd_brain",
+                             "nnunet_raw")
+#: Layouts in BraTS 2023+ case folders (<case>/<case>-<suffix>.nii.gz).
+BRATS2023_FOLDERS: tuple[str, ...] = ("brats2023", "brats2024_post")
 #: Layouts with a test-image folder (``imagesTs/``, ``data.synthetic.num_test``).
 TEST_FOLDER_LAYOUTS: tuple[str, ...] = ("msd_brain", "nnunet_raw")
 #: Layouts described by a ``dataset.json`` at the top of the folder.
@@ -50,17 +55,20 @@ LAYOUT_LABELS: dict[str, dict[int, str]] = {
     "flat": {0: "background", 1: "NCR", 2: "ED", 4: "ET"},
     "brats2019": {0: "background", 1: "NCR", 2: "ED", 4: "ET"},
     "brats2023": {0: "background", 1: "NETC", 2: "SNFH", 3: "ET"},
+    "brats2024_post": {0: "background", 1: "NETC", 2: "SNFH", 3: "ET", 4: "RC"},
     "msd_brain": {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"},
     "nnunet_raw": {0: "background", 1: "edema", 2: "non-enhancing and necrosis",
                    3: "enhancing tumor"},
 }
-#: BraTS 2019 label (index 0..4) -> the layout's label value (the same tissue).
+#: The generator's label (BraTS 2019 values 0..4; 5 the resection cavity) -> the layout's
+#: value of the same tissue (the cavity is background where the layout has no RC label).
 _LABEL_TABLES: dict[str, np.ndarray] = {
-    "flat": np.array([0, 1, 2, 0, 4], dtype=np.uint8),
-    "brats2019": np.array([0, 1, 2, 0, 4], dtype=np.uint8),
-    "brats2023": np.array([0, 1, 2, 0, 3], dtype=np.uint8),
-    "msd_brain": np.array([0, 2, 1, 0, 3], dtype=np.uint8),
-    "nnunet_raw": np.array([0, 2, 1, 0, 3], dtype=np.uint8),
+    "flat": np.array([0, 1, 2, 0, 4, 0], dtype=np.uint8),
+    "brats2019": np.array([0, 1, 2, 0, 4, 0], dtype=np.uint8),
+    "brats2023": np.array([0, 1, 2, 0, 3, 0], dtype=np.uint8),
+    "brats2024_post": np.array([0, 1, 2, 0, 3, 4], dtype=np.uint8),
+    "msd_brain": np.array([0, 2, 1, 0, 3, 0], dtype=np.uint8),
+    "nnunet_raw": np.array([0, 2, 1, 0, 3, 0], dtype=np.uint8),
 }
 #: Suffix of each modality's file in BraTS 2023+ (t1n native T1, t1c contrast, t2w, t2f FLAIR).
 BRATS2023_SUFFIXES: dict[str, str] = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
@@ -83,7 +91,7 @@ def case_id_for(layout: str, index: int) -> str:
     ``flat``/``brats2019``: ``BraTS19_SYN_0001``; ``brats2023``: ``BraTS-GLI-00000-000``;
     ``msd_brain``: ``BRATS_001``; ``nnunet_raw``: ``BraTS2021_00000`` (as Dataset137 names them).
     """
-    if layout == "brats2023":
+    if layout in BRATS2023_FOLDERS:
         return f"BraTS-GLI-{index:05d}-000"
     if layout == "msd_brain":
         return f"BRATS_{index + 1:03d}"
@@ -100,7 +108,7 @@ def case_files(layout: str, case_id: str, grade: str, test: bool = False) -> lis
     if layout in ("flat", "brats2019"):
         folder = Path(grade, case_id) if layout == "brats2019" else Path(case_id)
         return [folder / f"{case_id}_{name}.nii.gz" for name in (*MODALITIES, "seg")]
-    if layout == "brats2023":
+    if layout in BRATS2023_FOLDERS:
         suffixes = [BRATS2023_SUFFIXES[name] for name in MODALITIES] + ["seg"]
         return [Path(case_id) / f"{case_id}-{suffix}.nii.gz" for suffix in suffixes]
     images = Path("imagesTs" if test else "imagesTr")
@@ -113,7 +121,7 @@ def case_files(layout: str, case_id: str, grade: str, test: bool = False) -> lis
 
 def case_record(layout: str, case_id: str, grade: str, test: bool = False) -> Any:
     """What the manifest records of a case: its folder (BraTS layouts, as before) or files."""
-    if layout in ("flat", "brats2019", "brats2023"):
+    if layout in ("flat", "brats2019", *BRATS2023_FOLDERS):
         return str(case_files(layout, case_id, grade)[0].parent)
     return [str(path) for path in case_files(layout, case_id, grade, test)]
 

@@ -24,6 +24,7 @@ from unet3d.data.synthetic_fields import (
     GREY,
     NECROSIS,
     NON_ENHANCING,
+    RESECTION,
     TUMOUR_CODES,
     WHITE,
     centred,
@@ -213,3 +214,35 @@ def pull_tumour_intensities(table: np.ndarray, contrast: float,
         for code in (NECROSIS, ENHANCING, NON_ENHANCING):
             out[code] = out[EDEMA] + np.float32(core_contrast) * (table[code] - table[EDEMA])
     return out
+
+
+def add_resection_cavity(rng: np.random.Generator, options: SyntheticOptions,
+                         tissue: np.ndarray, brain: np.ndarray, spacing: np.ndarray,
+                         centre: np.ndarray, core_radii: np.ndarray) -> bool:
+    """With probability ``options.resection_fraction``, carve a resection cavity in place.
+
+    The cavity is an ellipsoid of 0.5-0.9 times the core's semi-axes centred on the core's
+    edge in a random direction: it replaces tumour and brain tissue inside the brain with the
+    fluid-filled ``RESECTION`` code (post-treatment BraTS 2024 cases: label RC).
+
+    Args:
+        tissue: uint8 (H, W, D) tissue codes, modified in place.
+        brain: bool (H, W, D) brain mask.
+        spacing: (3,) voxel sizes in mm.
+        centre: (3,) the tumour centre voxel.
+        core_radii: (3,) the core's semi-axes in mm.
+
+    Returns:
+        Whether a cavity was carved.
+    """
+    if options.resection_fraction <= 0 or rng.random() >= options.resection_fraction:
+        return False
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    middle = np.asarray(centre) + direction * core_radii / spacing
+    radii = core_radii * rng.uniform(0.5, 0.9, 3)
+    box, distance = _ellipsoid_distance(rng, tissue.shape, spacing,
+                                        np.round(middle).astype(int), radii, 0.15)
+    region = tissue[box]
+    region[brain[box] & (distance <= 1.0)] = RESECTION
+    return True

@@ -290,34 +290,47 @@ def format_table(summary: Mapping[str, float], convention: Any = None) -> str:
     then, for BraTS 2018-2021, the seed's per-label Dice (TumorCore = label 1,
     PeritumoralEdema = 2, EnhancingTumor = 4) and MeanDice. Rows whose keys are missing are
     left out; regions found only in ``summary`` (``Dice_<name>``) are listed after the others.
+    With lesion-wise metrics (``LesionDice_<region>``, ``LesionHD95_<region>``,
+    ``unet3d.evaluation.lesionwise``) two more columns show them.
 
     Args:
         summary: metric name -> value.
         convention: the data set's ``LabelConvention``; None = BraTS 2018-2021.
     """
     convention = _convention(convention)
-    rows: list[tuple[str, float | None, float | None]] = []
+    rows: list[tuple[str, float | None, float | None, float | None, float | None]] = []
     regions: dict[str, tuple[int, ...] | None] = dict(convention.regions)
     for key in summary:
-        if key.startswith("Dice_") and key[5:] not in regions and "/" not in key:
-            regions[key[5:]] = None
+        for prefix in ("Dice_", "LesionDice_"):
+            if (key.startswith(prefix) and key[len(prefix):] not in regions
+                    and "/" not in key):
+                regions[key[len(prefix):]] = None
+    lesionwise = any(key.startswith("LesionDice_") for key in summary)
     for region, values in regions.items():
-        dice_key, hd_key = f"Dice_{region}", f"HD95_{region}"
-        if dice_key in summary or hd_key in summary:
+        keys = (f"Dice_{region}", f"HD95_{region}", f"LesionDice_{region}",
+                f"LesionHD95_{region}")
+        if any(key in summary for key in keys):
             name = region if values is None else (
                 f"{region} {{{','.join(str(value) for value in values)}}}")
-            rows.append((name, summary.get(dice_key), summary.get(hd_key)))
+            rows.append((name, *(summary.get(key) for key in keys)))  # type: ignore[arg-type]
     for name, values in SEED_LABELS.items():
         if name in summary:
-            rows.append((f"{name} (label {values[0]})", summary[name], None))
+            rows.append((f"{name} (label {values[0]})", summary[name], None, None, None))
     if "MeanDice" in summary:
-        rows.append(("MeanDice (labels 1,2,4)", summary["MeanDice"], None))
-    header = ("region / label", "Dice", "HD95 mm")
+        rows.append(("MeanDice (labels 1,2,4)", summary["MeanDice"], None, None, None))
+    header = ["region / label", "Dice", "HD95 mm"]
+    if lesionwise:
+        header += ["lesion Dice", "lesion HD95"]
     width = max([len(header[0])] + [len(row[0]) for row in rows])
-    lines = [f"{header[0]:<{width}}  {header[1]:>8}  {header[2]:>8}"]
-    lines.append("-" * len(lines[0]))
-    for name, dice_value, hd_value in rows:
-        lines.append(
-            f"{name:<{width}}  {_format_value(dice_value, 4):>8}  {_format_value(hd_value, 2):>8}"
-        )
+    line = f"{header[0]:<{width}}  {header[1]:>8}  {header[2]:>8}"
+    if lesionwise:
+        line += f"  {header[3]:>11}  {header[4]:>11}"
+    lines = [line, "-" * len(line)]
+    for name, dice_value, hd_value, lesion_dice, lesion_hd in rows:
+        text = (f"{name:<{width}}  {_format_value(dice_value, 4):>8}  "
+                f"{_format_value(hd_value, 2):>8}")
+        if lesionwise:
+            text += (f"  {_format_value(lesion_dice, 4):>11}  "
+                     f"{_format_value(lesion_hd, 2):>11}")
+        lines.append(text)
     return "\n".join(lines)

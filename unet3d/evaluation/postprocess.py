@@ -1,23 +1,20 @@
-"""Post-processing of predicted labels, its rules chosen on the folds' out-of-fold predictions.
+"""Post-processing chosen on a K-fold sweep's out-of-fold predictions.
 
-Two rules, as the BraTS winners use them (Isensee et al., "nnU-Net for Brain Tumor
-Segmentation", BrainLes 2020, section 2.4; nnU-Net's ``determine_postprocessing``), in the
-terms of the data set's painted regions (``unet3d.data.regions``; BraTS: WT ⊃ TC ⊃ ET):
+The rules (``unet3d.evaluation.postprocess_rules``, re-exported here): keep the largest
+whole-tumour component; remove components smaller than a threshold per painted region; turn
+a small ET into NCR. Selection (``select_postprocessing``) on the out-of-fold predictions of
+every fold of a sweep, on the metric the data set is ranked by:
 
-- **largest whole-tumour component**: keep the largest connected component of the outermost
-  region (WT) and set the voxels of the others to background (``scipy.ndimage.label``,
-  6-connected faces, its default structure);
-- **small ET to NCR**: when a case's predicted innermost region (ET) is smaller than a
-  threshold (voxels, or mm^3 with ``unit="mm3"``), relabel it with the value painted for the
-  next region out (TC \\ ET: NCR, BraTS 2019 label 1; BraTS 2023 1; MSD 2). A case without
-  enhancing tumour scores ET Dice 1 only when nothing is predicted, so one false ET voxel costs
-  a whole point; the threshold is chosen on the folds. Applied after the component rule.
+- with a lesion-wise scorer (``evaluation.lesionwise`` on BraTS 2023+ data:
+  ``unet3d.evaluation.lesionwise``), the mean lesion-wise Dice over its regions and over all
+  cases of all folds (what the 2023+ leaderboards rank, with the lesion-wise HD95);
+- otherwise the mean voxel-wise Dice over the data set's evaluation regions (BraTS Dice: both
+  empty = 1), as the 2018-2021 leaderboards rank.
 
-Selection (``select_postprocessing``) on the out-of-fold predictions of every fold of a sweep:
-the criterion is the mean Dice over the data set's evaluation regions and over all cases of all
-folds (BraTS Dice: both empty = 1). The component rule is kept when it raises the criterion by
-more than ``min_improvement``; then each candidate threshold (ascending) is tried on top, and
-the best is kept when it raises the criterion further (ties: the smallest threshold).
+Greedy, each step kept only when it raises the criterion by more than ``min_improvement``:
+the largest-component rule; then, per painted region, outer first, each component threshold
+on top of what is kept (the best wins; ties: the smallest); then each ET -> NCR threshold.
+Before and after are reported voxel-wise and, with a scorer, lesion-wise.
 
 Out-of-fold predictions: each fold job's evaluation writes ``<run dir>/oof/<case id>.npz``
 (``write_oof_prediction``: uint8 prediction and reference in disk label values, spacing in mm);
@@ -30,141 +27,35 @@ import io
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from unet3d.data.regions import paint_values, painted_regions
+from unet3d.data.regions import painted_regions
 from unet3d.errors import ConfigError, DataError
 from unet3d.evaluation.metrics import dice
+from unet3d.evaluation.postprocess_rules import (  # noqa: F401 - re-exported
+    UNITS,
+    PostprocessingRules,
+    apply_postprocessing,
+    keep_largest_component,
+    remove_small_components,
+    small_et_to_ncr,
+)
 
 log = logging.getLogger(__name__)
 
-#: Units of the ET volume threshold.
-UNITS = ("voxels", "mm3")
 #: Candidate ET thresholds (in ``unit``) when none are given (nnU-Net's BraTS 2020 range).
 DEFAULT_THRESHOLDS = (10, 25, 50, 100, 200, 300, 500, 750, 1000)
+#: Candidate component thresholds per region (in ``unit``) when none are given.
+DEFAULT_COMPONENT_THRESHOLDS = (10, 25, 50, 100, 200, 500)
 #: File of the chosen rules in the sweep folder.
 POSTPROCESSING_FILE = "postprocessing.json"
 #: Folder of a fold job's out-of-fold predictions.
 OOF_FOLDER = "oof"
-
-
-@dataclass(frozen=True)
-class PostprocessingRules:
-    """The post-processing applied to predicted labels (nothing by default).
-
-    Attributes:
-        keep_largest_wt_component: keep only the largest connected component of the outermost
-            painted region (WT).
-        et_to_ncr_below: relabel the innermost region (ET) as the next region's value (NCR)
-            when its predicted volume is below this, in ``unit``; None: never.
-        unit: ``voxels`` or ``mm3``.
-    """
-
-    keep_largest_wt_component: bool = False
-    et_to_ncr_below: float | None = None
-    unit: str = "voxels"
-
-    def __post_init__(self) -> None:
-        if self.unit not in UNITS:
-            raise ConfigError(f"postprocess.unit: must be one of {', '.join(UNITS)}, "
-                              f"got {self.unit!r}")
-
-    def describe(self) -> str:
-        """``largest WT component + ET -> NCR below 200 voxels`` (``none`` when empty)."""
-        parts = ["largest WT component"] if self.keep_largest_wt_component else []
-        if self.et_to_ncr_below is not None:
-            parts.append(f"ET -> NCR below {self.et_to_ncr_below:g} {self.unit}")
-        return " + ".join(parts) or "none"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form (``from_dict`` reads it back)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PostprocessingRules:
-        """The rules of ``to_dict``'s form; absent keys take the defaults."""
-        below = data.get("et_to_ncr_below")
-        return cls(bool(data.get("keep_largest_wt_component", False)),
-                   None if below is None else float(below), str(data.get("unit", "voxels")))
-
-
-def keep_largest_component(labels: np.ndarray, convention: Any) -> np.ndarray:
-    """Labels with only the largest connected component of the outermost region kept.
-
-    Args:
-        labels: uint8 ``(H, W, D)`` disk label values.
-        convention: the data set's label convention.
-
-    Returns:
-        A copy; voxels of the other components become the background value.
-    """
-    background, _ = paint_values(convention)
-    outer = np.isin(labels, convention.regions[painted_regions(convention)[0]])
-    components, count = ndimage.label(outer)
-    result = np.array(labels, copy=True)
-    if count > 1:
-        sizes = np.bincount(components.ravel())[1:]
-        result[outer & (components != int(np.argmax(sizes)) + 1)] = background
-    return result
-
-
-def small_et_to_ncr(labels: np.ndarray, convention: Any, threshold: float,
-                    unit: str = "voxels",
-                    spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
-    """Relabel the innermost region as the next one's value when it is smaller than ``threshold``.
-
-    Args:
-        labels: uint8 ``(H, W, D)`` disk label values.
-        convention: the data set's label convention (at least two painted regions).
-        threshold: volume below which the region is relabelled, in ``unit``.
-        unit: ``voxels`` or ``mm3`` (voxels times the product of ``spacing``).
-        spacing: voxel sides in mm.
-
-    Returns:
-        A copy of ``labels``, relabelled or not.
-
-    Raises:
-        ConfigError: fewer than two painted regions.
-    """
-    chain = painted_regions(convention)
-    if len(chain) < 2:
-        raise ConfigError(f"postprocess: the ET rule needs two nested regions, "
-                          f"{getattr(convention, 'name', '')} paints {list(chain)}")
-    _, values = paint_values(convention)
-    inner = np.isin(labels, convention.regions[chain[-1]])
-    count = int(inner.sum())
-    volume = count * (float(np.prod(spacing)) if unit == "mm3" else 1.0)
-    result = np.array(labels, copy=True)
-    if 0 < volume < threshold:
-        result[inner] = values[-2]
-    return result
-
-
-def apply_postprocessing(labels: np.ndarray, rules: PostprocessingRules, convention: Any,
-                         spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
-    """Apply ``rules`` to one case's predicted labels: the component rule, then the ET rule.
-
-    Args:
-        labels: uint8 ``(H, W, D)`` predicted disk label values.
-        rules: what to apply (``load_postprocessing``).
-        convention: the data set's label convention.
-        spacing: voxel sides in mm (for ``unit="mm3"``).
-
-    Returns:
-        uint8 ``(H, W, D)`` labels (a copy).
-    """
-    result = np.asarray(labels, dtype=np.uint8)
-    if rules.keep_largest_wt_component:
-        result = keep_largest_component(result, convention)
-    if rules.et_to_ncr_below is not None:
-        result = small_et_to_ncr(result, convention, rules.et_to_ncr_below, rules.unit, spacing)
-    return np.array(result, dtype=np.uint8, copy=True)
 
 
 @dataclass
@@ -180,11 +71,21 @@ class OofCase:
 
 @dataclass
 class Candidate:
-    """A rule set and its score: ``dice`` region -> mean over cases, ``score`` their mean."""
+    """A rule set and its scores over the out-of-fold cases.
+
+    Attributes:
+        rules: the rules.
+        dice: region -> mean voxel-wise Dice.
+        score: the criterion (the mean of ``lesion``'s Dice values with a lesion-wise scorer,
+            else of ``dice``).
+        lesion: lesion-wise metric (``LesionDice_<region>``, ``LesionHD95_<region>``) -> mean
+            over cases (nan left out); empty without a scorer.
+    """
 
     rules: PostprocessingRules
     dice: dict[str, float]
     score: float
+    lesion: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -199,64 +100,103 @@ class PostprocessingSelection:
     criterion: str = "mean Dice over the regions and over all out-of-fold cases"
 
     def metrics(self) -> dict[str, float]:
-        """Flat float metrics for MLflow: ``postprocess_{before,after}_Dice_<region>``, ..."""
+        """Flat float metrics for MLflow: ``postprocess_{before,after}_Dice_<region>``,
+        ``postprocess_{before,after}_LesionDice_<region>``, ..."""
         metrics = {"postprocess_cases": float(self.num_cases),
-                   "postprocess_before_mean_Dice": self.before.score,
-                   "postprocess_after_mean_Dice": self.after.score,
+                   "postprocess_before_mean_Dice": float(np.mean(list(self.before.dice.values()))),
+                   "postprocess_after_mean_Dice": float(np.mean(list(self.after.dice.values()))),
+                   "postprocess_before_score": self.before.score,
+                   "postprocess_after_score": self.after.score,
                    "postprocess_largest_wt_component": float(
                        self.rules.keep_largest_wt_component)}
         for region, value in self.before.dice.items():
             metrics[f"postprocess_before_Dice_{region}"] = value
             metrics[f"postprocess_after_Dice_{region}"] = self.after.dice[region]
+        for name, value in self.before.lesion.items():
+            metrics[f"postprocess_before_{name}"] = value
+            metrics[f"postprocess_after_{name}"] = self.after.lesion[name]
+        for region, threshold in self.rules.remove_components_below:
+            metrics[f"postprocess_remove_components_below_{region}"] = threshold
         if self.rules.et_to_ncr_below is not None:
             metrics["postprocess_et_to_ncr_below"] = float(self.rules.et_to_ncr_below)
         return metrics
 
     def table(self) -> str:
-        """Markdown table: every candidate's Dice per region and mean, the chosen one marked."""
+        """Markdown table: every candidate's scores per region and criterion, the chosen marked."""
         regions = list(self.before.dice)
-        lines = ["| rules | " + " | ".join(f"Dice {r}" for r in regions) + " | mean | |",
-                 "|---|" + "---|" * (len(regions) + 2)]
+        lesion = [name for name in self.before.lesion if name.startswith("LesionDice_")]
+        lines = ["| rules | " + " | ".join(f"Dice {r}" for r in regions)
+                 + "".join(f" | lesion Dice {name[11:]}" for name in lesion) + " | score | |",
+                 "|---|" + "---|" * (len(regions) + len(lesion) + 2)]
         for candidate in self.candidates:
             mark = "chosen" if candidate.rules == self.rules else ""
-            cells = " | ".join(f"{candidate.dice[r]:.4f}" for r in regions)
-            lines.append(f"| {candidate.rules.describe()} | {cells} | {candidate.score:.4f} | "
-                         f"{mark} |")
+            cells = [f"{candidate.dice[r]:.4f}" for r in regions]
+            cells += [f"{candidate.lesion.get(name, math.nan):.4f}" for name in lesion]
+            lines.append(f"| {candidate.rules.describe()} | {' | '.join(cells)} | "
+                         f"{candidate.score:.4f} | {mark} |")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record of ``save_postprocessing``."""
         def row(candidate: Candidate) -> dict[str, Any]:
             return {"rules": candidate.rules.to_dict(), "dice": candidate.dice,
-                    "score": candidate.score}
+                    "lesionwise": candidate.lesion, "score": candidate.score}
         return {"rules": self.rules.to_dict(), "description": self.rules.describe(),
                 "criterion": self.criterion, "num_cases": self.num_cases,
                 "before": row(self.before), "after": row(self.after),
                 "candidates": [row(candidate) for candidate in self.candidates]}
 
 
-def _score(cases: Sequence[OofCase], predictions: Iterable[np.ndarray],
-           regions: Mapping[str, Sequence[int]], rules: PostprocessingRules) -> Candidate:
+def _mean(values: list[float]) -> float:
+    finite = [value for value in values if not math.isnan(value)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _score(cases: Sequence[OofCase], convention: Any, rules: PostprocessingRules,
+           lesionwise: Callable[..., dict[str, float]] | None,
+           bases: Sequence[np.ndarray] | None = None) -> tuple[Candidate, list[np.ndarray]]:
+    """Apply ``rules`` to every case (to ``bases`` when given) and score them."""
+    regions = {name: tuple(values) for name, values in convention.regions.items()}
+    sources = bases if bases is not None else [case.prediction for case in cases]
+    outputs = [apply_postprocessing(source, rules, convention, case.spacing)
+               for source, case in zip(sources, cases, strict=True)]
     totals = {name: 0.0 for name in regions}
-    for case, prediction in zip(cases, predictions, strict=True):
+    lesion_rows: dict[str, list[float]] = {}
+    for case, prediction in zip(cases, outputs, strict=True):
         for name, values in regions.items():
             totals[name] += dice(np.isin(prediction, values), np.isin(case.reference, values))
+        if lesionwise is not None:
+            for key, value in lesionwise(prediction, case.reference, case.spacing).items():
+                if key.startswith(("LesionDice_", "LesionHD95_")):
+                    lesion_rows.setdefault(key, []).append(float(value))
     means = {name: total / max(len(cases), 1) for name, total in totals.items()}
-    return Candidate(rules, means, float(np.mean(list(means.values()))))
+    lesion = {key: _mean(values) for key, values in lesion_rows.items()}
+    if lesionwise is not None:
+        score = _mean([value for key, value in lesion.items() if key.startswith("LesionDice_")])
+    else:
+        score = float(np.mean(list(means.values())))
+    return Candidate(rules, means, score, lesion), outputs
 
 
 def select_postprocessing(cases: Sequence[OofCase], convention: Any,
                           thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                           unit: str = "voxels",
-                          min_improvement: float = 0.0) -> PostprocessingSelection:
-    """Choose the rules that raise the mean out-of-fold Dice (see the module doc).
+                          min_improvement: float = 0.0,
+                          lesionwise: Callable[..., dict[str, float]] | None = None,
+                          component_thresholds: Sequence[float] = DEFAULT_COMPONENT_THRESHOLDS,
+                          ) -> PostprocessingSelection:
+    """Choose the rules that raise the out-of-fold criterion (see the module doc).
 
     Args:
         cases: every held-out case of every fold (``read_oof_predictions``).
         convention: the data set's label convention (its ``regions`` are scored).
-        thresholds: candidate ET volume thresholds, in ``unit``.
+        thresholds: candidate ET -> NCR volume thresholds, in ``unit``.
         unit: ``voxels`` or ``mm3``.
         min_improvement: a rule is kept only when it raises the criterion by more than this.
+        lesionwise: ``scorer(pred, ref, spacing) -> metrics`` of the data set's lesion-wise
+            ranking (``unet3d.evaluation.lesionwise.lesionwise_scorer``); None: voxel-wise Dice.
+        component_thresholds: candidate per-region component thresholds, in ``unit``; empty:
+            the rule is not tried.
 
     Returns:
         The chosen rules, the criterion before and after them, and every candidate's scores.
@@ -267,29 +207,49 @@ def select_postprocessing(cases: Sequence[OofCase], convention: Any,
     """
     if not cases:
         raise DataError("postprocess: no out-of-fold predictions to choose rules on")
-    if any(not math.isfinite(float(t)) or float(t) <= 0 for t in thresholds):
-        raise ConfigError(f"postprocess.thresholds: must be > 0, got {list(thresholds)}")
-    regions = {name: tuple(values) for name, values in convention.regions.items()}
+    for key, values in (("thresholds", thresholds), ("component_thresholds",
+                                                      component_thresholds)):
+        if any(not math.isfinite(float(t)) or float(t) <= 0 for t in values):
+            raise ConfigError(f"postprocess.{key}: must be > 0, got {list(values)}")
     none = PostprocessingRules(unit=unit)
-    before = _score(cases, (case.prediction for case in cases), regions, none)
-    largest = replace(none, keep_largest_wt_component=True)
-    components = [keep_largest_component(case.prediction, convention) for case in cases]
-    with_largest = _score(cases, components, regions, largest)
-    candidates = [before, with_largest]
-    best = with_largest if with_largest.score > before.score + min_improvement else before
-    bases = components if best is with_largest else [case.prediction for case in cases]
-    current = best
+    before, raw = _score(cases, convention, none, lesionwise)
+    largest, largest_outputs = _score(cases, convention,
+                                      replace(none, keep_largest_wt_component=True), lesionwise)
+    candidates = [before, largest]
+    current = largest if largest.score > before.score + min_improvement else before
+    bases = largest_outputs if current is largest else raw
+    current_outputs = bases
+    base_rules = current.rules
+    for region in (painted_regions(convention) if component_thresholds else ()):
+        best_here = current
+        for threshold in sorted(float(t) for t in component_thresholds):
+            rules = current.rules.with_component_threshold(region, threshold)
+            # The components of this region are removed from what the rules before kept.
+            scored, outputs = _score(cases, convention, replace(
+                rules, keep_largest_wt_component=False,
+                remove_components_below=((region, threshold),)), lesionwise, current_outputs)
+            scored.rules = rules
+            candidates.append(scored)
+            if scored.score > best_here.score + min_improvement:
+                best_here, best_outputs = scored, outputs
+        if best_here is not current:
+            current, current_outputs = best_here, best_outputs
+    del base_rules, bases
     for threshold in sorted(float(t) for t in thresholds):
-        rules = replace(best.rules, et_to_ncr_below=threshold)
-        scored = _score(cases, (small_et_to_ncr(base, convention, threshold, unit, case.spacing)
-                                for base, case in zip(bases, cases, strict=True)),
-                        regions, rules)
+        rules = replace(current.rules, et_to_ncr_below=threshold)
+        scored, _ = _score(cases, convention, PostprocessingRules(
+            unit=unit, et_to_ncr_below=threshold), lesionwise, current_outputs)
+        scored.rules = rules
         candidates.append(scored)
         if scored.score > current.score + min_improvement:
             current = scored
-    log.info("post-processing chosen on %d out-of-fold case(s): %s (mean Dice %.4f -> %.4f)",
-             len(cases), current.rules.describe(), before.score, current.score)
-    return PostprocessingSelection(current.rules, before, current, candidates, len(cases))
+    criterion = ("mean lesion-wise Dice over the regions and over all out-of-fold cases"
+                 if lesionwise is not None else
+                 "mean Dice over the regions and over all out-of-fold cases")
+    log.info("post-processing chosen on %d out-of-fold case(s): %s (%s %.4f -> %.4f)",
+             len(cases), current.rules.describe(), criterion, before.score, current.score)
+    return PostprocessingSelection(current.rules, before, current, candidates, len(cases),
+                                   criterion)
 
 
 def save_postprocessing(folder: str | Path, selection: PostprocessingSelection,

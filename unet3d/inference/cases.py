@@ -95,6 +95,8 @@ def segment_cases(
     keep_going: bool = False,
     warn_unlabelled: bool = False,
     progress_bar: str | None = None,
+    lesionwise: Callable[[np.ndarray, np.ndarray, Sequence[float]], dict[str, float]]
+    | None = None,
 ) -> CasesResult:
     """Segment every case once, in order, and score those with a reference label.
 
@@ -118,6 +120,9 @@ def segment_cases(
         warn_unlabelled: log a WARNING for a case without a reference label.
         progress_bar: the label of a tqdm progress bar (shown on a terminal only); None
             shows none.
+        lesionwise: ``scorer(labels, reference, spacing) -> metrics`` added to each scored
+            case's row (``unet3d.evaluation.lesionwise.lesionwise_scorer``: the BraTS 2023+
+            lesion-wise Dice/HD95 and counts); None adds nothing.
 
     Returns:
         The metrics rows and what happened to the other cases.
@@ -151,7 +156,8 @@ def segment_cases(
                 result.failures.append((pending.case_id, line))
             else:
                 result.segmented += 1
-                detail = _score(case, labels, result, on_scored, warn_unlabelled, convention)
+                detail = _score(case, labels, result, on_scored, warn_unlabelled, convention,
+                                lesionwise)
                 case.image = None
                 del case, labels
                 elapsed = time.perf_counter() - started
@@ -190,7 +196,8 @@ def _segment_one(pending: PendingCase, predictor: Predictor,
 
 
 def _score(case: InputCase, labels: np.ndarray, result: CasesResult,
-           on_scored: ScoredCallback | None, warn_unlabelled: bool, convention: Any) -> str:
+           on_scored: ScoredCallback | None, warn_unlabelled: bool, convention: Any,
+           lesionwise: Callable[..., dict[str, float]] | None = None) -> str:
     """Score one segmented case into ``result``; return the progress line's detail."""
     if case.label_error is not None:
         log.warning("%s; segmentation written, metrics skipped",
@@ -203,8 +210,14 @@ def _score(case: InputCase, labels: np.ndarray, result: CasesResult,
         result.unlabelled.append(case.case_id)
         return ""
     metrics = case_metrics(labels, case.label, case.spacing, convention=convention)
+    if lesionwise is not None:
+        metrics.update(lesionwise(labels, case.label, case.spacing))
     result.rows.append({"case_id": case.case_id, **metrics})
     if on_scored is not None:
         on_scored(case, case.label, labels, metrics)
     shown = [key for key in metrics if key.startswith("Dice_")][:3]
-    return "  Dice " + " ".join(f"{key[5:]} {metrics[key]:.3f}" for key in shown)
+    detail = "  Dice " + " ".join(f"{key[5:]} {metrics[key]:.3f}" for key in shown)
+    lesion = [f"Lesion{key}" for key in shown if f"Lesion{key}" in metrics]
+    if lesion:
+        detail += "  lesion-wise " + " ".join(f"{key[11:]} {metrics[key]:.3f}" for key in lesion)
+    return detail

@@ -190,3 +190,23 @@ def data_convention(prepared: Any) -> Any:
 
     layout = getattr(prepared, "layout", None)
     return layout.convention if layout is not None else BRATS2019
+
+
+def lesionwise_scorer(cfg: Any, convention: Any, tracker: Any = None) -> Any:
+    """The lesion-wise scorer that ``evaluation.lesionwise`` asks for on ``convention``'s data
+    (``unet3d.evaluation.lesionwise.lesionwise_scorer``), logged and tagged; None for none.
+
+    Raises:
+        ConfigError: ``evaluation.lesionwise: ...`` (a convention without the rules' tissues,
+            brats2025 without the ``[brats]`` extra).
+    """
+    from unet3d.evaluation.lesionwise import lesionwise_scorer as scorer_of
+
+    setting = str(cfg.evaluation.lesionwise)
+    scorer = scorer_of(setting, convention)
+    name = "off" if scorer is None else scorer.name
+    log.info("lesion-wise metrics: %s (evaluation.lesionwise=%s, label convention %s)", name,
+             setting, convention.name)
+    if tracker is not None:
+        tracker.set_tags({"evaluation.lesionwise": name})
+    return scorer

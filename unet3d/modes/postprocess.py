@@ -83,13 +83,18 @@ def sweep_oof_cases(sweep_dir: Path) -> tuple[list[Any], Any]:
 def run(job: Job) -> dict[str, float]:
     """Choose, save and log the sweep's post-processing; returns the before/after metrics."""
     from unet3d.evaluation.postprocess import save_postprocessing, select_postprocessing
+    from unet3d.modes.job import lesionwise_scorer
 
     settings = job.cfg.postprocess
     sweep_dir = resolve_sweep_dir(job.cfg)
     cases, convention = sweep_oof_cases(sweep_dir)
+    # On data ranked lesion-wise (evaluation.lesionwise), the rules are chosen on that metric.
+    lesionwise = lesionwise_scorer(job.cfg, convention, job.tracker)
     selection = select_postprocessing(
         cases, convention, thresholds=[float(t) for t in settings.thresholds],
-        unit=str(settings.unit), min_improvement=float(settings.min_improvement))
+        unit=str(settings.unit), min_improvement=float(settings.min_improvement),
+        lesionwise=lesionwise,
+        component_thresholds=[float(t) for t in settings.get("component_thresholds") or ()])
     path = save_postprocessing(sweep_dir, selection, convention)
     table = selection.table()
     log.info("post-processing of %s over %d out-of-fold case(s) (%s):\n%s\nchosen: %s; "

@@ -84,8 +84,10 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
         split_written,
     )
     from unet3d.inference.predict import NiftiOutputs
+    from unet3d.modes.job import lesionwise_scorer
 
     pending, source, convention = _pending_cases(cfg)
+    lesionwise = lesionwise_scorer(cfg, convention, tracker)
     prefixes = job_model_checkpoints(cfg, cfg.predict.checkpoint, fold=selected_fold(cfg))
     labeler, head = job_labeler(cfg, prefixes, convention)
     output_folder = Path(cfg.predict.get("output_dir") or output_dir / "predictions").expanduser()
@@ -122,7 +124,8 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
         writer = stack.enter_context(BackgroundOutputs(outputs))
         result = segment_cases(predictor, reader.cases, verb="predicted", labeler=labeler,
                                convention=convention, postprocess=postprocess, outputs=writer,
-                               keep_going=True, progress_bar="predict")
+                               keep_going=True, progress_bar="predict",
+                               lesionwise=lesionwise)
         _add_write_failures(result, writer.close())
     summary: dict[str, float] = {}
     if result.rows:

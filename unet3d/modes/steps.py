@@ -31,7 +31,7 @@ from unet3d.modes.build import (
     make_input_fn,
     training_steps,
 )
-from unet3d.modes.job import Job, data_convention
+from unet3d.modes.job import Job, data_convention, lesionwise_scorer
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,7 @@ def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
         labeler = labeler_of(convention, convention, head=head,
                              threshold=float(job.cfg.inference.region_threshold))
     predictor = job_predictor(job.cfg, models, bool(job.runtime.precision.xla), head=head)
+    lesionwise = lesionwise_scorer(job.cfg, convention, job.tracker)
 
     def on_scored(case: Any, reference: Any, labels: Any, metrics: Any) -> None:
         # Out-of-fold predictions: mode=postprocess chooses the sweep's rules on them.
@@ -167,7 +168,7 @@ def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
 
     result = segment_cases(predictor, record_pending_cases(prepared.eval_files, convention),
                            verb="evaluated", labeler=labeler, convention=convention,
-                           on_scored=on_scored, warn_unlabelled=True)
+                           on_scored=on_scored, warn_unlabelled=True, lesionwise=lesionwise)
     rows = result.rows
     if len(rows) != result.total:
         log.warning("evaluated %d of %d held-out cases", len(rows), result.total)

@@ -35,7 +35,8 @@ CONFIG_ARTIFACT = "config"
 MEMBERS_ARTIFACT = "members"
 #: Keys that conf/ gained after a model may have been logged, with the value every model
 #: logged before them ran with (a served config is the job's as it was recorded).
-LATER_KEYS = {"inference.region_threshold": 0.5, "precision.reprobe": False}
+LATER_KEYS = {"inference.region_threshold": 0.5, "precision.reprobe": False,
+              "evaluation.lesionwise": "off"}
 
 
 def serving_data_config(data_cfg: Any, run_dir: Path) -> Any:

@@ -2,8 +2,9 @@
 
 Used by :class:`unet3d.sweep_callback.CrossValidationCallback` at the end of a fold
 sweep: `cv_mean/...`, `cv_std/...`, `cv_min/...`, `cv_max/...` metrics, the tables as
-artifacts, the Markdown table as the run's note, and (with several configuration groups) one
-nested summary run per group for parallel-coordinates plots.
+artifacts, the Markdown table as the run's note, the voxel- vs lesion-wise figure
+(``cv_figure.py``) when the folds report lesion-wise metrics, and (with several
+configuration groups) one nested summary run per group for parallel-coordinates plots.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from unet3d.tracking import summary as summary_module
+from unet3d.tracking.cv_figure import CV_FIGURE, has_lesionwise, plot_cv_scores
 from unet3d.tracking.tracker import Tracker
 
 
@@ -35,6 +37,9 @@ def log_cv_summary(
     tracker.log_metrics(metrics, step=0)
     for path in paths.values():
         tracker.log_artifact(path, "cv_summary")
+    if not several and summaries and has_lesionwise(summaries[0]):
+        figure = plot_cv_scores(summaries[0], sweep_dir / CV_FIGURE)
+        tracker.log_artifact(figure, "cv_summary")
     multirun_yaml = sweep_dir / "multirun.yaml"
     if multirun_yaml.exists():
         tracker.log_artifact(multirun_yaml, "cv_summary")

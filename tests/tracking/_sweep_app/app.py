@@ -37,6 +37,9 @@ def main(cfg):
             offset = 0.01 if cfg.precision == "amp" else 0.0
             metrics = {"Dice_WT": 0.5 + 0.1 * cfg.fold + offset - (cfg.lr - 0.5) ** 2,
                        "HD95_WT": 10.0 - cfg.fold}
+            if cfg.lesionwise:
+                metrics.update({"LesionDice_WT": 0.4 + 0.1 * cfg.fold,
+                                "LesionHD95_WT": 100.0 - cfg.fold})
             tracker.log_metrics(metrics, step=2)
     except BaseException as error:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
