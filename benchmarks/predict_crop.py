@@ -43,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import MODELS, RESULTS_DIR, config_group, write_result  # noqa: E402
 from _predict_inputs import cut_and_shift  # noqa: E402
 
+from unet3d.config.settings import input_divisor  # noqa: E402
+
 #: BraTS regions as sets of training classes (label 4 = class 3).
 REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 VARIANTS = ("today", "crop_fp32", "crop_amp")
@@ -104,8 +106,9 @@ def build(widths: dict[str, Any], policy: str, weights: list | None) -> Any:
 
 
 def predictors(model_fp32: Any, model_amp: Any, window: int, overlap: float,
-               batch: int) -> dict[str, Any]:
-    """The four ``EnsemblePredictor`` variants keyed ``<fp32|amp>_<crop|full>``."""
+               batch: int, divisor: int) -> dict[str, Any]:
+    """The four ``EnsemblePredictor`` variants keyed ``<fp32|amp>_<crop|full>`` (``divisor``:
+    the network's input divisor, ``unet3d.config.settings.input_divisor``)."""
     from unet3d.inference.ensemble import EnsemblePredictor
 
     made = {}
@@ -115,7 +118,8 @@ def predictors(model_fp32: Any, model_amp: Any, window: int, overlap: float,
                 model, window_size=(window,) * 3, num_classes=4, overlap=overlap,
                 blend=INFERENCE["blend"], batch_size=batch, tta=INFERENCE["tta"],
                 jit_compile=False, crop_to_brain=crop, background_class=0,
-                crop_margin=INFERENCE["crop_margin"])
+                crop_margin=INFERENCE["crop_margin"], single_window=INFERENCE["single_window"],
+                input_divisor=divisor)
     return made
 
 
@@ -135,7 +139,7 @@ def command_time(arguments: argparse.Namespace) -> None:
     model_fp32 = build(widths, "float32", None)
     model_amp = build(widths, "mixed_bfloat16", model_fp32.get_weights())
     made = predictors(model_fp32, model_amp, arguments.window, arguments.overlap,
-                      arguments.window_batch)
+                      arguments.window_batch, input_divisor(widths))
     chosen = {"today": made["fp32_full"], "crop_fp32": made["fp32_crop"],
               "crop_amp": made["amp_crop"]}
     forward: dict[str, list[float]] = {name: [] for name in chosen}
@@ -222,7 +226,7 @@ def command_agree(arguments: argparse.Namespace) -> None:
     prefix = restore_weights(model_fp32, arguments.checkpoint)
     model_amp = build(widths, "mixed_bfloat16", model_fp32.get_weights())
     made = predictors(model_fp32, model_amp, arguments.window, arguments.overlap,
-                      arguments.window_batch)
+                      arguments.window_batch, input_divisor(widths))
     cases = [(f"held-out {index}", tuple(arguments.case_shape), (0, 0, 0), index)
              for index in range(arguments.first_case, arguments.first_case + arguments.cases)]
     if arguments.big_case:

@@ -57,6 +57,8 @@ def test_default_config_is_valid() -> None:
         ["training.deep_supervision=true", "training.deep_supervision_levels=2",
          "training.deep_supervision_weights=[0.7,0.3]"],
         ["data=brats2019", "data.raw_dir=/", "debug=fast"],
+        ["inference=fast"], ["inference.engine=openvino", "inference.engine_threads=2"],
+        ["mode=export", "checkpoint=/", "export.formats=[onnx]"],
     ],
 )
 def test_groups_compose_and_validate(overrides: list[str]) -> None:
@@ -123,6 +125,11 @@ def test_debug_preset_shrinks_everything() -> None:
         (["tracking.model_alias=champion"], "tracking.model_alias"),
         (["tracking.register_model=brats", "tracking.model_alias=v2"], "tracking.model_alias"),
         (["tracking.register_model=a/b"], "tracking.register_model"),
+        (["inference.engine=tensorrt"], "inference.engine"),
+        (["inference.engine_threads=0"], "inference.engine_threads"),
+        (["mode=export"], "export.checkpoint"),
+        (["mode=export", "checkpoint=/", "export.formats=[tflite]"], "export.formats"),
+        (["mode=export", "checkpoint=/", "export.tolerance=-1"], "export.tolerance"),
     ],
 )
 def test_bad_values_name_their_key(overrides: list[str], key: str) -> None:

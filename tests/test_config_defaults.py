@@ -26,7 +26,8 @@ OPTIONS = sorted(f"{path.parent.name}={path.stem}" for path in CONF.glob("*/*.ya
 
 #: What an option needs beside it to be valid.
 COMPANIONS = {"loss=regions": ["model.head=regions"],
-              "mode=score": ["score.predictions=/", "score.references=/"]}
+              "mode=score": ["score.predictions=/", "score.references=/"],
+              "mode=export": ["export.checkpoint=/"]}
 #: The framework's arguments of each component group (``unet3d.config.components.instantiate``'s
 #: runtime arguments), and the keys of a group that are not arguments (the data group's pipeline
 #: and layout keys).
@@ -84,7 +85,7 @@ class _Built(Exception):
     """Stops a constructor once its arguments are recorded."""
 
 
-@pytest.mark.parametrize("option", ["inference=default", "debug=fast",
+@pytest.mark.parametrize("option", ["inference=default", "inference=fast", "debug=fast",
                                     "experiment=brats2019_reference", "experiment=brats_winner"])
 def test_the_predictor_gets_every_argument_from_the_inference_group(
         option: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,10 +104,12 @@ def test_the_predictor_gets_every_argument_from_the_inference_group(
     monkeypatch.setattr(EnsemblePredictor, "__init__", record)
     with pytest.raises(_Built):
         EnsemblePredictor.from_config([], cfg.inference, crop_size=cfg.data.crop_size,
-                                      num_classes=4, jit_compile=False, background_class=0)
+                                      num_classes=4, jit_compile=False, background_class=0,
+                                      input_divisor=8)
     assert set(received) == parameters - {"models"}
     inference = cfg.inference
-    for key in ("overlap", "blend", "batch_size", "tta", "crop_to_brain", "crop_margin"):
+    for key in ("overlap", "blend", "batch_size", "tta", "crop_to_brain", "crop_margin",
+                "single_window"):
         assert received[key] == inference[key], key
     assert list(received["window_size"]) == list(inference.window_size or cfg.data.crop_size)
 

@@ -21,6 +21,11 @@ class CheckpointError(Unet3dError):
     """A checkpoint is missing or does not match the model."""
 
 
+class ExportError(Unet3dError):
+    """An export failed: a converter failed, or an exported file's output differs from the
+    Keras model's by more than the tolerance; the message names the format and the difference."""
+
+
 class RunFolderError(Unet3dError):
     """A run folder cannot be used by this job (it holds another run, or a resume differs)."""
 

@@ -219,6 +219,12 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None,
                 from unet3d.serving.registration import publish_model
 
                 publish_model(tracker, cfg, str(output_dir), metrics, kind="job")
+            if runtime.context.is_chief and mode == "export" and cfg.tracking.log_model:
+                # The export's served model: runs without TensorFlow.
+                from unet3d.modes.export import export_folder_of
+                from unet3d.serving.export_model import log_export_model
+
+                log_export_model(tracker, cfg, export_folder_of(cfg, output_dir))
         finally:
             # Also for a failed or interrupted job: its log says why.
             _log_job_files(tracker, output_dir)

@@ -180,15 +180,15 @@ def test_ensemble_predictor_crops_to_the_brain_with_a_keras_model():
     image = brain_case((24, 20, 16), (2, 9, 0), (19, 20, 7))
     inference = OmegaConf.create({"window_size": [8, 8, 8], "overlap": 0.5, "blend": "gaussian",
                                   "batch_size": 2, "tta": False, "crop_to_brain": True,
-                                  "crop_margin": 0})
+                                  "crop_margin": 0, "single_window": False})
     cropped = EnsemblePredictor.from_config(model, inference, crop_size=[8, 8, 8],
                                             num_classes=NUM_CLASSES, jit_compile=False,
-                                            background_class=0)
+                                            background_class=0, input_divisor=1)
     assert cropped.crop_to_brain and "cropped to the brain" in cropped.describe()
     inference.crop_to_brain = False
     plain = EnsemblePredictor.from_config(model, inference, crop_size=[8, 8, 8],
                                           num_classes=NUM_CLASSES, jit_compile=False,
-                                          background_class=0)
+                                          background_class=0, input_divisor=1)
     with_crop, without = cropped.probabilities(image), plain.probabilities(image)
     box = nonzero_box(image).slices
     np.testing.assert_allclose(with_crop[box], without[box], rtol=1e-5, atol=1e-6)

@@ -55,13 +55,14 @@ def test_the_predictor_follows_the_trained_head_not_the_jobs():
     import keras
     from omegaconf import OmegaConf
 
-    from unet3d.inference.models import job_predictor
+    from unet3d.inference.job_setup import job_predictor
 
     inputs = keras.Input((None, None, None, 4))
     model = keras.Model(inputs, keras.layers.Conv3D(3, 1, activation="sigmoid")(inputs))
     cfg = OmegaConf.create({"model": {"head": "softmax"}, "data": {"crop_size": [8, 8, 8]},
                             "inference": {"window_size": None, "overlap": 0.5,
                                           "blend": "gaussian", "batch_size": 1, "tta": False,
-                                          "crop_to_brain": True, "crop_margin": 0}})
+                                          "crop_to_brain": True, "crop_margin": 0,
+                                          "single_window": False}})
     assert job_predictor(cfg, [model], False).background_class == 0
     assert job_predictor(cfg, [model], False, head="regions").background_class is None

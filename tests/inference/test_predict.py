@@ -58,6 +58,9 @@ class FakeTracker:
     def set_tags(self, tags):
         self.tags.update(tags)
 
+    def log_params(self, params):
+        self.tags.update({f"param:{key}": value for key, value in params.items()})
+
 
 def make_runtime():
     import tensorflow as tf

@@ -130,7 +130,8 @@ def test_amp_inference_computes_in_bfloat16_and_accumulates_float32():
     image[:3] = 0.0
     kwargs = {"window_size": (8, 8, 8), "num_classes": 3, "overlap": 0.5, "blend": "gaussian",
               "batch_size": 2, "tta": False, "jit_compile": False, "crop_to_brain": False,
-              "background_class": 0, "crop_margin": 0}
+              "background_class": 0, "crop_margin": 0, "single_window": False,
+              "input_divisor": 2}
     amp = EnsemblePredictor(model, **kwargs).probabilities(image)
     fp32 = EnsemblePredictor(reference, **kwargs).probabilities(image)
     assert amp.dtype == np.float32 and amp.shape == (12, 10, 8, 3)

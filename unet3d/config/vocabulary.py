@@ -5,7 +5,7 @@ and rules check the composed config against them.
 """
 
 MODES = ("train", "evaluate", "train_and_evaluate", "predict", "benchmark", "postprocess",
-         "cross_validate", "score")
+         "cross_validate", "score", "export")
 TRAINING_MODES = ("train", "train_and_evaluate")
 #: The modes a fold of ``mode=cross_validate`` may run (``mode.fold_mode``: they return
 #: held-out metrics).
@@ -36,6 +36,11 @@ LOSSES = ("dice+ce", "dice", "ce")
 #: Built-in learning-rate schedules (``training.lr_schedule``).
 LR_SCHEDULES = ("constant", "cosine")
 BLENDS = ("gaussian", "constant")
+#: Engines that run the network on the windows (``inference.engine``; unet3d/inference/engines.py):
+#: ``auto`` the fastest installed here by a short probe, cached per host.
+INFERENCE_ENGINES = ("auto", "tensorflow", "openvino", "onnxruntime")
+#: Formats ``mode=export`` writes (``export.formats``).
+EXPORT_FORMATS = ("onnx", "openvino", "saved_model")
 BENCHMARK_TARGETS = ("train", "predict", "pipeline", "runner")
 #: Layouts the synthetic data set writes (``data.synthetic.layout``): ``flat`` BraTS 2019 names
 #: in <case>/ folders, ``brats2019`` the same under HGG/ and LGG/, and the layouts and labels of

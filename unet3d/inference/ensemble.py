@@ -45,8 +45,9 @@ class EnsemblePredictor:
     :func:`unet3d.config.validate`).
 
     Args:
-        models: one Keras model or a list of them, each mapping float32 ``[n, h, w, d, C]`` to
-            softmax probabilities ``[n, h, w, d, num_classes]``.
+        models: one Keras model or engine (``unet3d.inference.engines``: anything with an
+            ``engine`` attribute runs as is) or a list of them, each mapping float32
+            ``[n, h, w, d, C]`` to probabilities ``[n, h, w, d, num_classes]``.
         window_size: window sides ``(h, w, d)`` in voxels.
         num_classes: output classes ``K``.
         overlap: fraction of a window shared with its neighbour, in [0, 1).
@@ -59,6 +60,9 @@ class EnsemblePredictor:
         background_class: the softmax channel that is background outside the box (0), or
             None for one-sigmoid-per-region outputs (all channels 0 outside).
         crop_margin: voxels kept around the non-zero box on every side (clipped to the grid).
+        single_window: one window over the whole (cropped) volume, its sides rounded up to
+            ``input_divisor`` (``window_size`` is then unused).
+        input_divisor: the network's input divisor (``single_window``).
 
     Raises:
         ValueError: no model.
@@ -66,8 +70,9 @@ class EnsemblePredictor:
 
     def __init__(self, models: Any, *, window_size: Sequence[int], num_classes: int,
                  overlap: float, blend: str, batch_size: int, tta: bool, jit_compile: bool,
-                 crop_to_brain: bool, background_class: int | None, crop_margin: int) -> None:
-        from unet3d.inference.sliding_window import make_keras_predict_fn
+                 crop_to_brain: bool, background_class: int | None, crop_margin: int,
+                 single_window: bool, input_divisor: int) -> None:
+        from unet3d.inference.engines import KerasEngine
 
         members = list(models) if isinstance(models, list | tuple) else [models]
         if not members:
@@ -81,16 +86,21 @@ class EnsemblePredictor:
         self.crop_to_brain = bool(crop_to_brain)
         self.background_class = background_class
         self.crop_margin = int(crop_margin)
+        self.single_window = bool(single_window)
+        self.input_divisor = int(input_divisor)
         self.num_members = len(members)
+        # A Keras model is traced once for the window shape (any shape for a single window).
         self._member_fns = [
-            make_keras_predict_fn(member, jit_compile=jit_compile, window_size=self.window_size)
+            member if hasattr(member, "engine") else
+            KerasEngine(member, None if self.single_window else self.window_size, jit_compile)
             for member in members
         ]
+        self.engine = str(getattr(self._member_fns[0], "engine", "tensorflow"))
 
     @classmethod
     def from_config(cls, models: Any, inference: Any, *, crop_size: Sequence[int],
-                    num_classes: int, jit_compile: bool,
-                    background_class: int | None) -> EnsemblePredictor:
+                    num_classes: int, jit_compile: bool, background_class: int | None,
+                    input_divisor: int) -> EnsemblePredictor:
         """Build from the ``inference`` config group (``conf/inference/default.yaml``).
 
         Args:
@@ -101,6 +111,7 @@ class EnsemblePredictor:
             num_classes: the members' output channels.
             jit_compile: ``precision.xla``.
             background_class: see the class.
+            input_divisor: the network's input divisor (``inference.single_window``).
         """
         return cls(
             models, window_size=window_size(inference, crop_size), num_classes=num_classes,
@@ -108,6 +119,7 @@ class EnsemblePredictor:
             batch_size=int(inference.batch_size), tta=bool(inference.tta),
             jit_compile=jit_compile, crop_to_brain=bool(inference.crop_to_brain),
             background_class=background_class, crop_margin=int(inference.crop_margin),
+            single_window=bool(inference.single_window), input_divisor=input_divisor,
         )
 
     def describe(self) -> str:
@@ -116,16 +128,24 @@ class EnsemblePredictor:
         if self.crop_to_brain:
             crop = ", cropped to the brain" + (f" + {self.crop_margin} voxels"
                                                if self.crop_margin else "")
+        engine = getattr(self._member_fns[0], "describe", None)
+        shown = f", engine {engine()}" if engine is not None else ""
+        if self.single_window:
+            return (f"one window over the volume (sides rounded up to {self.input_divisor})"
+                    f"{', flip TTA' if self.tta else ''}{crop}{shown}")
         return (f"window {list(self.window_size)}, overlap {self.overlap:.2f}, {self.blend} "
-                f"blend, batch {self.batch_size}{', flip TTA' if self.tta else ''}{crop}")
+                f"blend, batch {self.batch_size}{', flip TTA' if self.tta else ''}{crop}{shown}")
 
     def trace(self) -> None:
-        """Trace every member's compiled forward pass now (no model execution), e.g. while the
-        first case is being read; members without a ``trace`` are skipped."""
+        """Prepare every member for the window shape now (trace the Keras forward pass, compile
+        OpenVINO; no model execution), e.g. while the first case is being read. With a single
+        window the shape is the case's: nothing is prepared."""
+        if self.single_window:
+            return
         for member_fn in self._member_fns:
-            trace = getattr(member_fn, "trace", None)
-            if trace is not None:
-                trace()
+            prepare = getattr(member_fn, "prepare", None)
+            if prepare is not None:
+                prepare(self.window_size)
 
     def predict_windows(self, batch: np.ndarray) -> np.ndarray:
         """Mean softmax of the members on a window batch.
@@ -160,8 +180,12 @@ class EnsemblePredictor:
         from unet3d.inference.sliding_window import sliding_window_predict
 
         def whole(volume: np.ndarray) -> np.ndarray:
+            window = self.window_size
+            if self.single_window:
+                step = self.input_divisor
+                window = tuple(-(-int(side) // step) * step for side in volume.shape[:3])
             return sliding_window_predict(
-                self.predict_windows, volume, self.window_size, self.num_classes,
+                self.predict_windows, volume, window, self.num_classes,
                 overlap=self.overlap, blend=self.blend, batch_size=self.batch_size,
                 tta=self.tta, progress=progress,
             )

@@ -5,9 +5,8 @@ job's ``model`` group when the run has none) and restores its weights;
 ``unet3d.inference.ensemble.EnsemblePredictor`` runs them. The prefixes come from
 ``unet3d.inference.checkpoints.resolve_model_checkpoints``. ``trained_labels`` reads the label
 convention and head the members were trained with, so that their output is translated into the
-labels of the data set they segment (``unet3d.inference.labels``). A job (evaluate, predict,
-benchmark) segments with ``job_predictor`` and ``job_labeler``: the members' predictor with
-the ``inference`` group's settings, and their labeler into the data set's labels.
+labels of the data set they segment (``unet3d.inference.labels``). What a job segments with,
+from its config: ``unet3d.inference.job_setup``.
 """
 
 from __future__ import annotations
@@ -102,6 +101,20 @@ def _member_settings(model_cfg: Any, prefix: str) -> tuple[Any, bool]:
                 f"job needs model.{key}={model_cfg.get(key)!r}"
             )
     return recorded, True
+
+
+def member_model_settings(model_cfg: Any, prefix: str) -> dict[str, Any]:
+    """The model settings ``load_ensemble`` rebuilds ``prefix``'s network from (a plain dict).
+
+    Raises:
+        CheckpointError: the recorded network takes other inputs than ``model_cfg``.
+    """
+    settings, _ = _member_settings(model_cfg, prefix)
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(settings):
+        settings = OmegaConf.to_container(settings, resolve=True)
+    return dict(settings)
 
 
 def load_ensemble(model_cfg: Any, prefixes: Sequence[str], runtime: Any = None) -> list[Any]:
@@ -220,55 +233,3 @@ def trained_labels(prefixes: Sequence[str]) -> tuple[Any, str]:
                 "members must share labels and head"
             )
     return convention, head
-
-
-def job_predictor(cfg: Any, models: Any, jit_compile: bool,
-                  head: str | None = None) -> Any:
-    """The ``EnsemblePredictor`` of ``models`` with the ``inference`` settings of ``cfg``.
-
-    The number of output channels is the members' (their recorded network), not the job's
-    ``model.num_classes``: a model of another convention is translated afterwards.
-
-    Args:
-        cfg: the job config (``inference``, ``data.crop_size``).
-        models: one Keras model or a list of them.
-        jit_compile: ``precision.xla``.
-        head: the members' head (``trained_labels``); None: the job's ``model.head``.
-    """
-    from unet3d.inference.ensemble import EnsemblePredictor
-
-    members = models if isinstance(models, list | tuple) else [models]
-    channels = {int(member.output_shape[-1]) for member in members}
-    if len(channels) != 1:
-        raise CheckpointError(f"the ensemble's members give {sorted(channels)} output "
-                              "channels; they must all give the same")
-    # A region (sigmoid) head has no background channel: outside the brain box every region
-    # probability is 0.
-    head = head or model_head(cfg.model)
-    background = None if head == "regions" else 0
-    return EnsemblePredictor.from_config(models, cfg.inference, crop_size=cfg.data.crop_size,
-                                         num_classes=channels.pop(), jit_compile=jit_compile,
-                                         background_class=background)
-
-
-def job_labeler(cfg: Any, prefixes: Any, convention: Any) -> tuple[Any, str]:
-    """The labeler of the checkpoints' outputs into the labels of ``convention``.
-
-    Returns:
-        ``(labeler, head)``: the labeler and the head the members were trained with (the
-        predictor's background depends on it: ``job_predictor``).
-
-    Args:
-        cfg: the job config (``inference.region_threshold``).
-        prefixes: the checkpoints (their runs record the convention and head they learnt).
-        convention: the ``LabelConvention`` of the data set being segmented.
-
-    Raises:
-        CheckpointError: members trained on other conventions or heads.
-        ConfigError: the model's classes cannot be written in ``convention``.
-    """
-    from unet3d.inference.labels import make_labeler
-
-    trained, head = trained_labels(prefixes)
-    threshold = float(cfg.inference.region_threshold)
-    return make_labeler(trained, convention, head=head, threshold=threshold), head

@@ -75,8 +75,13 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     from unet3d.evaluation.postprocess import apply_postprocessing
     from unet3d.inference.background import BackgroundOutputs, CasePrefetcher
     from unet3d.inference.cases import segment_cases
-    from unet3d.inference.checkpoints import job_model_checkpoints
-    from unet3d.inference.models import job_labeler, job_predictor, load_ensemble
+    from unet3d.inference.checkpoints import CHECKPOINT_KEY
+    from unet3d.inference.job_setup import (
+        job_predictor,
+        model_source,
+        source_labeler,
+        source_members,
+    )
     from unet3d.inference.output_folder import (
         SETTINGS_FILE,
         claim_output_folder,
@@ -88,20 +93,21 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
 
     pending, source, convention = _pending_cases(cfg)
     lesionwise = lesionwise_scorer(cfg, convention, tracker)
-    prefixes = job_model_checkpoints(cfg, cfg.predict.checkpoint, fold=selected_fold(cfg))
-    labeler, head = job_labeler(cfg, prefixes, convention)
+    models = model_source(cfg, cfg.predict.checkpoint, fold=selected_fold(cfg),
+                          key=CHECKPOINT_KEY)
+    labeler, head = source_labeler(cfg, models, convention)
     output_folder = Path(cfg.predict.get("output_dir") or output_dir / "predictions").expanduser()
     output_folder.mkdir(parents=True, exist_ok=True)
     outputs = NiftiOutputs(output_folder,
                            save_probabilities=bool(cfg.predict.get("save_probabilities", False)),
                            overwrite=bool(cfg.predict.get("overwrite", False)),
                            label_values=convention.values)
-    rules = _postprocessing(cfg)
+    rules = _postprocessing(cfg, models)
     postprocess = None if rules is None else (
         lambda labels, spacing: apply_postprocessing(labels, rules, convention, spacing))
-    settings = prediction_settings(prefixes, convention, rules,
+    settings = prediction_settings(models.ids, convention, rules,
                                    OmegaConf.to_container(cfg.inference, resolve=True),
-                                   runtime.precision.policy_name, outputs.save_probabilities)
+                                   _policy_name(runtime), outputs.save_probabilities)
     kept: list[str] = []
     if claim_output_folder(output_folder, settings, outputs.overwrite):
         pending, kept = split_written(pending, outputs)
@@ -112,14 +118,15 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     with ExitStack() as stack:
         reader = stack.enter_context(CasePrefetcher(pending, accept=_accepts(outputs)))
         reader.start()  # the first case is read while the models are built
-        models = load_ensemble(cfg.model, prefixes, runtime)
-        predictor = job_predictor(cfg, models, bool(runtime.precision.xla), head=head)
+        members = source_members(cfg, models, runtime, tracker)
+        predictor = job_predictor(cfg, members, bool(runtime.precision.xla), head=head,
+                                  input_divisor=models.input_divisor())
         predictor.trace()
         if tracker is not None:
-            tracker.set_tags({"predict.checkpoints": ", ".join(prefixes),
-                              "predict.ensemble_size": str(len(prefixes))})
+            tracker.set_tags({"predict.checkpoints": ", ".join(models.ids),
+                              "predict.ensemble_size": str(len(models.ids))})
         log.info("predicting %d case(s) (%s) with %d model(s), %s -> %s", len(pending), source,
-                 len(prefixes), predictor.describe(), output_folder)
+                 len(models.ids), predictor.describe(), output_folder)
         started = time.perf_counter()
         writer = stack.enter_context(BackgroundOutputs(outputs))
         result = segment_cases(predictor, reader.cases, verb="predicted", labeler=labeler,
@@ -161,6 +168,16 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     return {**summary, "cases_written": float(written)}
 
 
+def _policy_name(runtime: Any) -> str:
+    """The dtype policy the job predicts in (``runtime.precision``, else Keras' global one)."""
+    name = getattr(getattr(runtime, "precision", None), "policy_name", None)
+    if name:
+        return str(name)
+    import keras
+
+    return keras.mixed_precision.global_policy().name
+
+
 def _accepts(outputs: Any) -> Any:
     """``accept(case_id)`` of the prefetcher: read a case ahead only if it may be written."""
     def accept(case_id: str) -> bool:
@@ -188,18 +205,27 @@ def _add_write_failures(result: Any, failures: list[Any]) -> None:
                 listed.remove(failure.case_id)
 
 
-def _postprocessing(cfg: DictConfig) -> Any:
+def _postprocessing(cfg: DictConfig, models: Any = None) -> Any:
     """The post-processing rules (``PostprocessingRules``) of the sweep in
     ``predict.checkpoint``, or None.
 
     A sweep folder (or ``runs:/<parent run id>``) holding ``postprocessing.json`` (written by
-    ``mode=postprocess``) gives its rules, unless ``predict.postprocess=false``.
+    ``mode=postprocess``) gives its rules, and an export folder the rules it recorded, unless
+    ``predict.postprocess=false``.
 
     Raises:
         DataError: the sweep's ``postprocessing.json`` is unreadable.
     """
     spec = cfg.predict.get("checkpoint")
-    if not cfg.predict.get("postprocess", True) or not isinstance(spec, str) or not spec:
+    if not cfg.predict.get("postprocess", True):
+        return None
+    if models is not None and models.export is not None:
+        rules = models.export.postprocessing()
+        if rules is not None:
+            log.info("post-processing recorded in %s: %s (predict.postprocess=false turns it "
+                     "off)", models.export.path, rules)
+        return rules
+    if not isinstance(spec, str) or not spec:
         return None
     from unet3d.evaluation.postprocess import POSTPROCESSING_FILE, load_postprocessing
     from unet3d.inference.checkpoints import job_reference_folder

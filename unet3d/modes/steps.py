@@ -124,16 +124,18 @@ def _log_training_artifacts(job: Job, model: Any, result: Any) -> None:
 
 
 def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
-                   head: str | None = None) -> dict[str, float]:
+                   head: str | None = None, input_divisor: int | None = None
+                   ) -> dict[str, float]:
     """Segment and score every held-out case once (chief only; other ranks return {}).
 
     Args:
         job: the job (config, tracker, run folder).
-        models: one Keras model or a list of them (an ensemble: mean softmax).
+        models: one Keras model or engine, or a list of them (an ensemble: mean softmax).
         prepared: the fold's data (``eval_files``, ``convention``).
         labeler: probabilities -> the data set's labels; None = the data set's own classes
             (a model just trained on it, with the head of ``model.head``).
         head: the models' head (with ``labeler``); None: ``model.head``.
+        input_divisor: the models' input divisor (None: the ``model`` group's).
 
     Returns:
         The mean of every metric over the scored cases.
@@ -145,8 +147,8 @@ def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
     from unet3d.evaluation.postprocess import write_oof_prediction
     from unet3d.inference.cases import segment_cases
     from unet3d.inference.inputs import record_pending_cases
+    from unet3d.inference.job_setup import job_predictor
     from unet3d.inference.labels import make_labeler as labeler_of
-    from unet3d.inference.models import job_predictor
     from unet3d.tracking.figures import CaseFigureCollector
 
     if not job.context.is_chief:
@@ -158,7 +160,8 @@ def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
     if labeler is None:
         labeler = labeler_of(convention, convention, head=head,
                              threshold=float(job.cfg.inference.region_threshold))
-    predictor = job_predictor(job.cfg, models, bool(job.runtime.precision.xla), head=head)
+    predictor = job_predictor(job.cfg, models, bool(job.runtime.precision.xla), head=head,
+                              input_divisor=input_divisor)
     lesionwise = lesionwise_scorer(job.cfg, convention, job.tracker)
 
     def on_scored(case: Any, reference: Any, labels: Any, metrics: Any) -> None:

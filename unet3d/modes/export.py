@@ -1,0 +1,183 @@
+"""``mode=export``: trained model(s) as a self-describing export folder (ONNX, OpenVINO, TF).
+
+``export.checkpoint`` is what ``predict.checkpoint`` takes: a checkpoint, a run dir, a sweep
+dir (every fold, or ``export.fold``: an ensemble), ``runs:/<id>`` or ``models:/<name>@<alias>``.
+Each member is rebuilt in float32 from its run's recorded model settings, written in every
+format of ``export.formats`` with the libraries' own converters
+(``unet3d.inference.exporters``) and checked on a random window against the Keras model (max
+|dp| <= ``export.tolerance``, else one ``ExportError`` line naming the format and the
+difference, and nothing is left in the export folder). Then ``unet3d_export.json`` records what
+inference needs (``unet3d.inference.export_folder``) and the folder appears under its name at
+once (written beside it, then renamed). The folder is logged to the job's MLflow run as
+artifacts (``export/``), and the runner logs the served model of the export
+(``unet3d.serving.export_model``), which needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from unet3d.errors import ConfigError
+from unet3d.modes.job import Job
+
+log = logging.getLogger(__name__)
+
+#: The export folder under the run dir when ``export.output_dir`` is null.
+DEFAULT_FOLDER = "export"
+
+
+def export_folder_of(cfg: DictConfig, output_dir: Path) -> Path:
+    """Where the job writes its export folder (``export.output_dir`` or ``<run dir>/export``)."""
+    chosen = cfg.export.get("output_dir")
+    return Path(str(chosen)).expanduser() if chosen else Path(output_dir) / DEFAULT_FOLDER
+
+
+def run(job: Job) -> dict[str, float]:
+    """Export ``export.checkpoint``'s model(s); chief only (other ranks return {}).
+
+    Returns:
+        ``members`` and, per format, ``max_dp_<format>`` (the largest difference of any member).
+
+    Raises:
+        ConfigError: a converter is not installed (naming its extra), or the folder exists
+            and ``export.overwrite`` is false.
+        ExportError: a converter fails, or a file differs from the Keras model.
+        CheckpointError: no usable checkpoint.
+    """
+    if not job.context.is_chief:
+        return {}
+    return export(job.cfg, job.tracker, Path(job.output_dir))
+
+
+def export(cfg: DictConfig, tracker: Any, output_dir: Path) -> dict[str, float]:
+    """The body of ``run``: see there."""
+    from unet3d.config.settings import input_divisor
+    from unet3d.inference.checkpoints import job_model_checkpoints
+    from unet3d.inference.ensemble import window_size
+    from unet3d.inference.exporters import export_member, float32_policy, require_converter
+    from unet3d.inference.models import load_ensemble, member_model_settings, trained_labels
+
+    formats = [str(fmt) for fmt in cfg.export.formats]
+    if not formats:
+        raise ConfigError("export.formats: name at least one of onnx, openvino, saved_model")
+    for fmt in formats:
+        require_converter(fmt)
+    folder = export_folder_of(cfg, output_dir)
+    overwrite = bool(cfg.export.overwrite)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise ConfigError(f"export.output_dir: {folder} exists and is not empty "
+                          "(export.overwrite=true replaces it)")
+    spec = cfg.export.checkpoint
+    prefixes = job_model_checkpoints(cfg, spec, fold=cfg.export.fold,
+                                     key="export.checkpoint")
+    convention, head = trained_labels(prefixes)
+    settings = [member_model_settings(cfg.model, prefix) for prefix in prefixes]
+    divisor = max(input_divisor(member) for member in settings)
+    window = [-(-side // divisor) * divisor
+              for side in window_size(cfg.inference, cfg.data.crop_size)]
+    rules = _postprocessing(cfg, spec)
+    tolerance = float(cfg.export.tolerance)
+    with float32_policy():
+        models = load_ensemble(cfg.model, prefixes, None)
+    staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    started = time.perf_counter()
+    members = []
+    try:
+        for index, (model, prefix) in enumerate(zip(models, prefixes, strict=True)):
+            name = f"member-{index}"
+            log.info("exporting %s (%s) as %s", prefix, name, ", ".join(formats))
+            files, differences = export_member(model, staging / name, formats, window,
+                                               tolerance)
+            members.append(_member_entry(staging, name, files, differences, settings[index],
+                                         prefix))
+        record = _record(cfg, models[0], members, convention, head, divisor, window, rules,
+                         tolerance)
+        (staging / "unet3d_export.json").write_text(json.dumps(record, indent=2) + "\n",
+                                                    encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("exported %d member(s) as %s to %s in %.1f s", len(members), ", ".join(formats),
+             folder, time.perf_counter() - started)
+    metrics: dict[str, float] = {"members": float(len(members))}
+    for fmt in formats:
+        metrics[f"max_dp_{fmt}"] = max(member["max_difference"][fmt] for member in members)
+    if tracker is not None:
+        tracker.set_tags({"unet3d.export_dir": str(folder),
+                          "unet3d.export_formats": ", ".join(formats)})
+        tracker.log_metrics(metrics)
+        tracker.log_artifacts(folder, "export")
+    return metrics
+
+
+def _member_entry(staging: Path, name: str, files: dict[str, Path],
+                  differences: dict[str, float], settings: dict[str, Any],
+                  prefix: str) -> dict[str, Any]:
+    from unet3d.inference.export_folder import ExportMember, file_digest
+
+    digests = {fmt: file_digest(path) for fmt, path in files.items()}
+    if "openvino" in files:
+        digests["openvino_bin"] = file_digest(files["openvino"].with_suffix(".bin"))
+    return ExportMember(name, {fmt: str(path.relative_to(staging)) for fmt, path in files.items()},
+                        digests, settings, str(prefix), differences).to_dict()
+
+
+def _record(cfg: DictConfig, model: Any, members: list[dict[str, Any]], convention: Any,
+            head: str, divisor: int, window: list[int], rules: Any,
+            tolerance: float) -> dict[str, Any]:
+    """The content of ``unet3d_export.json`` (``unet3d.inference.export_folder``)."""
+    import unet3d
+    from unet3d.data.convention import MODALITIES
+    from unet3d.inference.engines import ENGINES, engine_version
+    from unet3d.inference.export_folder import EXPORT_FORMAT, normalisation_record
+
+    inference = OmegaConf.to_container(cfg.inference, resolve=True)
+    for key in ("engine", "engine_threads", "engine_cache", "engine_reprobe"):
+        inference.pop(key, None)  # the host that predicts chooses these
+    inference["window_size"] = window
+    return {
+        "format": EXPORT_FORMAT,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "unet3d_version": unet3d.__version__,
+        "input": {"name": "image", "dtype": "float32", "layout": "NHWDC",
+                  "channels": int(model.inputs[0].shape[-1]), "modalities": list(MODALITIES),
+                  "divisor": int(divisor),
+                  "spatial": "any sides that are multiples of the divisor"},
+        "output": {"dtype": "float32", "layout": "NHWDK", "channels": int(model.output_shape[-1]),
+                   "head": head,
+                   "activation": "sigmoid per region" if head == "regions" else "softmax",
+                   "region_threshold": float(cfg.inference.region_threshold)},
+        "normalisation": normalisation_record(),
+        "labels": convention.to_dict(),
+        "inference": inference,
+        "ensemble": {"members": len(members), "combine": "mean of the members' probabilities"},
+        "members": members,
+        "postprocessing": None if rules is None else rules.to_dict(),
+        "check": {"tolerance": tolerance, "what": "max |dp| vs the Keras model on a random "
+                  f"{'x'.join(map(str, window))} window, float32"},
+        "versions": {name: engine_version(name) for name in ENGINES},
+    }
+
+
+def _postprocessing(cfg: DictConfig, spec: Any) -> Any:
+    """The sweep's post-processing rules (``mode=postprocess``) when ``spec`` names one."""
+    if not isinstance(spec, str) or not spec:
+        return None
+    from unet3d.evaluation.postprocess import load_postprocessing
+    from unet3d.inference.checkpoints import job_reference_folder
+
+    folder = job_reference_folder(cfg, spec, "export.checkpoint")
+    return load_postprocessing(folder) if folder.is_dir() else None
