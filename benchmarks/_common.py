@@ -31,16 +31,36 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 #: Working folder of runner subprocesses (MLflow store, outputs, synthetic data cache).
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "unet3d-benchmarks"
 
-#: The reference 3D U-Net (REFERENCE.md: 31,196,196 parameters) and the small default model.
-MODELS: dict[str, dict[str, Any]] = {
-    "reference": {"base_filters": 32, "max_filters": 320, "num_levels": 6,
-                  "output_kernel_size": 3, "norm": "instance"},
-    "small": {"base_filters": 8, "max_filters": 64, "num_levels": 4,
-              "output_kernel_size": 3, "norm": "instance"},
-}
-#: Runner overrides selecting each model above.
+#: Runner overrides selecting the reference 3D U-Net (REFERENCE.md: 31,196,196 parameters) and
+#: the small default model.
 MODEL_OVERRIDES: dict[str, list[str]] = {"reference": ["model=unet3d"],
                                          "small": ["model=unet3d_small"]}
+
+
+def config_group(path: str) -> dict[str, Any]:
+    """A config group option of conf/ as Hydra composes it (``"model/unet3d"``), plain values.
+
+    Benchmarks take their settings from here, the one home of every default, so that they
+    measure what a job runs.
+    """
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        composed = compose(path)
+    group = OmegaConf.to_container(composed[path.split("/", 1)[0]], resolve=True)
+    return group  # type: ignore[return-value]
+
+
+def _unet_arguments(option: str) -> dict[str, Any]:
+    """``build_unet3d``'s arguments: the keys of ``conf/model/<option>.yaml``."""
+    group = config_group(f"model/{option}")
+    return {key: value for key, value in group.items() if key != "_target_"}
+
+
+#: ``build_unet3d`` arguments of each model above.
+MODELS: dict[str, dict[str, Any]] = {"reference": _unet_arguments("unet3d"),
+                                     "small": _unet_arguments("unet3d_small")}
 PRECISION_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
 

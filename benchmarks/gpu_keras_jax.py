@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -23,11 +24,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from unet3d.model.unet3d import build_unet3d, count_forward_flops  # noqa: E402
 
-REFERENCE = {"base_filters": 32, "max_filters": 320, "num_levels": 6, "norm": "instance",
-             "output_kernel_size": 3, "in_channels": 4, "num_classes": 4}
+#: The reference network: the arguments of conf/model/unet3d.yaml.
+REFERENCE = {key: value for key, value in OmegaConf.to_container(OmegaConf.load(
+    Path(__file__).resolve().parents[1] / "conf" / "model" / "unet3d.yaml")).items()
+    if key != "_target_"}
 
 
 def dice_ce_loss(labels: jax.Array, probabilities: jax.Array) -> jax.Array:

@@ -5,7 +5,9 @@ Two parts, each one command (run each under ``flock /tmp/unet3d-cpu.lock``):
 ``time``: one 240 x 240 x 155 synthetic BraTS case (``unet3d.data.synthetic_case``, the brain
 shifted off-centre, preprocessed and normalised exactly as the records are) at the reference
 widths (``model=unet3d``, random weights: timing does not depend on them), 128^3 windows,
-overlap 0.5, through ``EnsemblePredictor`` (the code path of ``mode=predict``):
+overlap 0.5, through ``EnsemblePredictor`` (the code path of ``mode=predict``) with the rest
+of conf/inference/default.yaml (blend, TTA, the brain box's ``crop_margin``; results written
+before the margin was read from there, without ``crop_margin`` in their JSON, used none):
 ``today`` (fp32, ``crop_to_brain=false``), ``crop_fp32`` and ``crop_amp`` (mixed_bfloat16,
 the same weights), interleaved in rounds whose order rotates; ratios are per round, reported
 as medians. Also: forward-pass seconds (the rest is host work), achieved GFLOP/s against the
@@ -38,12 +40,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import MODELS, RESULTS_DIR, write_result  # noqa: E402
+from _common import MODELS, RESULTS_DIR, config_group, write_result  # noqa: E402
 from _predict_inputs import cut_and_shift  # noqa: E402
+
+from unet3d.config.settings import input_divisor  # noqa: E402
 
 #: BraTS regions as sets of training classes (label 4 = class 3).
 REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 VARIANTS = ("today", "crop_fp32", "crop_amp")
+#: conf/inference/default.yaml: the sliding window of a job (blend, TTA, brain-box margin, and
+#: the defaults of --overlap and --window-batch).
+INFERENCE = config_group("inference/default")
 
 
 def realistic_case(shape: tuple[int, int, int], shift: tuple[int, int, int], seed: int,
@@ -99,8 +106,9 @@ def build(widths: dict[str, Any], policy: str, weights: list | None) -> Any:
 
 
 def predictors(model_fp32: Any, model_amp: Any, window: int, overlap: float,
-               batch: int) -> dict[str, Any]:
-    """The four ``EnsemblePredictor`` variants keyed ``<fp32|amp>_<crop|full>``."""
+               batch: int, divisor: int) -> dict[str, Any]:
+    """The four ``EnsemblePredictor`` variants keyed ``<fp32|amp>_<crop|full>`` (``divisor``:
+    the network's input divisor, ``unet3d.config.settings.input_divisor``)."""
     from unet3d.inference.ensemble import EnsemblePredictor
 
     made = {}
@@ -108,7 +116,10 @@ def predictors(model_fp32: Any, model_amp: Any, window: int, overlap: float,
         for crop in (False, True):
             made[f"{precision}_{'crop' if crop else 'full'}"] = EnsemblePredictor(
                 model, window_size=(window,) * 3, num_classes=4, overlap=overlap,
-                blend="gaussian", batch_size=batch, crop_to_brain=crop)
+                blend=INFERENCE["blend"], batch_size=batch, tta=INFERENCE["tta"],
+                jit_compile=False, crop_to_brain=crop, background_class=0,
+                crop_margin=INFERENCE["crop_margin"], single_window=INFERENCE["single_window"],
+                input_divisor=divisor)
     return made
 
 
@@ -128,7 +139,7 @@ def command_time(arguments: argparse.Namespace) -> None:
     model_fp32 = build(widths, "float32", None)
     model_amp = build(widths, "mixed_bfloat16", model_fp32.get_weights())
     made = predictors(model_fp32, model_amp, arguments.window, arguments.overlap,
-                      arguments.window_batch)
+                      arguments.window_batch, input_divisor(widths))
     chosen = {"today": made["fp32_full"], "crop_fp32": made["fp32_crop"],
               "crop_amp": made["amp_crop"]}
     forward: dict[str, list[float]] = {name: [] for name in chosen}
@@ -184,6 +195,7 @@ def command_time(arguments: argparse.Namespace) -> None:
     write_result(arguments.out, {
         "benchmark": "predict_crop", "model": arguments.model, "weights": "random (seed 0)",
         "window": arguments.window, "overlap": arguments.overlap,
+        "crop_margin": INFERENCE["crop_margin"],
         "window_batch": arguments.window_batch, "volume": arguments.volume,
         "brain_box": box.to_record(), "brain_box_shape": list(box.shape),
         "rounds": arguments.rounds, "method": "one process, variants interleaved per round "
@@ -214,7 +226,7 @@ def command_agree(arguments: argparse.Namespace) -> None:
     prefix = restore_weights(model_fp32, arguments.checkpoint)
     model_amp = build(widths, "mixed_bfloat16", model_fp32.get_weights())
     made = predictors(model_fp32, model_amp, arguments.window, arguments.overlap,
-                      arguments.window_batch)
+                      arguments.window_batch, input_divisor(widths))
     cases = [(f"held-out {index}", tuple(arguments.case_shape), (0, 0, 0), index)
              for index in range(arguments.first_case, arguments.first_case + arguments.cases)]
     if arguments.big_case:
@@ -272,7 +284,8 @@ def command_agree(arguments: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=1), flush=True)
     write_result(arguments.out, {
         "benchmark": "predict_crop_agreement", "checkpoint": prefix, "model": arguments.model,
-        "window": arguments.window, "overlap": arguments.overlap, "cases": rows,
+        "window": arguments.window, "overlap": arguments.overlap,
+        "crop_margin": INFERENCE["crop_margin"], "cases": rows,
         "summary": summary,
     })
 
@@ -283,8 +296,9 @@ def main() -> None:
     timing = commands.add_parser("time", help="interleaved timing at the reference widths")
     agree = commands.add_parser("agree", help="segmentation agreement with a trained model")
     for sub in (timing, agree):
-        sub.add_argument("--window-batch", type=int, default=2, help="windows per forward pass")
-        sub.add_argument("--overlap", type=float, default=0.5)
+        sub.add_argument("--window-batch", type=int, default=INFERENCE["batch_size"],
+                         help="windows per forward pass")
+        sub.add_argument("--overlap", type=float, default=INFERENCE["overlap"])
         sub.add_argument("--volume", type=int, nargs=3, default=[240, 240, 155])
         sub.add_argument("--shift", type=int, nargs=3, default=[24, -20, 4],
                          help="voxels the brain moves off the centre")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,14 +42,20 @@ def test_default_config_is_valid() -> None:
     "overrides",
     [
         ["precision=amp"], ["precision=bf16"], ["precision=fp16", "precision.xla=true"],
-        ["precision=fp32"], ["precision=fp32", "precision.policy=auto", "precision.reprobe=true"],
+        ["precision=fp32"],
+        ["precision=fp32", "precision.policy=auto", "+precision.min_speedup=1.2",
+         "precision.reprobe=true"],
         ["device=cpu"], ["device=gpu"], ["device=mlu"],
         ["strategy=mirrored"], ["strategy=multi_worker"], ["strategy=horovod"],
         ["mode=train"], ["mode=benchmark"], ["model=unet3d", "data.crop_size=[128,128,128]"],
         ["debug=fast", "fold=4", "precision=amp", "mode=train"],
         ["model.norm=batch"], ["model.output_kernel_size=1"], ["model.norm=none"],
         ["model.norm=group", "model.base_filters=16"],
-        ["training.loss=dice", "training.lr_schedule=constant"],
+        ["loss.name=dice", "training.lr_schedule=constant"],
+        ["mode=cross_validate", "mode.folds=[0,2]",
+         "mode.fold_overrides=['hydra/launcher=joblib']"],
+        ["training.deep_supervision=true", "training.deep_supervision_levels=2",
+         "training.deep_supervision_weights=[0.7,0.3]"],
         ["data=brats2019", "data.raw_dir=/", "debug=fast"],
         ["inference=fast"], ["inference.engine=openvino", "inference.engine_threads=2"],
         ["mode=export", "checkpoint=/", "export.formats=[onnx]"],
@@ -79,7 +86,26 @@ def test_debug_preset_shrinks_everything() -> None:
         (["data=brats2019", "data.raw_dir=/no/such/folder"], "data.raw_dir"),
         (["training.max_steps=0"], "training.max_steps"),
         (["training.learning_rate=-1"], "training.learning_rate"),
-        (["training.loss=focal"], "training.loss"),
+        (["loss.name=focal"], "loss.name"),
+        (["model.base_filters=16", "model.max_filters=8"], "model.max_filters"),
+        (["inference.crop_margin=-2"], "inference.crop_margin"),
+        (["inference.crop_to_brain=yes"], "inference.crop_to_brain"),
+        (["inference.region_threshold=0"], "inference.region_threshold"),
+        (["model.head=sigmoid"], "model.head"),
+        (["mode=predict", "predict.checkpoint=/", "predict.fold=-1"], "predict.fold"),
+        (["mode=cross_validate", "mode.folds=[0,5]"], "mode.folds"),
+        (["mode=cross_validate", "mode.fold_mode=train"], "mode.fold_mode"),
+        (["mode=cross_validate", "mode.fold_overrides=x"], "mode.fold_overrides"),
+        (["mode=cross_validate", "training.max_steps=0"], "training.max_steps"),
+        (["training.deep_supervision=true", "training.deep_supervision_weights=[1]"],
+         "training.deep_supervision_weights"),
+        (["training.deep_supervision=true", "training.deep_supervision_weights=[1,-1,0]"],
+         "training.deep_supervision_weights"),
+        (["training.deep_supervision=true", "training.deep_supervision_levels=4"],
+         "training.deep_supervision_levels"),
+        (["training.deep_supervision=true", "model.num_levels=2", "data.crop_size=[32,32,32]"],
+         "training.deep_supervision"),
+        (["precision=fp32", "precision.policy=auto"], "precision.min_speedup"),
         (["inference.overlap=1.0"], "inference.overlap"),
         (["model.norm=layer"], "model.norm"),
         (["model.num_classes=1"], "model.num_classes"),
@@ -214,19 +240,19 @@ def test_shell_completion_of_the_console_script(tmp_path: Path) -> None:
 
 
 def test_num_classes_must_be_the_data_sets():
-    from omegaconf import OmegaConf
-
+    from unet3d.config import data_problem
     from unet3d.data.convention import BRATS2023, LabelConvention
-    from unet3d.errors import ConfigError
-    from unet3d.runner import check_num_classes
 
-    cfg = OmegaConf.create({"model": {"num_classes": 4}})
-    check_num_classes(cfg, BRATS2023)  # 0, 1, 2, 3: four classes
+    model, loss = {"num_classes": 4}, {"_target_": "unet3d.training.losses.SegmentationLoss"}
+    assert data_problem(model, loss, BRATS2023, 3) is None  # 0, 1, 2, 3: four classes
     post = LabelConvention("brats2024_post", {0: "background", 1: "NETC", 2: "SNFH", 3: "ET",
                                               4: "RC"}, {"RC": (4,)})
-    with pytest.raises(ConfigError, match=r"^model.num_classes: .*brats2024_post has 5 classes.*"
-                                          r"model.num_classes=5$"):
-        check_num_classes(cfg, post)
+    problem = data_problem(model, loss, post, 4)
+    assert re.match(r"^model.num_classes: .*brats2024_post has 5 classes.*model.num_classes=5$",
+                    problem), problem
+    regions = {"num_classes": 4, "head": "regions", "num_regions": 3}
+    assert data_problem(regions, {"_target_": "unet3d.training.region_loss.RegionLoss"},
+                        BRATS2023, 2).startswith("model.num_regions: the data set paints 2")
 
 
 # ---- data.augmentation (conf/augmentation/) -----------------------------------------------------

@@ -140,8 +140,8 @@ def test_reference_recipe_values() -> None:
     assert cfg.model.norm == "instance" and cfg.model.output_kernel_size == 3
     training = cfg.training
     assert training.max_steps == 16000 and training.learning_rate == pytest.approx(2e-4)
-    assert training.optimizer == "adam" and training.lr_schedule == "constant"
-    assert training.loss == "dice+ce" and training.include_background is False
+    assert training.lr_schedule == "constant"
+    assert cfg.loss.name == "dice+ce" and cfg.loss.include_background is False
     assert training.log_every == 100 and training.checkpoint_every == 1000
     assert cfg.precision.name == "fp32" and cfg.mode.name == "train_and_evaluate"
     assert (cfg.fold, cfg.num_folds) == (0, 5)

@@ -170,6 +170,29 @@ def test_no_import_goes_up_a_layer(graph: dict[str, set[str]]) -> None:
     assert not fixed, f"no longer upward, remove from KNOWN_UPWARD: {fixed}"
 
 
+def mode_imports(graph: dict[str, set[str]], modes: Sequence[str]) -> list[str]:
+    """Imports from one mode (``unet3d.modes.<name>``, a package with its submodules) of another."""
+    def mode_of(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[2] if len(parts) > 2 and parts[1] == "modes" and parts[2] in modes else None
+
+    return [f"{module} -> {other}" for module, imported in sorted(graph.items())
+            for other in sorted(imported)
+            if mode_of(module) and mode_of(other) and mode_of(module) != mode_of(other)]
+
+
+def test_no_mode_imports_another_mode(graph: dict[str, set[str]]) -> None:
+    """What two modes share lives in the modes' own helpers (``job``, ``build``, ``steps``)."""
+    from unet3d.config import MODES
+
+    found = mode_imports(graph, MODES)
+    assert not found, "modes importing another mode:\n" + "\n".join(found)
+    shared = {"unet3d.modes.train_and_evaluate": {"unet3d.modes.train", "unet3d.modes.job"},
+              "unet3d.modes.benchmark.predict_target": {"unet3d.modes.benchmark.measure"}}
+    assert mode_imports(shared, MODES) == [
+        "unet3d.modes.train_and_evaluate -> unet3d.modes.train"]
+
+
 def test_every_layer_unit_exists() -> None:
     units = {unit_of(module) for module in module_files(PACKAGE)}
     listed = [unit for layer in LAYERS for unit in layer]

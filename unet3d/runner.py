@@ -1,28 +1,141 @@
-"""The task runner: one validated config in, one mode run, everything tracked.
+"""The task runner: one composed config in, one job run, everything tracked.
 
-``run_task`` sets devices, precision and the distribution strategy once, takes the run folder
-(or, for a resumed training, defers that until its checkpoint is restored), opens the MLflow
-run and dispatches to the mode: ``unet3d.modes.<mode.name>.run(job)`` for ``train``,
-``evaluate``, ``train_and_evaluate``, ``predict`` or ``benchmark``. The work lives in the
+``run_job`` is what ``python -m unet3d.run`` does with the config Hydra composed: it claims the
+run folder, validates the config (before TensorFlow is imported), runs the job and turns its
+errors into exit statuses. ``run_task`` sets devices, precision and the distribution strategy
+once, builds the job's record and its ``Job`` (``unet3d.modes.job``: ``start``, ``check_data``,
+``finish``) and runs the mode: ``unet3d.modes.<mode.name>.run(job)``. The work lives in the
 modes and in the packages ``data``, ``model``, ``training``, ``inference``, ``evaluation``,
 ``runtime`` and ``tracking``.
+
+A user error (bad value, bad data, missing device) ends the job with one ERROR line and exit
+status 1; SIGTERM and Ctrl-C end it with one ERROR line and status 143 or 130 (its MLflow run
+KILLED). Inside a ``--multirun`` sweep a failed job is recorded (results.json, MLflow run
+FAILED) and the sweep goes on; the sweep callback summarises the folds and makes the sweep exit
+non-zero. What a job returns to Hydra's sweeper: its metrics, or, when ``optimized_metric`` is
+set (``conf/hparams_search/``), their mean, the objective the Optuna sweeper optimises
+(``unet3d.tracking.study``); a failed job returns None (an Optuna FAIL trial).
+``mode=cross_validate`` runs its folds as a sweep of their own (``unet3d.modes.cross_validate``).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-from unet3d.config import TRAINING_MODES
+from unet3d.config import TRAINING_MODES, validate
+from unet3d.errors import Unet3dError
 from unet3d.modes.job import Job, Runtime
 
 log = logging.getLogger(__name__)
 
+#: Exit statuses of a job stopped by SIGTERM and by Ctrl-C (128 + the signal's number).
+EXIT_TERMINATED = 143
+EXIT_INTERRUPTED = 130
+
+
+def run_job(cfg: DictConfig) -> Any:
+    """Claim the run folder, validate ``cfg`` and run its job (see the module doc).
+
+    Returns:
+        The job's metrics, the sweeper's objective, or None for a failed sweep job.
+    """
+    from unet3d.modes.cross_validate import (
+        is_cross_validation,
+        run_cross_validation,
+        selected_folds,
+    )
+    from unet3d.runs.folder import RunFolder
+    from unet3d.runtime.launch import launch_rank
+    from unet3d.tracking.study import objective_value, optimized_metric_names
+
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    output_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
+    folder = RunFolder(output_dir, resume=bool(cfg.get("resume", False)),
+                       is_chief=launch_rank() == 0)
+
+    def commit() -> None:
+        folder.commit(cfg, HydraConfig.instance().cfg, overrides)
+
+    try:
+        folder.claim()
+        if not folder.resume:
+            commit()
+        objective = optimized_metric_names(cfg)
+        validate(cfg)
+        _check_tracking_store(cfg)
+        if is_cross_validation(cfg):
+            commit()
+            metrics = run_cross_validation(cfg, Path(output_dir), overrides, selected_folds(cfg))
+        else:
+            metrics = run_task(cfg, commit, overrides)
+        if objective is None:
+            return metrics
+        value = objective_value(metrics, objective)
+        log.info("objective (mean of %s): %.6g", ", ".join(objective), value)
+        return value
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM as TerminationRequested
+        if multirun:
+            raise  # stops the sweep; the sweep callback ends its parent run KILLED
+        from unet3d.runs.folder import stop_hint
+        from unet3d.runtime.signals import TerminationRequested
+
+        terminated = isinstance(error, TerminationRequested)
+        hint = stop_hint(output_dir, OmegaConf.select(cfg, "mode.name") in TRAINING_MODES)
+        log.error("job stopped: %s; its MLflow run is KILLED (%s)",
+                  error if terminated else "interrupted (Ctrl-C)", hint)
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+    except Exception as error:
+        if isinstance(error, Unet3dError):
+            log.error("%s", error)
+        else:
+            log.exception("job failed: %s", error)
+        if not multirun:
+            sys.exit(1)
+        _record_failed_sweep_job(folder, output_dir, overrides, error)
+        return None
+    finally:
+        folder.close()
+
+
+def _check_tracking_store(cfg: DictConfig) -> None:
+    """The MLflow store answers and is usable, before anything is built (rank 0 only): else
+    one line naming ``tracking.uri`` (``unet3d.tracking.store_check``)."""
+    from unet3d.runtime.launch import launch_rank
+
+    if not OmegaConf.select(cfg, "tracking.enabled", default=False) or launch_rank() != 0:
+        return
+    from unet3d.tracking.store_check import check_store
+
+    check_store(OmegaConf.to_container(cfg.tracking, resolve=True), cfg.paths.root_dir)
+
+
+def _record_failed_sweep_job(folder: Any, output_dir: str, overrides: list[str],
+                             error: Exception) -> None:
+    """Record a failed job of a sweep; the sweep callback summarises every fold and makes the
+    sweep exit non-zero. A refused folder, or a refused / failed resume, stays as it was."""
+    if not folder.committed:
+        from unet3d.runs.folder import record_uncommitted_failure
+
+        record_uncommitted_failure(output_dir, str(error))
+        return
+    from unet3d.modes.cross_validate import run_id_of
+    from unet3d.runs.identity import read_identity, write_job_result
+    from unet3d.tracking.tracker import read_run_id_file
+
+    record = read_identity(output_dir)  # run_identity.json, else the .hydra/ config it wrote
+    write_job_result(output_dir, "FAILED", record.fold if record is not None else None,
+                     overrides, error=str(error),
+                     mlflow_run_id=read_run_id_file(Path(output_dir) / "mlflow_run_id")
+                     or run_id_of(output_dir))
 
 
 def setup_runtime(cfg: DictConfig, recorded_precision: Any = None) -> Runtime:
@@ -55,13 +168,6 @@ def setup_runtime(cfg: DictConfig, recorded_precision: Any = None) -> Runtime:
     return Runtime(device, precision, context)
 
 
-def _overrides() -> list[str]:
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return []
-
-
 #: Modes that need no model and so no TensorFlow: their runtime is a placeholder (one process,
 #: no device, no precision) and TensorFlow is never imported.
 NO_TENSORFLOW_MODES = ("score",)
@@ -79,105 +185,54 @@ def light_runtime() -> Runtime:
     return Runtime(device, precision, context)
 
 
-def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None) -> dict[str, float]:
+def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None,
+             overrides: list[str] | None = None) -> dict[str, float]:
     """Run ``cfg.mode.name`` and return its final metrics (also logged and in results.json).
 
     Args:
         cfg: the validated, composed config.
         commit: writes the job's ``.hydra/`` files and opens its ``run.log`` (see
-            :mod:`unet3d.runs.folder`); called before anything is written into the run folder.
-            A resume of a training mode calls it only once the resume is accepted: the
-            recorded identity matches and the checkpoint is restored.
+            :mod:`unet3d.runs.folder`); ``Job.start`` calls it before anything is written into
+            the run folder. A resume of a training mode starts only once the resume is
+            accepted: the recorded identity matches and the checkpoint is restored.
+        overrides: the job's command-line overrides.
 
     Raises:
         RunFolderError: ``resume=true`` and the run in the folder is another experiment.
     """
     from unet3d.modes import mode_function
     from unet3d.runs.identity import RunIdentity
-    from unet3d.runs.provenance import git_tags
-    from unet3d.runs.results import write_job_result
     from unet3d.tracking.parent_run import current_parent_run_id
     from unet3d.tracking.tracker import Tracker, tracked_run
 
     output_dir = Path(cfg.paths.output_dir)
-    root_dir = Path(cfg.paths.root_dir)
     mode = cfg.mode.name
     run_mode = mode_function(mode)
     resuming = bool(cfg.resume) and mode in TRAINING_MODES
-    identity = RunIdentity.from_config(cfg)
-    recorded = check_resume(output_dir, identity) if resuming else None
+    record = RunIdentity.from_config(cfg)
+    recorded = check_resume(output_dir, record) if resuming else None
     if mode in NO_TENSORFLOW_MODES:
         runtime = light_runtime()
     else:
         runtime = setup_runtime(cfg, recorded.precision if recorded is not None else None)
-    identity.precision.update(runtime.precision.identity(runtime.device.type))
-    context = runtime.context
-    tracker = Tracker(cfg.tracking, root_dir, enabled=bool(cfg.tracking.enabled),
-                      is_chief=context.is_chief)
-    tags = {
-        "mode": mode,
-        "fold": str(cfg.fold),
-        "num_folds": str(cfg.num_folds),
-        "device": runtime.device.type,
-        "onednn": runtime.device.onednn.split(" ", 1)[0],
-        "precision": runtime.precision.policy_name,
-        "precision_policy": runtime.precision.policy_name,
-        "compute_dtype": runtime.precision.compute_dtype,
-        "variable_dtype": runtime.precision.variable_dtype,
-        "loss_scaling": str(runtime.precision.loss_scale).lower(),
-        "xla": str(runtime.precision.xla).lower(),
-        "strategy": context.name,
-        "replicas": str(context.num_replicas),
-        "output_dir": str(output_dir),
-        "overrides": " ".join(_overrides()),
-        **git_tags(root_dir),
-    }
-
-    begun: list[bool] = []
-
-    def begin() -> None:
-        """The job takes the folder: .hydra/, run.log, the identity record, the MLflow run.
-
-        Called once: at the start, or by a resumed training once its checkpoint is restored.
-        """
-        if begun:
-            return
-        begun.append(True)
-        if resuming:
-            log.info("resume accepted: %s continues from its checkpoint", output_dir)
-        if commit is not None:
-            commit()
-        if context.is_chief:
-            write_identity(output_dir, identity, resuming)
-        tracker.start(cfg, output_dir, run_name=f"{mode}-fold{cfg.fold}", tags=tags,
-                      parent_run_id=current_parent_run_id())
-        if runtime.precision.params:  # precision=auto's choice, the CPU and its probe
-            tracker.log_params(runtime.precision.params)
-
-    def check_data(prepared: Any) -> None:
-        _check_data(cfg, output_dir, prepared, context.is_chief)
-        if context.is_chief:
-            from unet3d.tracking.datasets import log_dataset_input
-
-            log_dataset_input(tracker, prepared, cfg)
-
-    job = Job(cfg, runtime, tracker, output_dir, begin=begin, check_data=check_data)
+    record.precision.update(runtime.precision.identity(runtime.device.type))
+    tracker = Tracker(cfg.tracking, Path(cfg.paths.root_dir), enabled=bool(cfg.tracking.enabled),
+                      is_chief=runtime.context.is_chief)
+    job = Job(cfg, runtime, tracker, output_dir, record=record, commit=commit,
+              overrides=overrides, resuming=resuming)
     if not resuming:
-        begin()
+        job.start()
     with tracked_run(tracker):
         try:
             metrics = run_mode(job)
-            if context.is_chief:
-                write_job_result(output_dir, status="FINISHED", fold=int(cfg.fold),
-                                 overrides=_overrides(), metrics=metrics,
-                                 mlflow_run_id=tracker.run_id)
-            if (context.is_chief and mode in TRAINING_MODES
+            job.finish(metrics)
+            if (runtime.context.is_chief and mode in TRAINING_MODES
                     and current_parent_run_id() is None):
                 # Inside a sweep the parent run registers the fold ensemble instead.
                 from unet3d.serving.registration import publish_model
 
                 publish_model(tracker, cfg, str(output_dir), metrics, kind="job")
-            if context.is_chief and mode == "export" and cfg.tracking.get("log_model", True):
+            if runtime.context.is_chief and mode == "export" and cfg.tracking.log_model:
                 # The export's served model: runs without TensorFlow.
                 from unet3d.modes.export import export_folder_of
                 from unet3d.serving.export_model import log_export_model
@@ -221,71 +276,6 @@ def _describe(difference: str) -> str:
     if difference.startswith("fold "):
         return f"is {difference}"
     return f"was trained with {difference}"
-
-
-def write_identity(output_dir: Path, identity: Any, resuming: bool) -> None:
-    """Record the run's identity: a new job always, a resume only when none is recorded."""
-    from unet3d.runs.identity import IDENTITY_FILE
-
-    if resuming and (output_dir / IDENTITY_FILE).is_file():
-        return
-    identity.write(output_dir)
-
-
-def _check_data(cfg: DictConfig, output_dir: Path, prepared: Any, is_chief: bool) -> None:
-    """Check the data against the model and the run folder.
-
-    Every rank: ``model.num_classes`` must be the data set's number of classes. Chief: a resume
-    refuses another case list; a new run records its case-list fingerprint and convention.
-
-    Raises:
-        ConfigError: ``model.num_classes`` differs from the data set's classes.
-        RunFolderError: a resume on another case list.
-    """
-    from unet3d.errors import RunFolderError
-    from unet3d.modes.job import data_convention
-    from unet3d.runs.identity import cases_fingerprint, read_identity, record_cases
-
-    convention = data_convention(prepared)
-    check_num_classes(cfg, convention)
-    if not is_chief:
-        return
-    if bool(cfg.resume) and cfg.mode.name in TRAINING_MODES:
-        recorded = read_identity(output_dir)
-        known = recorded.data.get("cases") if recorded is not None else None
-        found = cases_fingerprint(prepared.case_ids)
-        if known is not None and known != found:
-            raise RunFolderError(
-                f"resume: the run in {output_dir} was trained on another case list (fingerprint "
-                f"{known}, now {found} for {len(prepared.case_ids)} cases in "
-                f"{prepared.preprocessed_dir}); resume it on its own data, or drop resume=true"
-            )
-        return
-    record_cases(output_dir, prepared.case_ids, convention.to_dict())
-
-
-def check_num_classes(cfg: DictConfig, convention: Any) -> None:
-    """Check the model's classes (and regions, for a region head) against the data set's.
-
-    Raises:
-        ConfigError: ``model.num_classes`` is not the data set's number of classes, or
-            ``model.num_regions`` not the number of regions its region head paints.
-    """
-    from unet3d.config import head_problem
-    from unet3d.data.regions import painted_regions
-    from unet3d.errors import ConfigError
-
-    if str(cfg.model.get("head") or "softmax") == "regions":
-        problem = head_problem(cfg.model, cfg.loss, len(painted_regions(convention)))
-        if problem is not None:
-            raise ConfigError(problem)
-    wanted = int(convention.num_classes)
-    if int(cfg.model.num_classes) != wanted:
-        values = ", ".join(str(value) for value in convention.values)
-        raise ConfigError(
-            f"model.num_classes: the data set {convention.name} has {wanted} classes (label "
-            f"values {values}), the model {cfg.model.num_classes}: pass model.num_classes={wanted}"
-        )
 
 
 def _log_job_files(tracker: Any, output_dir: Path) -> None:

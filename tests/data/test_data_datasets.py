@@ -16,11 +16,11 @@ SETTINGS = {"num_cases": 2, "shape": [32, 32, 24], "spacing": [1, 1, 1], "seed":
 
 
 def test_synthetic_cases_live_under_a_folder_named_by_their_settings(tmp_path: Path) -> None:
-    first = SyntheticBraTS(SETTINGS).cases_dir(tmp_path)
+    first = SyntheticBraTS(SETTINGS, raw_dir=None).cases_dir(tmp_path)
     assert first.parent.parent == tmp_path / "synthetic" and first.name == "raw"
     assert len(find_cases(first)) == 2
-    assert SyntheticBraTS(SETTINGS).cases_dir(tmp_path) == first
-    other = SyntheticBraTS({**SETTINGS, "shape": [24, 24, 16]}).cases_dir(tmp_path)
+    assert SyntheticBraTS(SETTINGS, raw_dir=None).cases_dir(tmp_path) == first
+    other = SyntheticBraTS({**SETTINGS, "shape": [24, 24, 16]}, raw_dir=None).cases_dir(tmp_path)
     assert other != first and len(find_cases(other)) == 2
     chosen = SyntheticBraTS(SETTINGS, raw_dir=str(tmp_path / "mine")).cases_dir(tmp_path)
     assert chosen == (tmp_path / "mine").resolve() and len(find_cases(chosen)) == 2
@@ -58,4 +58,4 @@ def test_layout_keys_are_not_arguments_of_the_data_set(tmp_path: Path) -> None:
 
 def test_a_synthetic_layout_without_a_data_set_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^data\.synthetic\.layout: no data set 'nope'"):
-        SyntheticBraTS({**SETTINGS, "layout": "nope"}).layout_config()
+        SyntheticBraTS({**SETTINGS, "layout": "nope"}, raw_dir=None).layout_config()

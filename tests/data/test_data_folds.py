@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from unet3d.data.folds import load_or_create_split, make_split
-from unet3d.errors import ConfigError, DataError
+from unet3d.errors import DataError
 
 IDS = [f"case_{i:03d}" for i in range(23)]
 
@@ -45,8 +45,7 @@ def test_mismatch_names_the_split_file(tmp_path):
         load_or_create_split(path, IDS, 5, seed=1)
 
 
-def test_invalid_fold_counts():
-    with pytest.raises(ConfigError, match="num_folds"):
-        make_split(IDS, 1, seed=0)
-    with pytest.raises(ConfigError, match="num_folds"):
+def test_a_data_set_smaller_than_the_folds_is_refused():
+    # num_folds >= 2 is the config's (tests/test_config.py); the data set must fill every fold.
+    with pytest.raises(DataError, match="has 3 cases, fewer than num_folds=4"):
         make_split(IDS[:3], 4, seed=0)

@@ -217,10 +217,10 @@ def test_nnunet_plain_labels_and_other_channel_names(tmp_path):
 
 def test_synthetic_layouts_use_the_real_data_sets_yaml(tmp_path):
     settings = {"num_cases": 1, "shape": [8, 8, 8], "spacing": [1, 1, 1], "seed": 1}
-    flat = SyntheticBraTS({**settings, "layout": "flat"})
+    flat = SyntheticBraTS({**settings, "layout": "flat"}, raw_dir=None)
     assert flat.layout_config()["reader"]["separator"] == "_"
-    assert SyntheticBraTS({**settings, "layout": "msd_brain"}).layout_config()["reader"] == {
-        "_target_": "unet3d.data.readers.MSDFolder"}
+    msd = SyntheticBraTS({**settings, "layout": "msd_brain"}, raw_dir=None)
+    assert msd.layout_config()["reader"] == {"_target_": "unet3d.data.readers.MSDFolder"}
     write_case_folder(tmp_path, "Case_1")
     layout = resolve_layout(OmegaConf.create({"name": "synthetic"}), flat, tmp_path)
     assert layout.convention == BRATS2019

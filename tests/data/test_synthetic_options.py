@@ -147,7 +147,7 @@ def test_the_data_set_component_generates_the_hard_cases(tmp_path: Path) -> None
 
     settings = {"num_cases": 2, "shape": [24, 24, 16], "spacing": [1, 1, 1], "seed": 3,
                 "layout": "flat", "rim_gaps": 0.4, "noise": [0.1, 0.1]}
-    folder = SyntheticBraTS(settings).cases_dir(tmp_path)
+    folder = SyntheticBraTS(settings, raw_dir=None).cases_dir(tmp_path)
     assert folder.parent.name == synthetic_settings_key(settings)
     manifest = OmegaConf.load(folder / "synthetic_manifest.json")
     assert manifest.settings.options == {"rim_gaps": 0.4, "noise": [0.1, 0.1]}

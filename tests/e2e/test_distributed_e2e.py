@@ -284,7 +284,7 @@ def test_amp_on_cpu_computes_in_bfloat16(tmp_path: Path, shared_workdir: Path) -
     assert "model dtypes: layers compute in bfloat16, variables float32, output float32" in output
     (run,) = _all_runs(tmp_path)
     tags = run.data.tags
-    assert tags["precision_policy"] == "mixed_bfloat16"
+    assert tags["precision"] == "amp"
     assert tags["compute_dtype"] == "bfloat16" and tags["variable_dtype"] == "float32"
     assert tags["loss_scaling"] == "false"
     assert "loss_scale" not in run.data.metrics

@@ -27,7 +27,7 @@ STUDY = "e2e-study"
 COMMON = ("debug=fast", "num_folds=2", "training.max_steps=2", "data.crop_size=[32,32,32]",
           "model.base_filters=4", f"hydra.sweeper.study_name={STUDY}")
 #: Search-space keys left to Optuna by COMMON (conf/hparams_search/unet3d_optuna.yaml).
-SEARCHED = {"training.learning_rate", "training.loss", "data.augment"}
+SEARCHED = {"training.learning_rate", "loss.name", "data.augment"}
 
 
 def _search_group() -> str:

@@ -101,8 +101,11 @@ def _check_job_run(client, run, max_steps: int, git: dict[str, str]) -> None:
     config_keys = _config_keys(Path(tags["output_dir"]))
     assert set(params) - config_keys <= AUTO_PRECISION_PARAMS
     assert config_keys <= set(params)
+    # One precision tag: the option; what it resolved to is in the dtype tags.
+    assert tags["precision"] == params["precision.name"] and "precision_policy" not in tags
     if params.get("precision.name") == "auto":
-        assert params["precision.auto_choice"] == tags["precision"]
+        compute = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+        assert compute[params["precision.auto_choice"]] == tags["compute_dtype"]
     assert params["training.max_steps"] == str(max_steps)
     assert params["fold"] == tags["fold"] and params["num_folds"] == "2"
     assert params["model.num_levels"] == "3" and params["mode.name"] == "train_and_evaluate"
@@ -371,11 +374,12 @@ def test_joblib_parallel_sweep_sqlite_grouped_by_precision(tmp_path: Path) -> No
     assert second.start_time < first.end_time
 
     # The summary groups the runs by the non-fold override.
-    groups = {"precision=amp": "mixed_bfloat16", "precision=fp32": "float32"}
-    for override, policy in groups.items():
+    groups = {"precision=amp": "bfloat16", "precision=fp32": "float32"}
+    for override, compute in groups.items():
         members = [run for run in jobs if override in run.data.tags["overrides"].split()]
         assert sorted(run.data.tags["fold"] for run in members) == ["0", "1"]
-        assert {run.data.tags["precision"] for run in members} == {policy}
+        assert {run.data.tags["precision"] for run in members} == {override[10:]}
+        assert {run.data.tags["compute_dtype"] for run in members} == {compute}
         assert {run.data.params["precision.name"] for run in members} == {override[10:]}
         # Metric names per group: cv_<stat>/precision-amp/<metric>.
         _check_summary(parent, members, override.replace("=", "-"))

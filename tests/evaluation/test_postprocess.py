@@ -181,6 +181,7 @@ def postprocess_job(tmp_path, sweep, tracker):
 
     cfg = OmegaConf.create({"postprocess": {"checkpoint": str(sweep), "thresholds": [2, 5, 50],
                                             "unit": "voxels", "min_improvement": 0.0},
+                            "evaluation": {"lesionwise": "auto"},
                             "paths": {"root_dir": str(tmp_path)}})
     return Job(cfg=cfg, runtime=None, tracker=tracker, output_dir=tmp_path / "job")
 

@@ -5,7 +5,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from unet3d.data.crop import CropBox, crop_to_box, nonzero_box, paste_to_full
-from unet3d.errors import ConfigError
 from unet3d.inference.brain_box import background_probabilities, predict_in_brain_box
 from unet3d.inference.sliding_window import sliding_window_predict
 
@@ -180,21 +179,20 @@ def test_ensemble_predictor_crops_to_the_brain_with_a_keras_model():
     model = keras.Model(inputs, outputs)
     image = brain_case((24, 20, 16), (2, 9, 0), (19, 20, 7))
     inference = OmegaConf.create({"window_size": [8, 8, 8], "overlap": 0.5, "blend": "gaussian",
-                                  "batch_size": 2, "tta": False, "crop_to_brain": True})
+                                  "batch_size": 2, "tta": False, "crop_to_brain": True,
+                                  "crop_margin": 0, "single_window": False})
     cropped = EnsemblePredictor.from_config(model, inference, crop_size=[8, 8, 8],
-                                            num_classes=NUM_CLASSES)
+                                            num_classes=NUM_CLASSES, jit_compile=False,
+                                            background_class=0, input_divisor=1)
     assert cropped.crop_to_brain and "cropped to the brain" in cropped.describe()
     inference.crop_to_brain = False
     plain = EnsemblePredictor.from_config(model, inference, crop_size=[8, 8, 8],
-                                          num_classes=NUM_CLASSES)
+                                          num_classes=NUM_CLASSES, jit_compile=False,
+                                          background_class=0, input_divisor=1)
     with_crop, without = cropped.probabilities(image), plain.probabilities(image)
     box = nonzero_box(image).slices
     np.testing.assert_allclose(with_crop[box], without[box], rtol=1e-5, atol=1e-6)
     assert with_crop[0, 0, 10].tolist() == [1.0, 0.0, 0.0]
-    inference.crop_to_brain = "yes"
-    with pytest.raises(ConfigError, match="inference.crop_to_brain"):
-        EnsemblePredictor.from_config(model, inference, crop_size=[8, 8, 8],
-                                      num_classes=NUM_CLASSES)
 
 
 def test_a_margin_grows_the_box_within_the_grid():
@@ -217,12 +215,3 @@ def test_a_margin_grows_the_box_within_the_grid():
                                pointwise_model(image[None])[0][6:24, 8:22, 10:20], rtol=1e-5)
     assert probabilities[5, 8, 10].tolist() == [1.0, 0.0, 0.0]
 
-
-def test_bad_crop_margin_names_its_key():
-    from unet3d.inference.ensemble import EnsemblePredictor
-
-    inference = OmegaConf.create({"window_size": [8, 8, 8], "overlap": 0.5, "blend": "gaussian",
-                                  "batch_size": 1, "tta": False, "crop_to_brain": True,
-                                  "crop_margin": -2})
-    with pytest.raises(ConfigError, match=r"^inference\.crop_margin: must be an integer >= 0"):
-        EnsemblePredictor.from_config([object()], inference, crop_size=[8, 8, 8], num_classes=3)

@@ -156,7 +156,9 @@ def test_single_window_covers_the_volume_rounded_to_the_divisor():
             return np.concatenate([1 - batch[..., :1] * 0, batch[..., :1] * 0], axis=-1)
 
     predictor = EnsemblePredictor([Engine()], window_size=(8, 8, 8), num_classes=2,
-                                  single_window=True, input_divisor=8, crop_to_brain=True)
+                                  overlap=0.5, blend="gaussian", batch_size=1, tta=False,
+                                  jit_compile=False, crop_to_brain=True, background_class=0,
+                                  crop_margin=0, single_window=True, input_divisor=8)
     image = np.zeros((30, 20, 12, 1), dtype=np.float32)
     image[3:20, 2:11, 1:10] = 1.0
     probabilities = predictor.probabilities(image)

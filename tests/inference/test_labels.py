@@ -49,24 +49,20 @@ def test_classes_the_target_cannot_write_are_one_error():
     assert labels.ravel().tolist() == [0, 1, 2, 3]
 
 
-def test_unknown_head_is_a_config_error():
-    with pytest.raises(ConfigError, match="model.head"):
-        make_labeler(head="sigmoid")
-
-
 def test_the_predictor_follows_the_trained_head_not_the_jobs():
     # A region-head model predicted by a job whose model.head is the default softmax: outside
     # the brain box every region probability must be 0 (no background channel to set to 1).
     import keras
     from omegaconf import OmegaConf
 
-    from unet3d.modes.evaluate import make_predictor
+    from unet3d.inference.job_setup import job_predictor
 
     inputs = keras.Input((None, None, None, 4))
     model = keras.Model(inputs, keras.layers.Conv3D(3, 1, activation="sigmoid")(inputs))
     cfg = OmegaConf.create({"model": {"head": "softmax"}, "data": {"crop_size": [8, 8, 8]},
                             "inference": {"window_size": None, "overlap": 0.5,
                                           "blend": "gaussian", "batch_size": 1, "tta": False,
-                                          "crop_to_brain": True, "crop_margin": 0}})
-    assert make_predictor(cfg, [model], False).background_class == 0
-    assert make_predictor(cfg, [model], False, head="regions").background_class is None
+                                          "crop_to_brain": True, "crop_margin": 0,
+                                          "single_window": False}})
+    assert job_predictor(cfg, [model], False).background_class == 0
+    assert job_predictor(cfg, [model], False, head="regions").background_class is None

@@ -7,6 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from unet3d.config.settings import input_divisor
 from unet3d.errors import CheckpointError, ConfigError
 from unet3d.inference.checkpoints import resolve_model_checkpoints
 from unet3d.inference.ensemble import EnsemblePredictor
@@ -158,7 +159,9 @@ def test_nothing_found_names_the_key_and_path(tmp_path):
 
 def predictor(models, cfg) -> EnsemblePredictor:
     return EnsemblePredictor.from_config(models, cfg.inference, crop_size=cfg.data.crop_size,
-                                         num_classes=int(cfg.model.num_classes))
+                                         num_classes=int(cfg.model.num_classes),
+                                         jit_compile=False, background_class=0,
+                                         input_divisor=input_divisor(cfg.model))
 
 
 def test_load_ensemble_restores_each_members_weights(sweep, cfg):

@@ -262,8 +262,8 @@ def test_the_held_out_fold_is_predicted_with_its_stored_affine(workspace, tmp_pa
 
     # The evaluate mode goes through the same per-case loop: the same metrics.
     from unet3d.inference.models import load_ensemble
-    from unet3d.modes.evaluate import PER_CASE_CSV, evaluate_model
     from unet3d.modes.job import Job
+    from unet3d.modes.steps import PER_CASE_CSV, evaluate_model
 
     model = load_ensemble(cfg.model, [tracker.tags["predict.checkpoints"]])
     eval_tracker = FakeTracker()
@@ -299,8 +299,9 @@ def test_safe_case_ids_are_accepted(tmp_path):
 
 
 def test_fold_selection():
+    # A folder of new cases: every fold of a sweep (an ensemble), whatever `fold` is.
     with_input = compose_config("mode=predict", "predict.input_dir=/somewhere", "fold=2")
-    assert selected_fold(with_input) is None  # no fold= on a command line here: all folds
+    assert selected_fold(with_input) is None
     held_out = compose_config("mode=predict", "fold=2")
     assert selected_fold(held_out) == 2
     chosen = compose_config("mode=predict", "predict.input_dir=/somewhere", "predict.fold=3")

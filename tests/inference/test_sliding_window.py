@@ -195,7 +195,8 @@ def test_keras_predict_fn_matches_the_model():
     from unet3d.model.unet3d import build_unet3d
 
     model = build_unet3d(
-        in_channels=2, num_classes=NUM_CLASSES, base_filters=4, max_filters=8, num_levels=2
+        name="tiny", in_channels=2, num_classes=NUM_CLASSES, base_filters=4, max_filters=8,
+        num_levels=2, norm="instance", output_kernel_size=3, head="softmax", num_regions=3
     )
     image = volume((8, 8, 16), seed=5)
     predict_fn = make_keras_predict_fn(model, window_size=(8, 8, 8))
@@ -339,8 +340,9 @@ def test_the_keras_predict_fn_is_traced_once_for_every_batch_and_precision():
         for policy in ("float32", "mixed_bfloat16"):
             keras.mixed_precision.set_global_policy(policy)
             keras.utils.set_random_seed(1)
-            model = build_unet3d(in_channels=2, num_classes=NUM_CLASSES, base_filters=4,
-                                 max_filters=8, num_levels=2)
+            model = build_unet3d(name="tiny", in_channels=2, num_classes=NUM_CLASSES,
+                                 base_filters=4, max_filters=8, num_levels=2, norm="instance",
+                                 output_kernel_size=3, head="softmax", num_regions=3)
             predict_fn = make_keras_predict_fn(model, window_size=(8, 8, 8))
             predict_fn.trace()
             assert predict_fn.tracing_count() == 1

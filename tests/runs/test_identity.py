@@ -106,3 +106,25 @@ def test_unreadable_or_missing_record(tmp_path: Path, caplog) -> None:
     (tmp_path / IDENTITY_FILE).write_text("{not json")
     assert read_identity(tmp_path) is None
     assert IDENTITY_FILE in caplog.text
+
+
+def test_the_record_writes_the_tags_and_results_json(tmp_path: Path) -> None:
+    """One record names the fold everywhere: the MLflow tags and run name, results.json, and a
+    job folder without results.json (read_identity, the sweep's collect_job_results)."""
+    from unet3d.runs.identity import read_job_result
+    from unet3d.runs.results import collect_job_results
+
+    record = RunIdentity.from_config(_config(fold=3))
+    assert record.tags() == {"mode": "train", "fold": "3", "num_folds": "5", "precision": "fp32"}
+    assert record.run_name == "train-fold3"
+    job = tmp_path / "sweep" / "0_fold=3"
+    record.write(job)
+    record.write_result(job, "FINISHED", ["fold=3"], {"Dice_WT": 0.5, "bad": float("nan")},
+                        mlflow_run_id="abc")
+    result = read_job_result(job)
+    assert (result["status"], result["fold"], result["metrics"]) == (
+        "FINISHED", 3, {"Dice_WT": 0.5, "bad": None})
+    killed = tmp_path / "sweep" / "1_fold=4"
+    RunIdentity.from_config(_config(fold=4)).write(killed)
+    assert [(r["status"], r["fold"]) for r in collect_job_results(tmp_path / "sweep")] == [
+        ("FINISHED", 3), ("FAILED", 4)]

@@ -277,6 +277,7 @@ def test_a_job_killed_while_writing_results_json_leaves_no_results_json(tmp_path
     job = tmp_path / "job"
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("- fold=0\n")  # a sweep job's folder
+    (job / ".hydra" / "config.yaml").write_text("fold: 0\nnum_folds: 5\nseed: 42\n")
     marker = tmp_path / "paused"
     code = ("import sys\n"
             "from unet3d.runs.results import write_job_result\n"

@@ -55,13 +55,14 @@ def test_run_folder_names_carry_the_launch_id(monkeypatch):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    import unet3d.run as run
+    import unet3d.runs.resolvers as resolvers
+    from unet3d.config import CONFIG_DIR
 
-    monkeypatch.setattr(run, "_launch_id_value", None)
+    monkeypatch.setattr(resolvers, "_launch_id_value", None)
     monkeypatch.setenv("UNET3D_LAUNCH_ID", "abc123")
-    run.register_resolvers()
+    resolvers.register_resolvers()
     GlobalHydra.instance().clear()
-    with hydra.initialize_config_dir(config_dir=run.CONFIG_DIR, version_base="1.3"):
+    with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra.compose("config", overrides=["mode=train", "fold=2"],
                             return_hydra_config=True)
     run_dir = OmegaConf.select(cfg, "hydra.run.dir")
@@ -69,10 +70,10 @@ def test_run_folder_names_carry_the_launch_id(monkeypatch):
     assert run_dir.endswith("_train_fold2_abc123")
     assert sweep_dir.endswith("_abc123")
     assert cfg.hydra.output_subdir is None  # unet3d.runs.folder writes .hydra/ itself
-    monkeypatch.setattr(run, "_launch_id_value", None)
+    monkeypatch.setattr(resolvers, "_launch_id_value", None)
     monkeypatch.setenv("UNET3D_LAUNCH_ID", "a/b")
     try:
-        run._launch_id()
+        resolvers.launch_id()
     except SystemExit as error:
         assert "UNET3D_LAUNCH_ID" in str(error)
     else:

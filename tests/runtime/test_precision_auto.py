@@ -23,7 +23,7 @@ from unet3d.runtime.precision import configure_precision
 from unet3d.runtime.precision_auto import Host, choose_cpu, choose_gpu
 
 AUTO = {"name": "auto", "policy": "auto", "xla": False, "min_speedup": 1.1, "reprobe": False}
-AMP = {"name": "amp", "policy": "mixed", "xla": False, "min_speedup": 1.1, "reprobe": False}
+AMP = {"name": "amp", "policy": "mixed", "xla": False, "reprobe": False}
 ZEN4 = CpuInfo("AMD EPYC 9R14", frozenset({"avx512f", "avx512_bf16", "fma"}))
 SAPPHIRE = CpuInfo("Intel(R) Xeon(R) Platinum 8488C",
                    frozenset({"avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}))

@@ -46,6 +46,10 @@ def make_sweep(sweep_dir: Path, failing_fold: int | None = None, missing_fold: i
             (job_dir / ".hydra" / "overrides.yaml").write_text(
                 "".join(f"- {item}\n" for item in overrides)
             )
+            # What a job writes when it takes its folder: its composed config (the fold of a job
+            # killed before its results.json comes from there).
+            (job_dir / ".hydra" / "config.yaml").write_text(
+                f"fold: {fold}\nnum_folds: 3\nseed: 42\n")
             number += 1
             if precision == "amp" and fold == missing_fold:
                 (job_dir / "mlflow_run_id").write_text("abc123\n")

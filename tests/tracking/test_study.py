@@ -68,9 +68,14 @@ def _cv_cfg(**mode) -> OmegaConf:
 def test_selected_folds_default_to_every_fold_and_are_checked() -> None:
     assert selected_folds(_cv_cfg()) == [0, 1, 2]
     assert selected_folds(_cv_cfg(folds=[2, 0])) == [2, 0]
-    for bad in ([], [0, 0], [3], [-1], ["0"], [True]):
+    from tests.test_config import compose_config
+    from unet3d.config import validate
+
+    cfg = compose_config("mode=cross_validate", "num_folds=3")
+    for bad in ([], [0, 0], [3], [-1], ["0"], [True]):  # checked by the config
+        OmegaConf.update(cfg, "mode.folds", bad, merge=False)
         with pytest.raises(ConfigError, match=r"^mode.folds: expected null or distinct folds"):
-            selected_folds(_cv_cfg(folds=bad))
+            validate(cfg)
 
 
 def test_fold_sweep_command_keeps_the_trial_overrides_and_nests_under_the_study(

@@ -23,10 +23,16 @@ from unet3d.training.loop import train
 from unet3d.training.losses import SegmentationLoss
 from unet3d.training.region_loss import RegionLoss
 
-TINY = {"in_channels": 4, "num_classes": 4, "base_filters": 4, "max_filters": 8, "num_levels": 4,
-        "norm": "instance"}
+TINY = {"name": "tiny", "in_channels": 4, "num_classes": 4, "base_filters": 4, "max_filters": 8,
+        "num_levels": 4, "norm": "instance", "output_kernel_size": 3, "head": "softmax",
+        "num_regions": 3}
 ON = {"deep_supervision": True, "deep_supervision_levels": None,
       "deep_supervision_weights": None}
+OFF = {**ON, "deep_supervision": False}
+
+
+def class_loss() -> SegmentationLoss:
+    return SegmentationLoss(name="dice+ce", num_classes=4, include_background=False, smooth=1e-5)
 
 
 def network(seed: int = 0, **overrides) -> keras.Model:
@@ -67,7 +73,7 @@ def test_a_model_without_the_decoder_layers_is_refused():
     inputs = keras.Input((None, None, None, 4))
     plain = keras.Model(inputs, keras.layers.Conv3D(4, 1, activation="softmax")(inputs))
     with pytest.raises(ConfigError, match="training.deep_supervision: model .* no decoder"):
-        apply_deep_supervision(plain, SegmentationLoss(), ON)
+        apply_deep_supervision(plain, class_loss(), ON, head="softmax")
 
 
 def test_loss_is_the_weighted_sum_over_subsampled_targets():
@@ -75,7 +81,7 @@ def test_loss_is_the_weighted_sum_over_subsampled_targets():
     labels = tf.constant(rng.integers(0, 4, size=(2, 8, 8, 8)), dtype=tf.int32)
     outputs = [tf.nn.softmax(tf.constant(rng.normal(size=(2, side, side, side, 4)),
                                          dtype=tf.float32)) for side in (8, 4, 2)]
-    base = SegmentationLoss()
+    base = class_loss()
     total, parts = DeepSupervisionLoss(base, [0.5, 0.3, 0.2])(labels, outputs)
     expected = (0.5 * base(labels, outputs[0])[0] + 0.3 * base(labels[:, ::2, ::2, ::2],
                                                                outputs[1])[0]
@@ -90,15 +96,15 @@ def test_loss_is_the_weighted_sum_over_subsampled_targets():
 
 
 def test_config_weights_and_off():
+    # The weights' count and values are checked by the config (tests/test_config.py).
     model = network()
-    assert apply_deep_supervision(model, "loss", {"deep_supervision": False}) == (model, "loss")
-    training_model, loss = apply_deep_supervision(model, SegmentationLoss(), ON)
+    assert apply_deep_supervision(model, "loss", OFF, head="softmax") == (model, "loss")
+    training_model, loss = apply_deep_supervision(model, class_loss(), ON, head="softmax")
     np.testing.assert_allclose(loss.weights, [2 / 3, 1 / 3, 0.0])
-    _, loss = apply_deep_supervision(model, SegmentationLoss(),
-                                     {**ON, "deep_supervision_weights": [0.6, 0.3, 0.1]})
+    _, loss = apply_deep_supervision(model, class_loss(),
+                                     {**ON, "deep_supervision_weights": [0.6, 0.3, 0.1]},
+                                     head="softmax")
     assert loss.weights == [0.6, 0.3, 0.1]
-    with pytest.raises(ConfigError, match="deep_supervision_weights: needs 3 weights"):
-        apply_deep_supervision(model, SegmentationLoss(), {**ON, "deep_supervision_weights": [1]})
 
 
 def test_trained_checkpoint_loads_into_the_single_output_network(tmp_path):
@@ -113,7 +119,9 @@ def test_trained_checkpoint_loads_into_the_single_output_network(tmp_path):
 
     with context.scope():
         model = network(seed=3, head="regions")
-        training_model, loss_fn = apply_deep_supervision(model, RegionLoss(), ON, head="regions")
+        training_model, loss_fn = apply_deep_supervision(
+            model, RegionLoss(num_classes=4, convention=None, smooth=1e-5, bce_weight=1.0,
+                              dice_weight=1.0), ON, head="regions")
         optimizer = keras.optimizers.Adam(0.01)
     result = train(context, training_model, optimizer, loss_fn=loss_fn,
                    input_fn=lambda step: lambda ctx=None: tf.data.Dataset.from_tensors(

@@ -90,20 +90,20 @@ def test_low_precision_probabilities_are_cast():
 
 
 def test_segmentation_loss_component_is_the_function():
-    loss_fn = SegmentationLoss(name="dice", num_classes=4, include_background=True)
+    loss_fn = SegmentationLoss(name="dice", num_classes=4, include_background=True, smooth=1e-5)
     total, _ = loss_fn(LABELS, uniform(LABELS))
     expected, _ = segmentation_loss(LABELS, uniform(LABELS), loss="dice", include_background=True)
     np.testing.assert_allclose(total, expected)
     assert SegmentationLoss(**loss_fn.get_config()).get_config() == loss_fn.get_config()
     with pytest.raises(ValueError, match="focal"):
-        SegmentationLoss(name="focal")
+        SegmentationLoss(name="focal", num_classes=4, include_background=False, smooth=1e-5)
 
 
 def test_build_loss_from_the_default_group():
-    """conf/loss/default.yaml: training.loss and training.include_background choose the loss."""
+    """conf/loss/default.yaml: loss.name and loss.include_background choose the loss."""
     from tests.test_config import compose_config
 
-    cfg = compose_config("training.loss=dice", "training.include_background=true")
+    cfg = compose_config("loss.name=dice", "loss.include_background=true")
     loss_fn = build_loss(cfg.loss, num_classes=4)
     assert isinstance(loss_fn, SegmentationLoss)
     assert (loss_fn.name, loss_fn.include_background, loss_fn.num_classes) == ("dice", True, 4)
@@ -114,4 +114,6 @@ def test_build_loss_from_the_default_group():
 def test_build_loss_errors_name_the_group():
     with pytest.raises(ConfigError, match=r"^loss\._target_: .*SegmentationLoss.*focal"):
         build_loss(OmegaConf.create({"_target_": "unet3d.training.losses.SegmentationLoss",
-                                     "name": "focal"}), num_classes=4)
+                                     "name": "focal", "num_classes": 4,
+                                     "include_background": False, "smooth": 1e-5}),
+                   num_classes=4)

@@ -17,12 +17,20 @@ CONF_LOSS = "conf/loss/regions.yaml"
 LABELS = np.array([3, 0], dtype=np.int32).reshape(1, 2, 1, 1)
 
 
+def loss_of(**overrides) -> RegionLoss:
+    """RegionLoss with conf/loss/regions.yaml's values (BraTS's 4 classes; convention None:
+    BraTS 2019's), ``overrides`` replacing some."""
+    arguments = OmegaConf.to_container(OmegaConf.load(CONF_LOSS))  # not resolved
+    arguments.pop("_target_")
+    return RegionLoss(**{**arguments, "num_classes": 4, **overrides})
+
+
 def probabilities(rows):
     return np.asarray(rows, dtype=np.float32).reshape(1, 2, 1, 1, 3)
 
 
 def test_half_probabilities_match_hand_computation():
-    total, parts = RegionLoss()(LABELS, probabilities([[0.5] * 3, [0.5] * 3]))
+    total, parts = loss_of()(LABELS, probabilities([[0.5] * 3, [0.5] * 3]))
     # BCE: -log 0.5 everywhere; Dice per region: 2*0.5 / (1 + 1 + 1e-5)
     dice = 1.0 / (2.0 + 1e-5)
     assert float(parts["bce_loss"][0]) == pytest.approx(math.log(2), rel=1e-6)
@@ -31,7 +39,7 @@ def test_half_probabilities_match_hand_computation():
 
 
 def test_graded_probabilities_match_hand_computation():
-    loss = RegionLoss(bce_weight=2.0, dice_weight=0.5)
+    loss = loss_of(bce_weight=2.0, dice_weight=0.5)
     total, parts = loss(LABELS, probabilities([[0.9, 0.8, 0.7], [0.1, 0.2, 0.3]]))
     bce = -(math.log(0.9) + math.log(0.8) + math.log(0.7)) / 3
     dice_loss = ((1 - 1.8 / (2 + 1e-5)) + (1 - 1.6 / (2 + 1e-5)) + (1 - 1.4 / (2 + 1e-5))) / 3
@@ -45,14 +53,14 @@ def test_targets_follow_the_convention():
     labels = np.array([2, 0], dtype=np.int32).reshape(1, 2, 1, 1)
     perfect_2019 = probabilities([[1, 0, 0], [0, 0, 0]])
     perfect_msd = probabilities([[1, 1, 0], [0, 0, 0]])
-    _, parts = RegionLoss(convention=BRATS2019)(labels, perfect_2019)
+    _, parts = loss_of(convention=BRATS2019)(labels, perfect_2019)
     assert float(parts["bce_loss"][0]) < 1e-6
-    _, parts = RegionLoss(convention=MSD_BRAIN.to_dict())(labels, perfect_msd)
+    _, parts = loss_of(convention=MSD_BRAIN.to_dict())(labels, perfect_msd)
     assert float(parts["bce_loss"][0]) < 1e-6
-    _, parts = RegionLoss(convention=MSD_BRAIN)(labels, perfect_2019)
+    _, parts = loss_of(convention=MSD_BRAIN)(labels, perfect_2019)
     assert float(parts["bce_loss"][0]) > 1.0
     # an empty region predicted empty: Dice 0 by the denominator-only smoothing (constant 1)
-    _, parts = region_loss(labels, perfect_2019, RegionLoss().table)
+    _, parts = region_loss(labels, perfect_2019, loss_of().table)
     assert float(parts["dice_loss"][0]) == pytest.approx(2 / 3, rel=1e-5)
 
 
@@ -62,7 +70,7 @@ def test_gradient_and_shapes():
     probs = tf.constant(rng.uniform(0.05, 0.95, size=(2, 4, 4, 4, 3)), dtype=tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(probs)
-        total, parts = RegionLoss(convention=BRATS2023)(labels, probs)
+        total, parts = loss_of(convention=BRATS2023)(labels, probs)
     assert total.shape == (2,) and total.dtype == tf.float32
     assert set(parts) == {"dice_loss", "bce_loss"}
     assert np.all(np.isfinite(tape.gradient(total, probs).numpy()))

@@ -3,8 +3,8 @@
 Hydra composes ``conf/`` (its YAML files hold the default values) and rejects unknown groups,
 options and keys. This package holds the rest of what a setting is:
 
-- the vocabularies (``NORMS``, ``LOSSES``, ...): every list of allowed values, which the
-  modules import from here;
+- the vocabularies (``NORMS``, ``LOSSES``, ...; ``unet3d.config.vocabulary``): every list of
+  allowed values, which the modules import from here;
 - ``SETTINGS``: the framework's keys, each with its type and range or allowed values
   (``unet3d.config.settings``; the ``data.augmentation`` keys: ``unet3d.config.augmentation``);
 - ``MODE_SETTINGS``: the keys that only one mode reads;
@@ -13,97 +13,93 @@ options and keys. This package holds the rest of what a setting is:
   their ``_target_``. A component of the user's own is checked for the framework keys of its
   group only (``docs/contracts.md``); its arguments are its own business.
 
-``validate`` checks a composed config once, before any heavy work, and raises ``ConfigError``
-with one line that starts with the dotted key. Neither it nor this package imports
+``validate`` checks a composed config once, before any heavy work, with the rules between
+keys (``unet3d.config.rules``), and raises ``ConfigError`` with one line that starts with the
+dotted key. It is the one place that checks a setting: the code that reads one trusts it, and
+the YAML is the one place that gives its default (a component built from config gets every
+argument from its group, ``tests/test_config_defaults.py``). Neither it nor this package imports
 TensorFlow or the user's components, so ``--help``, ``--cfg job`` and config errors stay
 instant. ``unet3d.config.components`` builds a component from its group.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+import copy
+from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from unet3d.config.augmentation import AUGMENTATION_SETTINGS, check_unknown_keys
+from unet3d.config.rules import (
+    check_rules,
+    data_problem,
+    head_problem,
+    model_head,
+    model_regions,
+    registry_problem,
+)
 from unet3d.config.settings import (
     Boolean,
     ExistingPath,
     Integer,
     Nullable,
     Number,
+    Numbers,
     OneOf,
     Setting,
     Sides,
     SubsetOf,
     Target,
     Text,
+    Texts,
     get,
 )
-from unet3d.errors import ConfigError
+from unet3d.config.vocabulary import (
+    BENCHMARK_TARGETS,
+    BLENDS,
+    BRATS_FOLDER_TARGET,
+    CLUSTER_RESOLVERS,
+    COMMUNICATIONS,
+    DATA_PIPELINE_KEYS,
+    DEFAULT_NUM_REGIONS,
+    DEVICE_TYPES,
+    EXPORT_FORMATS,
+    FOLD_MODES,
+    HEAD_KERNELS,
+    HEADS,
+    INFERENCE_ENGINES,
+    LESIONWISE_RULES,
+    LOSSES,
+    LR_SCHEDULE_TARGET,
+    LR_SCHEDULES,
+    MODES,
+    NORMS,
+    PRECISION_POLICIES,
+    REGION_LOSS_TARGET,
+    SEGMENTATION_LOSS_TARGET,
+    STRATEGIES,
+    SYNTHETIC_DATASET_TARGET,
+    SYNTHETIC_LAYOUTS,
+    TRAINING_MODES,
+    UNET3D_TARGET,
+    VOLUME_UNITS,
+)
 
-# ---- vocabularies: every list of allowed values lives here, modules import it -----------------
+__all__ = [
+    "BENCHMARK_TARGETS", "BLENDS", "BRATS_FOLDER_TARGET", "CLUSTER_RESOLVERS", "COMMUNICATIONS",
+    "COMPONENT_ARGUMENTS", "CONFIG_DIR", "DATA_PIPELINE_KEYS", "DEFAULT_NUM_REGIONS",
+    "DEVICE_TYPES", "EXPORT_FORMATS", "FOLD_MODES", "HEADS", "HEAD_KERNELS", "INFERENCE_ENGINES",
+    "LESIONWISE_RULES", "LOSSES", "LR_SCHEDULES", "LR_SCHEDULE_TARGET", "MODES", "MODE_SETTINGS",
+    "NORMS", "PRECISION_POLICIES", "REGION_LOSS_TARGET", "SEGMENTATION_LOSS_TARGET", "SETTINGS",
+    "STRATEGIES", "SYNTHETIC_DATASET_TARGET", "SYNTHETIC_LAYOUTS", "TRAINING_MODES",
+    "UNET3D_TARGET", "VOLUME_UNITS", "data_problem", "head_problem", "model_head", "model_regions",
+    "registry_problem", "validate",
+]
 
-MODES = ("train", "evaluate", "train_and_evaluate", "predict", "benchmark", "postprocess",
-         "cross_validate", "score", "export")
-TRAINING_MODES = ("train", "train_and_evaluate")
-DEVICE_TYPES = ("auto", "cpu", "gpu", "mlu")
-STRATEGIES = ("auto", "mirrored", "multi_worker", "horovod")
-CLUSTER_RESOLVERS = ("tf_config", "slurm")
-#: Collective communication of strategy=multi_worker.
-COMMUNICATIONS = ("auto", "ring", "nccl")
-#: Keras dtype policies of ``precision.policy``: ``auto`` the fastest on this host
-#: (unet3d.runtime.precision_auto), ``mixed`` mixed_bfloat16 on CPU / mixed_float16 on GPU/MLU.
-PRECISION_POLICIES = ("auto", "float32", "mixed", "mixed_bfloat16", "mixed_float16")
-#: Normalisations of the U-Net's conv units (``none``: no norm, the convolutions get a bias).
-NORMS = ("instance", "group", "batch", "none")
-#: Output heads (``model.head``): a softmax over the classes, or one sigmoid per evaluation
-#: region (region-based training, nnU-Net's ``regions_class_order``).
-HEADS = ("softmax", "regions")
-#: ``model.num_regions`` when a model group has none: BraTS's WT, TC and ET.
-DEFAULT_NUM_REGIONS = 3
-#: Units of the post-processing's ET volume threshold (``postprocess.unit``).
-VOLUME_UNITS = ("voxels", "mm3")
-#: Kernels of the U-Net's class-logit convolution (3: the reference's published head).
-HEAD_KERNELS = (1, 3)
-#: Built-in losses (``training.loss``, the ``name`` of ``loss=default``).
-LOSSES = ("dice+ce", "dice", "ce")
-#: Built-in learning-rate schedules (``training.lr_schedule``).
-LR_SCHEDULES = ("constant", "cosine")
-OPTIMIZERS = ("adam",)
-BLENDS = ("gaussian", "constant")
-#: Engines that run the network on the windows (``inference.engine``; unet3d/inference/engines.py):
-#: ``auto`` the fastest installed here by a short probe, cached per host.
-INFERENCE_ENGINES = ("auto", "tensorflow", "openvino", "onnxruntime")
-#: Formats ``mode=export`` writes (``export.formats``).
-EXPORT_FORMATS = ("onnx", "openvino", "saved_model")
-BENCHMARK_TARGETS = ("train", "predict", "pipeline", "runner")
-#: Layouts the synthetic data set writes (``data.synthetic.layout``): ``flat`` BraTS 2019 names
-#: in <case>/ folders, ``brats2019`` the same under HGG/ and LGG/, and the layouts and labels of
-#: ``conf/data/{brats2023,msd_brain,nnunet_raw}.yaml``.
-SYNTHETIC_LAYOUTS = ("flat", "brats2019", "brats2023", "brats2024_post", "msd_brain",
-                     "nnunet_raw")
-#: Lesion-wise rules (``evaluation.lesionwise``): ``auto`` from the data set's convention,
-#: the BraTS 2023 (GLI/SSA/PED, MEN, MET) and 2024 (post-treatment GLI) scripts' rules, the
-#: ``brats-evaluation`` package's (2025), or none (unet3d/evaluation/lesionwise.py).
-LESIONWISE_RULES = ("auto", "off", "brats2023", "brats2023_men", "brats2023_met", "brats2024",
-                    "brats2025")
-
-# ---- the built-in components ------------------------------------------------------------------
-
-UNET3D_TARGET = "unet3d.model.unet3d.build_unet3d"
-SEGMENTATION_LOSS_TARGET = "unet3d.training.losses.SegmentationLoss"
-REGION_LOSS_TARGET = "unet3d.training.region_loss.RegionLoss"
-LR_SCHEDULE_TARGET = "unet3d.training.optimizer.learning_rate_schedule"
-SYNTHETIC_DATASET_TARGET = "unet3d.data.datasets.SyntheticBraTS"
-BRATS_FOLDER_TARGET = "unet3d.data.datasets.BraTSFolder"
-#: Keys of the ``data`` group that the framework reads (preprocessing cache, training input);
-#: the data set's ``_target_`` is called with every other key of the group.
-DATA_PIPELINE_KEYS = ("name", "preprocessed_dir", "crop_size", "batch_size", "augment",
-                      "augmentation", "foreground_probability", "shuffle_buffer", "cache",
-                      # the layout and label convention (unet3d/data/layout.py)
-                      "reader", "convention", "labels", "regions", "region_order")
+#: conf/ beside the package (an editable install or a source checkout), where Hydra composes
+#: from. An absolute path keeps the console script `unet3d`, `python -m unet3d.run` and shell
+#: completion on the same files.
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # ---- the schema -------------------------------------------------------------------------------
 
@@ -131,17 +127,15 @@ SETTINGS: dict[str, Setting] = {
     # data.augmentation: conf/augmentation/ (mounted into the data group)
     **AUGMENTATION_SETTINGS,
     "training.max_steps": Integer(minimum=1),
-    "training.optimizer": OneOf(OPTIMIZERS),
     "training.learning_rate": Number(0.0),
     "training.lr_schedule": OneOf(LR_SCHEDULES),
     "training.lr_warmup_steps": Integer(minimum=0),
-    "training.loss": OneOf(LOSSES),
-    "training.include_background": Boolean(),
     "training.log_every": Integer(minimum=1),
     "training.checkpoint_every": Integer(minimum=1),
     "training.keep_checkpoints": Integer(minimum=1),
     "training.deep_supervision": Boolean(),
     "training.deep_supervision_levels": Nullable(Integer(minimum=1)),
+    "training.deep_supervision_weights": Nullable(Numbers(minimum=0.0)),
     "loss._target_": Target(),
     "lr_schedule._target_": Target(),
     "inference.window_size": Sides(int, spatial=True, optional=True),
@@ -151,15 +145,16 @@ SETTINGS: dict[str, Setting] = {
     "inference.tta": Boolean(),
     "inference.crop_to_brain": Boolean(),
     "inference.crop_margin": Integer(minimum=0),
+    "inference.region_threshold": Number(0.0, 1.0),
     "evaluation.lesionwise": OneOf(LESIONWISE_RULES),
     "inference.single_window": Boolean(),
     "inference.engine": OneOf(INFERENCE_ENGINES),
     "inference.engine_threads": Nullable(Integer(minimum=1)),
     "inference.engine_cache": Nullable(Text()),
     "inference.engine_reprobe": Boolean(),
+    "precision.name": Text(),
     "precision.policy": OneOf(PRECISION_POLICIES),
     "precision.xla": Boolean(),
-    "precision.min_speedup": Number(0.0),
     "precision.reprobe": Boolean(),
     "device.type": OneOf(DEVICE_TYPES),
     "device.memory_growth": Boolean(),
@@ -209,6 +204,10 @@ MODE_SETTINGS: dict[str, dict[str, Setting]] = {
         "postprocess.unit": OneOf(VOLUME_UNITS),
         "postprocess.min_improvement": Number(0.0, low_inclusive=True),
     },
+    "cross_validate": {
+        "mode.fold_mode": OneOf(FOLD_MODES),
+        "mode.fold_overrides": Texts(),
+    },
     "score": {
         "score.predictions": ExistingPath(directory=True),
         "score.references": ExistingPath(directory=True),
@@ -231,8 +230,6 @@ COMPONENT_ARGUMENTS: dict[str, dict[str, Setting]] = {
         "num_levels": Integer(minimum=2),
         "norm": OneOf(NORMS),
         "output_kernel_size": OneOf(HEAD_KERNELS),
-        "head": OneOf(HEADS),
-        "num_regions": Integer(minimum=1),
     },
     REGION_LOSS_TARGET: {
         "num_classes": Integer(minimum=2),
@@ -292,110 +289,8 @@ def validate(cfg: DictConfig) -> None:
                 setting.check(cfg, key)
     for key, setting in MODE_SETTINGS.get(mode, {}).items():
         setting.check(cfg, key)
-    _check_rules(cfg, mode)
-
-
-def head_problem(model_cfg: Any, loss_cfg: Any, num_painted_regions: int | None = None
-                 ) -> str | None:
-    """What is inconsistent between the head, the loss and the data set; None when nothing.
-
-    ``model.head=regions`` (one sigmoid per region, nnU-Net's region-based training) needs the
-    region loss (``loss=regions``) and the region loss needs ``model.head=regions``; with the
-    data set's convention known (``unet3d.runner.check_num_classes``), ``model.num_regions``
-    (default ``DEFAULT_NUM_REGIONS``) must equal its painted regions.
-
-    Args:
-        model_cfg: the ``model`` group; loss_cfg: the ``loss`` group (mappings).
-        num_painted_regions: ``len(unet3d.data.regions.painted_regions(convention))``
-            when the data set's convention is known.
-
-    Returns:
-        One line starting with the key to change, or None.
-    """
-    head = model_cfg.get("head") or "softmax"
-    if head not in HEADS:
-        return f"model.head: must be one of {', '.join(HEADS)}, got {head!r}"
-    loss_target = loss_cfg.get("_target_")
-    if head == "regions" and loss_target == SEGMENTATION_LOSS_TARGET:
-        return ("loss: model.head=regions predicts one sigmoid per region; use loss=regions "
-                "(BCE + soft Dice per region) instead of the class loss")
-    if loss_target == REGION_LOSS_TARGET and head != "regions":
-        return "model.head: loss=regions needs model.head=regions, got model.head=softmax"
-    if head == "regions" and num_painted_regions is not None:
-        regions = model_cfg.get("num_regions") or DEFAULT_NUM_REGIONS
-        if regions != num_painted_regions:
-            return (f"model.num_regions: the data set paints {num_painted_regions} regions, "
-                    f"got {regions}")
-    return None
-
-
-def registry_problem(name: Any, alias: Any) -> str | None:
-    """What is wrong with ``tracking.register_model`` / ``tracking.model_alias``; None if nothing.
-
-    A name is a non-empty string without ``@`` and ``/`` (it becomes ``models:/<name>@...``);
-    an alias follows MLflow's rule (letters, digits, ``_``, ``-``; not ``latest`` or
-    ``v<number>``, which MLflow reserves) and needs a name.
-    """
-    if name is not None and (not isinstance(name, str) or not name.strip() or "@" in name
-                             or "/" in name):
-        return f"tracking.register_model: must be null or a model name without '@' and '/', " \
-               f"got {name!r}"
-    if alias is None:
-        return None
-    if name is None:
-        return "tracking.model_alias: needs tracking.register_model=<name>"
-    if (not isinstance(alias, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias)
-            or alias == "latest" or re.fullmatch(r"[vV]\d+", alias)):
-        return (f"tracking.model_alias: must be null or an alias of letters, digits, '_' and "
-                f"'-' (not 'latest' or v<number>), got {alias!r}")
-    return None
-
-
-def _check_rules(cfg: DictConfig, mode: str) -> None:
-    """The rules between keys (each names the key to change)."""
-    num_folds, fold = get(cfg, "num_folds"), get(cfg, "fold")
-    if fold >= num_folds:
-        raise ConfigError(f"fold: must be in [0, num_folds={num_folds}), got {fold}")
-    # model.num_classes is checked against the data set's label convention once it is read
-    # (unet3d.runner.check_num_classes).
-    classes = get(cfg, "model.num_classes")
-    if get(cfg, "model._target_") == UNET3D_TARGET:
-        base, largest = get(cfg, "model.base_filters"), get(cfg, "model.max_filters")
-        if base is not None and largest is not None and largest < base:
-            raise ConfigError(
-                f"model.max_filters: must be >= model.base_filters={base}, got {largest}")
-        if get(cfg, "model.norm") == "group" and base is not None and base % min(16, base):
-            raise ConfigError(
-                f"model.base_filters: group norm needs a multiple of 16, got {base}")
-    if get(cfg, "loss._target_") == SEGMENTATION_LOSS_TARGET:
-        loss_classes = get(cfg, "loss.num_classes")
-        if loss_classes is not None and loss_classes != classes:
-            raise ConfigError(
-                f"loss.num_classes: must equal model.num_classes={classes}, got {loss_classes}")
-    for problem in (head_problem(cfg.model, cfg.loss),
-                    registry_problem(get(cfg, "tracking.register_model"),
-                                     get(cfg, "tracking.model_alias"))):
-        if problem is not None:
-            raise ConfigError(problem)
-    if get(cfg, "data._target_") == SYNTHETIC_DATASET_TARGET:
-        cases = get(cfg, "data.synthetic.num_cases")
-        if cases is not None and cases < num_folds:
-            raise ConfigError(
-                f"data.synthetic.num_cases: must be >= num_folds={num_folds}, got {cases}")
-        from unet3d.config.synthetic_options import options_from
-
-        options_from(get(cfg, "data.synthetic"))  # the appearance settings (data=synthetic_hard)
-    strategy = get(cfg, "strategy.name")
-    if strategy == "horovod" and get(cfg, "precision.xla"):
-        raise ConfigError(
-            "precision.xla: XLA cannot compile Horovod's collective ops; use "
-            "precision.xla=false or strategy=mirrored/multi_worker"
-        )
-    if strategy == "multi_worker":
-        OneOf(CLUSTER_RESOLVERS).check(cfg, "strategy.cluster_resolver")
-        if get(cfg, "strategy.communication") is not None:
-            OneOf(COMMUNICATIONS).check(cfg, "strategy.communication")
-    if strategy == "horovod" and get(cfg, "strategy.divide_steps_by_world_size") is not None:
-        Boolean().check(cfg, "strategy.divide_steps_by_world_size")
-    if mode == "benchmark" and get(cfg, "benchmark.target") == "runner":
-        Integer(minimum=1).check(cfg, "benchmark.rounds")
+    check_rules(cfg, mode)
+    if mode == "cross_validate":  # every fold job runs the config with mode.name=<fold_mode>
+        folds = copy.deepcopy(cfg)
+        OmegaConf.update(folds, "mode.name", get(cfg, "mode.fold_mode"), merge=False)
+        validate(folds)

@@ -284,3 +284,30 @@ class SubsetOf(Setting):
         if len(set(value)) != len(value):
             raise ConfigError(f"{key}: every value at most once, got {value!r}")
         return value
+
+
+@dataclass(frozen=True)
+class Numbers(Setting):
+    """A non-empty list of numbers, each at least ``minimum`` when given."""
+
+    minimum: float | None = None
+
+    def check(self, cfg: DictConfig, key: str) -> list:  # noqa: D102
+        value = get(cfg, key)
+        if (not isinstance(value, list) or not value or any(
+                isinstance(item, bool) or not isinstance(item, int | float) for item in value)):
+            raise ConfigError(f"{key}: must be a non-empty list of numbers, got {value!r}")
+        if self.minimum is not None and min(value) < self.minimum:
+            raise ConfigError(f"{key}: every number must be >= {self.minimum:g}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Texts(Setting):
+    """A list of strings (may be empty)."""
+
+    def check(self, cfg: DictConfig, key: str) -> list:  # noqa: D102
+        value = get(cfg, key)
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{key}: must be a list of strings, got {value!r}")
+        return value

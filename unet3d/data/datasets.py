@@ -65,7 +65,7 @@ class SyntheticBraTS:
         raw_dir: where to write the cases; None derives it from the settings.
     """
 
-    def __init__(self, synthetic: Mapping[str, Any], raw_dir: str | None = None) -> None:
+    def __init__(self, synthetic: Mapping[str, Any], raw_dir: str | None) -> None:
         self.num_cases = int(synthetic["num_cases"])
         self.shape = [int(side) for side in synthetic["shape"]]
         self.spacing = [float(side) for side in synthetic["spacing"]]

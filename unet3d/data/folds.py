@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from unet3d.data._files import read_json
-from unet3d.errors import ConfigError, DataError
+from unet3d.errors import DataError
 from unet3d.runs.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -19,16 +19,18 @@ def make_split(case_ids: Sequence[str], num_folds: int, seed: int) -> list[dict[
     """Split sorted case ids with a seeded permutation into ``num_folds`` chunks.
 
     Fold ``i`` validates on chunk ``i`` and trains on the others; both lists are sorted.
+    ``num_folds`` is checked by the config (>= 2); the data set must fill every fold.
+
+    Raises:
+        DataError: repeated case ids, or fewer cases than folds (a fold without a held-out
+            case).
     """
     ids = sorted(set(case_ids))
     if len(ids) != len(case_ids):
         raise DataError("case ids are not unique")
-    if int(num_folds) < 2:
-        raise ConfigError(f"num_folds: must be >= 2, got {num_folds}")
     if int(num_folds) > len(ids):
-        raise ConfigError(
-            f"num_folds: {num_folds} folds need at least as many cases, got {len(ids)}"
-        )
+        raise DataError(f"the data set has {len(ids)} cases, fewer than num_folds={num_folds}: "
+                        "every fold needs a held-out case; pass a smaller num_folds")
     order = np.random.default_rng(int(seed)).permutation(len(ids))
     chunks = [[ids[i] for i in chunk] for chunk in np.array_split(order, int(num_folds))]
     folds = []

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unet3d.config import CONFIG_DIR
 from unet3d.data.case_folders import CaseFolders
 from unet3d.data.cases import CaseFiles, LoadedCase, load_case
 from unet3d.data.convention import BRATS2019, LabelConvention
@@ -25,8 +26,6 @@ logger = logging.getLogger(__name__)
 
 #: Keys of the ``data`` group that describe the layout (not arguments of the data set).
 LAYOUT_KEYS = ("reader", "convention", "labels", "regions", "region_order")
-#: The ``conf/`` folder (as ``unet3d.run.CONFIG_DIR``).
-CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 
 
 @dataclass

@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.errors import ConfigError
-
 log = logging.getLogger(__name__)
 
 
@@ -42,7 +40,9 @@ class EnsemblePredictor:
     """Whole-volume sliding-window probabilities of one model or the mean of an ensemble.
 
     Volumes of any size work: volumes smaller than the window are padded by the sliding
-    window (``unet3d.inference.sliding_window``).
+    window (``unet3d.inference.sliding_window``). Every argument is required: a job builds it
+    with ``from_config`` (the values of ``conf/inference/``, checked by
+    :func:`unet3d.config.validate`).
 
     Args:
         models: one Keras model or engine (``unet3d.inference.engines``: anything with an
@@ -69,10 +69,9 @@ class EnsemblePredictor:
     """
 
     def __init__(self, models: Any, *, window_size: Sequence[int], num_classes: int,
-                 overlap: float = 0.5, blend: str = "gaussian", batch_size: int = 1,
-                 tta: bool = False, jit_compile: bool = False, crop_to_brain: bool = False,
-                 background_class: int | None = 0, crop_margin: int = 0,
-                 single_window: bool = False, input_divisor: int = 1) -> None:
+                 overlap: float, blend: str, batch_size: int, tta: bool, jit_compile: bool,
+                 crop_to_brain: bool, background_class: int | None, crop_margin: int,
+                 single_window: bool, input_divisor: int) -> None:
         from unet3d.inference.engines import KerasEngine
 
         members = list(models) if isinstance(models, list | tuple) else [models]
@@ -87,8 +86,6 @@ class EnsemblePredictor:
         self.crop_to_brain = bool(crop_to_brain)
         self.background_class = background_class
         self.crop_margin = int(crop_margin)
-        if self.crop_margin < 0:
-            raise ValueError(f"crop_margin must be >= 0, got {crop_margin}")
         self.single_window = bool(single_window)
         self.input_divisor = int(input_divisor)
         self.num_members = len(members)
@@ -102,42 +99,27 @@ class EnsemblePredictor:
 
     @classmethod
     def from_config(cls, models: Any, inference: Any, *, crop_size: Sequence[int],
-                    num_classes: int, jit_compile: bool = False,
-                    background_class: int | None = 0, input_divisor: int = 1
-                    ) -> EnsemblePredictor:
-        """Build from the ``inference`` config section.
+                    num_classes: int, jit_compile: bool, background_class: int | None,
+                    input_divisor: int) -> EnsemblePredictor:
+        """Build from the ``inference`` config group (``conf/inference/default.yaml``).
 
         Args:
             models: one Keras model or a list of them (see the class).
             inference: ``window_size`` (null: ``crop_size``), ``overlap``, ``blend``,
-                ``batch_size``, ``tta``, ``crop_to_brain`` (absent: false), ``crop_margin``
-                (absent: 0).
+                ``batch_size``, ``tta``, ``crop_to_brain``, ``crop_margin``.
             crop_size: ``data.crop_size`` (H, W, D), the default window.
-            num_classes: ``model.num_classes``.
+            num_classes: the members' output channels.
             jit_compile: ``precision.xla``.
             background_class: see the class.
             input_divisor: the network's input divisor (``inference.single_window``).
-
-        Raises:
-            ConfigError: ``inference.crop_to_brain`` is not a boolean or
-                ``inference.crop_margin`` not an integer >= 0.
         """
-        crop_to_brain = inference.get("crop_to_brain", False)
-        if not isinstance(crop_to_brain, bool):
-            raise ConfigError(f"inference.crop_to_brain: must be true or false, got "
-                              f"{crop_to_brain!r}")
-        crop_margin = inference.get("crop_margin", 0)
-        if isinstance(crop_margin, bool) or not isinstance(crop_margin, int) or crop_margin < 0:
-            raise ConfigError(f"inference.crop_margin: must be an integer >= 0 (voxels), got "
-                              f"{crop_margin!r}")
         return cls(
             models, window_size=window_size(inference, crop_size), num_classes=num_classes,
             overlap=float(inference.overlap), blend=str(inference.blend),
             batch_size=int(inference.batch_size), tta=bool(inference.tta),
-            jit_compile=jit_compile, crop_to_brain=crop_to_brain,
-            background_class=background_class, crop_margin=crop_margin,
-            single_window=bool(inference.get("single_window", False)),
-            input_divisor=input_divisor,
+            jit_compile=jit_compile, crop_to_brain=bool(inference.crop_to_brain),
+            background_class=background_class, crop_margin=int(inference.crop_margin),
+            single_window=bool(inference.single_window), input_divisor=input_divisor,
         )
 
     def describe(self) -> str:

@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.config import HEADS
-
 
 def _brats2019() -> Any:
     from unet3d.data.convention import BRATS2019
@@ -67,15 +65,11 @@ def make_labeler(model_convention: Any = None, target_convention: Any = None,
         ``target_convention``.
 
     Raises:
-        ConfigError: ``head`` is unknown, or a class of the model has no counterpart in the
-            target convention (one line naming the tissue and both data sets).
+        ConfigError: a class of the model has no counterpart in the target convention (one
+            line naming the tissue and both data sets).
     """
-    from unet3d.errors import ConfigError
-
     source = model_convention if model_convention is not None else _brats2019()
     target = target_convention if target_convention is not None else source
-    if head not in HEADS:
-        raise ConfigError(f"model.head: must be one of {', '.join(HEADS)}, got {head!r}")
     if head == "regions":
         from unet3d.data.regions import region_probabilities_to_labels
 

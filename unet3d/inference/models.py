@@ -5,7 +5,8 @@ job's ``model`` group when the run has none) and restores its weights;
 ``unet3d.inference.ensemble.EnsemblePredictor`` runs them. The prefixes come from
 ``unet3d.inference.checkpoints.resolve_model_checkpoints``. ``trained_labels`` reads the label
 convention and head the members were trained with, so that their output is translated into the
-labels of the data set they segment (``unet3d.inference.labels``).
+labels of the data set they segment (``unet3d.inference.labels``). What a job segments with,
+from its config: ``unet3d.inference.job_setup``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unet3d.config import model_head
 from unet3d.errors import CheckpointError, ConfigError
 from unet3d.inference.checkpoints import CHECKPOINT_KEY, run_config, run_dir_of
 from unet3d.runs.identity import IDENTITY_FILE, read_identity
@@ -219,7 +221,7 @@ def trained_labels(prefixes: Sequence[str]) -> tuple[Any, str]:
         run_dir = run_dir_of(prefix)
         settings = _trained_model_settings(run_dir) or {}
         found.append((prefix, recorded_convention(run_dir),
-                      str(settings.get("head") or "softmax")))
+                      model_head(settings)))
     if not found:
         raise ConfigError(f"{CHECKPOINT_KEY}: no checkpoint to load")
     first_prefix, convention, head = found[0]

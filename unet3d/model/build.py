@@ -16,10 +16,11 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from unet3d.config import model_head
 from unet3d.config.components import check_contract, instantiate, one_line
 from unet3d.config.settings import input_divisor
 from unet3d.errors import ConfigError
-from unet3d.model.heads import model_head, output_channels
+from unet3d.model.heads import output_channels
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras

@@ -20,30 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from unet3d.config import DEFAULT_NUM_REGIONS, HEADS
+from unet3d.config import model_head, model_regions
 
 #: Activation of each head (``unet3d.config.HEADS``).
 HEAD_ACTIVATIONS = {"softmax": "softmax", "regions": "sigmoid"}
-
-
-def check_head(head: Any) -> str:
-    """Return ``head`` when it is one of ``HEADS``.
-
-    Raises:
-        ValueError: another value (``model.head: must be one of ...``).
-    """
-    if head not in HEADS:
-        raise ValueError(f"model.head: must be one of {', '.join(HEADS)}, got {head!r}")
-    return str(head)
-
-
-def model_head(model_cfg: Mapping[str, Any]) -> str:
-    """The head a ``model`` group asks for: its ``head`` key, ``softmax`` when absent/null.
-
-    Raises:
-        ValueError: an unknown head.
-    """
-    return check_head(model_cfg.get("head") or "softmax")
 
 
 def output_channels(model_cfg: Mapping[str, Any]) -> int:
@@ -51,18 +31,12 @@ def output_channels(model_cfg: Mapping[str, Any]) -> int:
 
     Args:
         model_cfg: the ``model`` group (``num_classes``; ``head`` and ``num_regions`` optional,
-            ``num_regions`` defaulting to ``DEFAULT_NUM_REGIONS``).
-
-    Raises:
-        ValueError: unknown head, or a non-positive ``num_regions``.
+            see :func:`unet3d.config.model_head` and :func:`unet3d.config.model_regions`),
+            checked by :func:`unet3d.config.validate`.
     """
     if model_head(model_cfg) == "softmax":
         return int(model_cfg["num_classes"])
-    regions = model_cfg.get("num_regions")
-    regions = DEFAULT_NUM_REGIONS if regions is None else regions
-    if isinstance(regions, bool) or not isinstance(regions, int) or regions < 1:
-        raise ValueError(f"model.num_regions: must be an integer >= 1, got {regions!r}")
-    return regions
+    return model_regions(model_cfg)
 
 
 def head_layers(features: Any, head: str, channels: int, kernel_size: int = 1,
@@ -71,20 +45,17 @@ def head_layers(features: Any, head: str, channels: int, kernel_size: int = 1,
 
     Args:
         features: a symbolic ``[B, h, w, d, F]`` Keras tensor.
-        head: one of ``HEADS``.
+        head: one of ``unet3d.config.HEADS``.
         channels: output channels (classes or regions).
         kernel_size: kernel of the convolution (``same`` padding).
         conv_name: name of the convolution layer; activation_name: of the activation layer.
 
     Returns:
         The float32 probabilities ``[B, h, w, d, channels]``.
-
-    Raises:
-        ValueError: unknown ``head``.
     """
     import keras
 
-    activation = HEAD_ACTIVATIONS[check_head(head)]
+    activation = HEAD_ACTIVATIONS[head]
     logits = keras.layers.Conv3D(channels, kernel_size=kernel_size, padding="same",
                                  name=conv_name)(features)
     return keras.layers.Activation(activation, dtype="float32", name=activation_name)(logits)

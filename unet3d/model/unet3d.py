@@ -24,13 +24,12 @@ TensorFlow / Keras are imported inside the functions, so importing this module i
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from unet3d.config import DEFAULT_NUM_REGIONS, NORMS, UNET3D_TARGET
-from unet3d.model.heads import check_head, head_layers
+from unet3d.config import NORMS, UNET3D_TARGET
+from unet3d.model.heads import head_layers, output_channels
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -73,8 +72,6 @@ def _check_widths(base_filters: int, max_filters: int, num_levels: int) -> None:
     _check_int("base_filters", base_filters, 1)
     _check_int("max_filters", max_filters, 1)
     _check_int("num_levels", num_levels, 1)
-    if max_filters < base_filters:
-        raise ValueError(f"max_filters ({max_filters}) must be >= base_filters ({base_filters})")
 
 
 def _spatial_input_shape(
@@ -116,7 +113,7 @@ def _norm_layer(norm: str, channels: int, name: str) -> Any:
         )
     if norm == "batch":
         return keras.layers.BatchNormalization(name=name)
-    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")  # pragma: no cover
+    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
 
 
 def _conv_unit(x: Any, filters: int, norm: str, name: str, strides: int = 1) -> Any:
@@ -138,30 +135,31 @@ def _conv_unit(x: Any, filters: int, norm: str, name: str, strides: int = 1) -> 
 
 def build_unet3d(
     *,
-    name: str = "unet3d",
-    in_channels: int = 4,
-    num_classes: int = 4,
-    base_filters: int = 32,
-    max_filters: int = 320,
-    num_levels: int = 6,
-    norm: str = "instance",
-    output_kernel_size: int = 3,
+    name: str,
+    in_channels: int,
+    num_classes: int,
+    base_filters: int,
+    max_filters: int,
+    num_levels: int,
+    norm: str,
+    output_kernel_size: int,
+    head: str,
+    num_regions: int,
     input_shape: Sequence[int | None] | None = None,
-    head: str = "softmax",
-    num_regions: int = DEFAULT_NUM_REGIONS,
 ) -> keras.Model:
     """Build the 3D U-Net as a Keras 3 functional model (channels last).
 
-    The ``_target_`` of ``conf/model/unet3d.yaml`` and ``unet3d_small.yaml``: every key of
-    those groups is an argument here. The defaults are the reference network's (31,196,196
-    parameters), the values of ``conf/model/unet3d.yaml``.
+    The ``_target_`` of ``conf/model/unet3d.yaml`` (the reference network, 31,196,196
+    parameters) and ``unet3d_small.yaml``: every key of those groups is an argument here, and
+    only there do the arguments get their values (no defaults but ``input_shape``, which is not
+    a setting). The values are checked by :func:`unet3d.config.validate`.
 
     Args:
         name: model name.
         in_channels: input channels C (4 MRI modalities: t1, t1ce, t2, flair).
         num_classes: output classes K (softmax over the last axis).
         base_filters: filters of the full-resolution level.
-        max_filters: cap on the filters of the deeper levels (>= ``base_filters``).
+        max_filters: cap on the filters of the deeper levels (``>= base_filters``).
         num_levels: resolution levels including the bottleneck (``num_levels - 1`` stride-2
             down blocks); spatial sides must be divisible by ``2 ** (num_levels - 1)``.
         norm: one of ``unet3d.config.NORMS``: ``instance``, ``group`` (16 groups, or the
@@ -169,12 +167,12 @@ def build_unet3d(
             carry a bias).
         output_kernel_size: kernel of the head convolution: 3 is the reference's 3x3x3 head,
             1 a 1x1x1 head (3,328 fewer parameters at the reference widths).
-        input_shape: ``None`` for ``(None, None, None, in_channels)``, or the 3 spatial sides
-            (optionally followed by ``in_channels``); ``None`` sides stay dynamic.
         head: ``softmax`` (K class probabilities) or ``regions`` (one sigmoid per evaluation
             region, ``unet3d.model.heads``).
         num_regions: output channels R of the ``regions`` head (BraTS: 3, WT, TC, ET);
             ignored by the softmax head.
+        input_shape: ``None`` for ``(None, None, None, in_channels)``, or the 3 spatial sides
+            (optionally followed by ``in_channels``); ``None`` sides stay dynamic.
 
     Returns:
         A ``keras.Model`` mapping float32 ``[B, H, W, D, C]`` to float32 softmax probabilities
@@ -184,17 +182,14 @@ def build_unet3d(
         full resolution), which ``unet3d.training.deep_supervision`` taps.
 
     Raises:
-        ValueError: unknown ``norm`` or ``head``, non-positive or inconsistent widths, or an
-            input shape whose sides are not divisible by ``2 ** (num_levels - 1)``.
+        ValueError: unknown ``norm``, non-positive widths, or an input shape whose sides are
+            not divisible by ``2 ** (num_levels - 1)``.
     """
     import keras
 
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
     _check_int("in_channels", in_channels, 1)
     _check_int("num_classes", num_classes, 1)
     _check_int("output_kernel_size", output_kernel_size, 1)
-    check_head(head)
     channels = num_classes if head == "softmax" else _check_int("num_regions", num_regions, 1)
     filters = level_filters(base_filters, max_filters, num_levels)
     shape = _spatial_input_shape(input_shape, in_channels, num_levels)
@@ -230,7 +225,7 @@ def build_unet3d(
 
 
 def _unet_arguments(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The U-Net's size arguments from a ``model`` group (absent keys: the signature defaults).
+    """The U-Net's size arguments from a ``model`` group (the keys of conf/model/unet3d.yaml).
 
     Raises:
         ValueError: the group names another ``_target_`` than ``build_unet3d``.
@@ -239,17 +234,10 @@ def _unet_arguments(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     if target not in (None, UNET3D_TARGET):
         raise ValueError(f"count_forward_flops counts {UNET3D_TARGET} only; model._target_ is "
                          f"{target!r}")
-    defaults = inspect.signature(build_unet3d).parameters
     names = ("in_channels", "num_classes", "base_filters", "max_filters", "num_levels",
              "output_kernel_size")
-    arguments = {}
-    for argument in names:
-        value = model_cfg.get(argument)
-        arguments[argument] = int(defaults[argument].default if value is None else value)
-    head = model_cfg.get("head") or "softmax"
-    regions = model_cfg.get("num_regions")
-    arguments["output_channels"] = arguments["num_classes"] if check_head(head) == "softmax" \
-        else int(defaults["num_regions"].default if regions is None else regions)
+    arguments = {argument: int(model_cfg[argument]) for argument in names}
+    arguments["output_channels"] = output_channels(model_cfg)
     return arguments
 
 
@@ -271,8 +259,7 @@ def count_forward_flops(
     Multiply by the batch size for a batch; training is roughly 3x the forward pass.
 
     Args:
-        model_cfg: a ``model`` group of ``build_unet3d`` (or a mapping of its arguments; absent
-            ones take the signature's defaults).
+        model_cfg: a ``model`` group of ``build_unet3d`` (or a mapping of its arguments).
         spatial_shape: an int for a cube, or the 3 sides (H, W, D), each divisible by
             ``2 ** (num_levels - 1)``.
 

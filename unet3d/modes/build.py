@@ -74,8 +74,8 @@ def build_optimizer(cfg: DictConfig, runtime: Runtime) -> Any:
             runtime.precision,
         )
     if runtime.precision.loss_scale:
-        log.info("optimizer %s wrapped in a LossScaleOptimizer (dynamic loss scaling, initial "
-                 "scale %g)", cfg.training.optimizer, optimizer.initial_scale)
+        log.info("optimizer Adam wrapped in a LossScaleOptimizer (dynamic loss scaling, initial "
+                 "scale %g)", optimizer.initial_scale)
     return optimizer
 
 

@@ -22,7 +22,6 @@ A fold sweep that fails (a fold failed) fails the job: an Optuna trial in state 
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import signal
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from unet3d.errors import ConfigError, Unet3dError
+from unet3d.errors import Unet3dError
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,6 @@ log = logging.getLogger(__name__)
 CROSS_VALIDATE = "cross_validate"
 #: The fold sweep's folder inside the job's folder.
 FOLDS_SUBDIR = "folds"
-#: The modes a fold may run (they return held-out metrics).
-FOLD_MODES = ("train_and_evaluate", "evaluate")
 #: Override keys of the job that the fold sweep does not inherit (it sets its own).
 NOT_INHERITED = ("mode", "fold", "hparams_search", "optimized_metric")
 #: Seconds a fold sweep gets to end its runs after SIGTERM before it is killed.
@@ -59,48 +56,10 @@ def is_cross_validation(cfg: DictConfig) -> bool:
 
 
 def selected_folds(cfg: DictConfig) -> list[int]:
-    """``mode.folds`` (null: ``0 .. num_folds - 1``), checked.
-
-    Raises:
-        ConfigError: not a non-empty list of distinct folds in ``[0, num_folds)``.
-    """
-    num_folds = OmegaConf.select(cfg, "num_folds")
-    folds = OmegaConf.select(cfg, "mode.folds", default=None)
-    if folds is None:
-        return list(range(int(num_folds)))
-    values = list(folds) if OmegaConf.is_list(folds) or isinstance(folds, list | tuple) else None
-    if (not values or len(set(values)) != len(values)
-            or not all(isinstance(f, int) and not isinstance(f, bool) and 0 <= f < num_folds
-                       for f in values)):
-        shown = OmegaConf.to_container(folds) if OmegaConf.is_list(folds) else folds
-        raise ConfigError(f"mode.folds: expected null or distinct folds in [0, num_folds="
-                          f"{num_folds}), got {shown!r}")
-    return [int(fold) for fold in values]
-
-
-def validate_cross_validation(cfg: DictConfig) -> list[int]:
-    """Check the mode's keys and the config every fold will run with; return the folds.
-
-    Raises:
-        ConfigError: a bad ``mode.*`` key, or a key the fold jobs would refuse
-            (:func:`unet3d.config.validate` on the config with ``mode.name=<fold_mode>``).
-    """
-    from unet3d.config import validate
-
-    fold_mode = OmegaConf.select(cfg, "mode.fold_mode", default=None)
-    if fold_mode not in FOLD_MODES:
-        raise ConfigError(f"mode.fold_mode: must be one of {', '.join(FOLD_MODES)}, "
-                          f"got {fold_mode!r}")
-    extra = OmegaConf.select(cfg, "mode.fold_overrides", default=None)
-    if extra is not None and not (OmegaConf.is_list(extra)
-                                  and all(isinstance(item, str) for item in extra)):
-        raise ConfigError(f"mode.fold_overrides: expected a list of override strings, got "
-                          f"{extra!r}")
-    folds = selected_folds(cfg)
-    view = copy.deepcopy(cfg)
-    OmegaConf.update(view, "mode.name", fold_mode, merge=False)
-    validate(view)
-    return folds
+    """``mode.folds``; null: every fold, ``0 .. num_folds - 1`` (checked by the config)."""
+    if cfg.mode.folds is None:
+        return list(range(int(cfg.num_folds)))
+    return [int(fold) for fold in cfg.mode.folds]
 
 
 def fold_sweep_command(cfg: DictConfig, overrides: list[str], folds_dir: Path,
@@ -130,7 +89,7 @@ def fold_sweep_command(cfg: DictConfig, overrides: list[str], folds_dir: Path,
                f"++{callback}.run_name={run_name}", f"++{callback}.run_kind={run_kind}"]
     if parent_run_id:
         command.append(f"++{callback}.parent_run_id={parent_run_id}")
-    command += [str(item) for item in (cfg.mode.get("fold_overrides") or [])]
+    command += [str(item) for item in cfg.mode.fold_overrides]
     return command
 
 
@@ -153,7 +112,7 @@ def run_cross_validation(cfg: DictConfig, output_dir: Path, overrides: list[str]
 
     Args:
         cfg: the job's validated config; output_dir: its run folder.
-        overrides: the job's task overrides; folds: from :func:`validate_cross_validation`.
+        overrides: the job's task overrides; folds: :func:`selected_folds`.
 
     Returns:
         ``{metric: mean over the folds}`` plus ``objective`` (mean of the per-fold objectives).
@@ -288,5 +247,4 @@ __all__ = [
     "run_cross_validation",
     "run_id_of",
     "selected_folds",
-    "validate_cross_validation",
 ]

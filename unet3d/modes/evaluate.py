@@ -1,37 +1,23 @@
 """``mode=evaluate``: score trained model(s) on every held-out case of ``fold``.
 
-``checkpoint`` is a checkpoint, a run dir, a sweep dir (its job of this fold is used) or an
-MLflow run reference ``runs:/<run id>``; a list of them is evaluated as an ensemble. Every
-held-out case is segmented exactly once, whole volume, by the sliding window of
-``mode=predict`` (the shared per-case loop ``unet3d.inference.cases``), and scored with the
-metrics of the data set's regions: ``metrics/per_case.csv``, the best / median / worst case
-figures, the mean of every metric (logged as a table, to MLflow and to ``results.json``), and
-each case's predicted and reference labels in ``oof/<case>.npz`` (the out-of-fold predictions
-that ``mode=postprocess`` chooses a sweep's post-processing on).
+``checkpoint`` is a checkpoint, a run dir, a sweep dir (its job of this fold is used), an
+MLflow run reference ``runs:/<run id>`` or an export folder of ``mode=export``; a list of them
+is evaluated as an ensemble, in the engine ``inference.engine``. Every held-out case is
+segmented exactly once, whole volume, by the sliding window of ``mode=predict`` and scored
+(``unet3d.modes.steps.evaluate_model``: ``metrics/per_case.csv``, figures, the mean of every
+metric, the out-of-fold predictions ``oof/<case>.npz``).
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-from omegaconf import DictConfig
-
-from unet3d.modes.inference_setup import make_labeler, region_threshold
-from unet3d.modes.job import Job, data_convention, lesionwise_scorer, prepare
-
-__all__ = ["evaluate_model", "make_labeler", "make_predictor", "region_threshold", "run"]
-
-log = logging.getLogger(__name__)
-
-#: The per-case metrics of the held-out fold, under the run folder.
-PER_CASE_CSV = "metrics/per_case.csv"
+from unet3d.modes.job import Job, data_convention, prepare
+from unet3d.modes.steps import evaluate_model
 
 
 def run(job: Job) -> dict[str, float]:
     """Load ``checkpoint`` (one model, an ensemble or an export folder) and evaluate it on the
     held-out fold, in the engine ``inference.engine``."""
-    from unet3d.modes.inference_setup import model_source, source_labeler, source_members
+    from unet3d.inference.job_setup import model_source, source_labeler, source_members
 
     cfg = job.cfg
     prepared = prepare(job)
@@ -41,100 +27,3 @@ def run(job: Job) -> dict[str, float]:
     job.tracker.set_tags({"checkpoint": ", ".join(source.ids)})
     return evaluate_model(job, members, prepared, labeler=labeler, head=head,
                           input_divisor=source.input_divisor())
-
-
-def make_predictor(cfg: DictConfig, models: Any, jit_compile: bool,
-                   head: str | None = None, input_divisor: int | None = None) -> Any:
-    """The ``EnsemblePredictor`` of ``models`` with the ``inference`` settings of ``cfg``.
-
-    The number of output channels is the members' (their recorded network), not the job's
-    ``model.num_classes``: a model of another convention is translated afterwards.
-
-    Args:
-        cfg: the job config (``inference``, ``data.crop_size``).
-        models: one Keras model or engine (``unet3d.inference.engines``), or a list of them.
-        jit_compile: ``precision.xla``.
-        head: the members' head (``trained_labels``); None: the job's ``model.head``.
-        input_divisor: the members' input divisor (``inference.single_window``); None: the
-            job's ``model`` group's.
-    """
-    from unet3d.config.settings import input_divisor as divisor_of
-    from unet3d.inference.ensemble import EnsemblePredictor
-
-    members = models if isinstance(models, list | tuple) else [models]
-    channels = {int(getattr(member, "num_classes", None) or member.output_shape[-1])
-                for member in members}
-    if len(channels) != 1:
-        from unet3d.errors import CheckpointError
-
-        raise CheckpointError(f"the ensemble's members give {sorted(channels)} output "
-                              "channels; they must all give the same")
-    # A region (sigmoid) head has no background channel: outside the brain box every region
-    # probability is 0.
-    head = head or str(cfg.model.get("head") or "softmax")
-    background = None if head == "regions" else 0
-    return EnsemblePredictor.from_config(
-        models, cfg.inference, crop_size=cfg.data.crop_size, num_classes=channels.pop(),
-        jit_compile=jit_compile, background_class=background,
-        input_divisor=input_divisor or divisor_of(cfg.model))
-
-
-def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
-                   head: str | None = None, input_divisor: int | None = None
-                   ) -> dict[str, float]:
-    """Segment and score every held-out case once (chief only; other ranks return {}).
-
-    Args:
-        job: the job (config, tracker, run folder).
-        models: one Keras model or engine, or a list of them (an ensemble: mean softmax).
-        prepared: the fold's data (``eval_files``, ``convention``).
-        labeler: probabilities -> the data set's labels; None = the data set's own classes
-            (a model just trained on it, with the head of ``model.head``).
-        head: the models' head (with ``labeler``); None: ``model.head``.
-        input_divisor: the models' input divisor (None: the ``model`` group's).
-
-    Returns:
-        The mean of every metric over the scored cases.
-
-    Raises:
-        DataError: a held-out record is missing or corrupt.
-    """
-    from unet3d.evaluation.evaluate import summarize_and_log, write_csv
-    from unet3d.evaluation.postprocess import write_oof_prediction
-    from unet3d.inference.cases import segment_cases
-    from unet3d.inference.inputs import record_pending_cases
-    from unet3d.inference.labels import make_labeler as labeler_of
-    from unet3d.tracking.figures import CaseFigureCollector
-
-    if not job.context.is_chief:
-        return {}
-    convention = data_convention(prepared)
-    key = "Dice_WT" if "WT" in convention.regions else f"Dice_{next(iter(convention.regions))}"
-    figures = CaseFigureCollector(job.output_dir / "figures", key=key, convention=convention)
-    head = head or str(job.cfg.model.get("head") or "softmax")
-    if labeler is None:
-        labeler = labeler_of(convention, convention, head=head,
-                             threshold=region_threshold(job.cfg))
-    predictor = make_predictor(job.cfg, models, bool(job.runtime.precision.xla), head=head,
-                               input_divisor=input_divisor)
-    lesionwise = lesionwise_scorer(job.cfg, convention, job.tracker)
-
-    def on_scored(case: Any, reference: Any, labels: Any, metrics: Any) -> None:
-        # Out-of-fold predictions: mode=postprocess chooses the sweep's rules on them.
-        write_oof_prediction(job.output_dir, case.case_id, labels, reference, case.spacing)
-        figures.add(case, reference, labels, metrics)
-
-    result = segment_cases(predictor, record_pending_cases(prepared.eval_files, convention),
-                           verb="evaluated", labeler=labeler, convention=convention,
-                           on_scored=on_scored, warn_unlabelled=True, lesionwise=lesionwise)
-    rows = result.rows
-    if len(rows) != result.total:
-        log.warning("evaluated %d of %d held-out cases", len(rows), result.total)
-    summary = summarize_and_log(rows, f"held-out evaluation over {len(rows)} case(s):",
-                                convention)
-    csv_path = write_csv(rows, job.output_dir / PER_CASE_CSV)
-    job.tracker.log_metrics(summary, step=int(job.cfg.training.max_steps))
-    job.tracker.log_artifact(csv_path, "metrics")
-    for path in figures.write(rows):
-        job.tracker.log_artifact(path, "figures")
-    return dict(summary)

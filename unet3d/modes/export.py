@@ -72,12 +72,12 @@ def export(cfg: DictConfig, tracker: Any, output_dir: Path) -> dict[str, float]:
     for fmt in formats:
         require_converter(fmt)
     folder = export_folder_of(cfg, output_dir)
-    overwrite = bool(cfg.export.get("overwrite", False))
+    overwrite = bool(cfg.export.overwrite)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise ConfigError(f"export.output_dir: {folder} exists and is not empty "
                           "(export.overwrite=true replaces it)")
     spec = cfg.export.checkpoint
-    prefixes = job_model_checkpoints(cfg, spec, fold=cfg.export.get("fold"),
+    prefixes = job_model_checkpoints(cfg, spec, fold=cfg.export.fold,
                                      key="export.checkpoint")
     convention, head = trained_labels(prefixes)
     settings = [member_model_settings(cfg.model, prefix) for prefix in prefixes]
@@ -159,7 +159,7 @@ def _record(cfg: DictConfig, model: Any, members: list[dict[str, Any]], conventi
         "output": {"dtype": "float32", "layout": "NHWDK", "channels": int(model.output_shape[-1]),
                    "head": head,
                    "activation": "sigmoid per region" if head == "regions" else "softmax",
-                   "region_threshold": float(cfg.inference.get("region_threshold") or 0.5)},
+                   "region_threshold": float(cfg.inference.region_threshold)},
         "normalisation": normalisation_record(),
         "labels": convention.to_dict(),
         "inference": inference,

@@ -39,7 +39,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from unet3d.errors import CaseFailures, ConfigError, DataError
+from unet3d.errors import CaseFailures, DataError
 from unet3d.modes.job import Job
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,12 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     from unet3d.inference.background import BackgroundOutputs, CasePrefetcher
     from unet3d.inference.cases import segment_cases
     from unet3d.inference.checkpoints import CHECKPOINT_KEY
+    from unet3d.inference.job_setup import (
+        job_predictor,
+        model_source,
+        source_labeler,
+        source_members,
+    )
     from unet3d.inference.output_folder import (
         SETTINGS_FILE,
         claim_output_folder,
@@ -84,8 +90,6 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
         split_written,
     )
     from unet3d.inference.predict import NiftiOutputs
-    from unet3d.modes.evaluate import make_predictor
-    from unet3d.modes.inference_setup import model_source, source_labeler, source_members
     from unet3d.modes.job import lesionwise_scorer
 
     pending, source, convention = _pending_cases(cfg)
@@ -116,8 +120,8 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
         reader = stack.enter_context(CasePrefetcher(pending, accept=_accepts(outputs)))
         reader.start()  # the first case is read while the models are built
         members = source_members(cfg, models, runtime, tracker)
-        predictor = make_predictor(cfg, members, bool(runtime.precision.xla), head=head,
-                                   input_divisor=models.input_divisor())
+        predictor = job_predictor(cfg, members, bool(runtime.precision.xla), head=head,
+                                  input_divisor=models.input_divisor())
         predictor.trace()
         if tracker is not None:
             tracker.set_tags({"predict.checkpoints": ", ".join(models.ids),
@@ -255,31 +259,12 @@ def _pending_cases(cfg: DictConfig) -> tuple[list[Any], str, Any]:
             f"held-out fold {cfg.fold} of {prepared.preprocessed_dir}", convention)
 
 
-def _fold_overridden() -> bool:
-    """True when ``fold=`` was given on the command line of this Hydra job."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = HydraConfig.get().overrides.task
-    except (ImportError, ValueError):
-        return False
-    return any(str(item).lstrip("+~").split("=", 1)[0] == "fold" for item in overrides)
-
-
 def selected_fold(cfg: DictConfig) -> int | None:
     """Which fold's model to take from a sweep dir (None = every fold, an ensemble).
 
     ``predict.fold`` when set; else ``fold`` when predicting the held-out fold (only the model
-    that never saw those cases) or when ``fold=`` is on the command line; else None.
-
-    Raises:
-        ConfigError: ``predict.fold`` is not null or an index >= 0.
+    that never saw those cases); else (a folder of new cases) None.
     """
-    value = cfg.predict.get("fold")
-    if value is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"predict.fold: must be null or a fold index >= 0, got {value!r}")
-        return int(value)
-    if not cfg.predict.get("input_dir") or _fold_overridden():
-        return int(cfg.fold)
-    return None
+    if cfg.predict.fold is not None:
+        return int(cfg.predict.fold)
+    return None if cfg.predict.input_dir else int(cfg.fold)

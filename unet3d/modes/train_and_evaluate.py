@@ -1,11 +1,10 @@
 """``mode=train_and_evaluate`` (the default): ``mode=train``, then ``mode=evaluate``'s scoring
-of the trained model on every held-out case of the fold."""
+of the trained model on every held-out case of the fold (``unet3d.modes.steps``)."""
 
 from __future__ import annotations
 
-from unet3d.modes.evaluate import evaluate_model
 from unet3d.modes.job import Job, prepare
-from unet3d.modes.train import train_model
+from unet3d.modes.steps import evaluate_model, train_model
 
 
 def run(job: Job) -> dict[str, float]:

@@ -39,7 +39,7 @@ from typing import Any
 from unet3d.errors import RunFolderError
 from unet3d.runs.checkpoint_files import CHECKPOINT_FOLDER, saved_checkpoints
 from unet3d.runs.files import exclusive_lock, remove_stale_temporaries, write_text_atomic
-from unet3d.runs.identity import IDENTITY_FILE
+from unet3d.runs.identity import IDENTITY_FILE, RESULTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ HYDRA_SUBDIR = ".hydra"
 LOG_FILE = "run.log"
 #: The files of an earlier job (``CHECKPOINT_FOLDER`` holds its checkpoints).
 RUN_ID_FILE = "mlflow_run_id"
-RESULTS_FILE = "results.json"
 #: MLflow run ids of earlier jobs that stopped before their first checkpoint, one per line.
 EARLIER_RUN_IDS_FILE = "earlier_mlflow_run_ids"
 #: Hydra's default job-log format (``hydra/job_logging/default.yaml``).

@@ -1,7 +1,12 @@
-"""The experiment a run folder holds, recorded once and compared on resume, evaluate and predict.
+"""The record of a job: the experiment its run folder holds, and what the job ended with.
 
-A job writes ``<run dir>/run_identity.json`` when it first uses its folder (see
-:mod:`unet3d.runs.folder`); a resume never rewrites it. Schema (``format`` 1)::
+``RunIdentity`` is the one record of a job's fold, seed, data set, model and precision, read
+from its config once. It writes everything that names them: the MLflow tags of the job's run
+(``tags``, ``run_name``), ``<run dir>/run_identity.json`` (``write``, when the job first uses
+its folder, see :mod:`unet3d.runs.folder`; a resume never rewrites it) and, at the end,
+``<run dir>/results.json`` (``write_result``). Resume, evaluate, predict and the sweep tools
+read them back (``read_identity``, ``read_job_result``). ``run_identity.json`` (``format``
+1)::
 
     {"format": 1, "created": "2026-11-29T13:00:00+00:00", "mode": "train_and_evaluate",
      "fold": 0, "num_folds": 5, "seed": 42,
@@ -11,6 +16,12 @@ A job writes ``<run dir>/run_identity.json`` when it first uses its folder (see
               "convention": {...the data set's label convention...} | null},
      "model": {...the composed `model` group...},
      "precision": {"name": "auto", "policy": "auto", "resolved": "mixed_bfloat16", "device": "CPU"}}
+
+``results.json``::
+
+    {"status": "FINISHED" | "FAILED" | "KILLED", "fold": int | null,
+     "overrides": ["fold=0", "precision=amp"], "metrics": {"Dice_WT": 0.81, ...},
+     "error": str | null, "mlflow_run_id": str | null, "written_at": ..., ...extra keys}
 
 ``data.cases`` is the SHA-256 (16 hex digits) of the sorted case ids and ``data.convention``
 the data set's label convention (``unet3d.data.convention.LabelConvention.to_dict``: label
@@ -31,8 +42,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +56,10 @@ log = logging.getLogger(__name__)
 
 #: File name of the record in the run folder.
 IDENTITY_FILE = "run_identity.json"
+#: File name of the job's result in the run folder.
+RESULTS_FILE = "results.json"
+#: The statuses of ``results.json``.
+RESULT_STATUSES = ("FINISHED", "FAILED", "KILLED")
 #: Hydra's composed config of a run (the fallback for runs without an identity file).
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 FORMAT = 1
@@ -135,6 +151,24 @@ class RunIdentity:
     def to_dict(self) -> dict[str, Any]:
         """The JSON record (see the module doc)."""
         return {"format": FORMAT, **asdict(self)}
+
+    @property
+    def run_name(self) -> str:
+        """The name of the job's MLflow run: ``<mode>-fold<k>``."""
+        return f"{self.mode}-fold{self.fold}"
+
+    def tags(self) -> dict[str, str]:
+        """The MLflow tags of the experiment: ``mode``, ``fold``, ``num_folds`` and
+        ``precision`` (the ``precision`` option: ``auto``, ``amp``, ...)."""
+        return {"mode": str(self.mode), "fold": str(self.fold),
+                "num_folds": str(self.num_folds), "precision": str(self.precision.get("name"))}
+
+    def write_result(self, run_dir: str | os.PathLike, status: str, overrides: Sequence[str],
+                     metrics: Mapping[str, Any] | None = None, error: str | None = None,
+                     mlflow_run_id: str | None = None) -> Path:
+        """Write the job's ``results.json`` (its fold is this record's); see `write_job_result`."""
+        return write_job_result(run_dir, status, self.fold, overrides, metrics, error,
+                                mlflow_run_id)
 
     def write(self, run_dir: str | os.PathLike) -> Path:
         """Write ``<run_dir>/run_identity.json`` atomically (stamping ``created``)."""
@@ -258,3 +292,57 @@ def record_cases(run_dir: str | os.PathLike, case_ids: Iterable[str],
     if changed:
         identity.write(run_dir)
     return identity
+
+
+def write_job_result(run_dir: str | os.PathLike, status: str, fold: int | None,
+                     overrides: Sequence[str], metrics: Mapping[str, Any] | None = None,
+                     error: str | None = None, mlflow_run_id: str | None = None,
+                     **extra: Any) -> Path:
+    """Write ``<run_dir>/results.json`` atomically and return its path (see the module doc).
+
+    A job's result is written by its record (``RunIdentity.write_result``); a job without one
+    fold (``mode=cross_validate``: ``fold`` None, its ``folds`` in ``extra``) calls this.
+
+    Args:
+        status: ``FINISHED``, ``FAILED`` or ``KILLED``.
+        metrics: the job's final (evaluation) metrics, numbers only (non-finite values are
+            stored as null).
+        extra: more keys, stored as given (JSON-serialisable values).
+
+    Raises:
+        ValueError: another status.
+    """
+    status = str(status).upper()
+    if status not in RESULT_STATUSES:
+        raise ValueError(f"status: must be FINISHED, FAILED or KILLED, got {status!r}")
+    record = {
+        "status": status,
+        "fold": None if fold is None else int(fold),
+        "overrides": [str(item) for item in overrides],
+        "metrics": {str(key): _json_number(value) for key, value in (metrics or {}).items()},
+        "error": None if error is None else str(error),
+        "mlflow_run_id": mlflow_run_id,
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **extra,
+    }
+    return write_json_atomic(Path(run_dir) / RESULTS_FILE, record)
+
+
+def read_job_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The job's ``results.json`` as a dict, or None when it does not exist.
+
+    Raises:
+        OSError, ValueError: the file cannot be read or is not JSON.
+    """
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _json_number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -1,77 +1,34 @@
-"""Per-job results of a run folder: ``results.json``, and finding the jobs of a sweep.
+"""The jobs of a sweep and their results: finding the job dirs, reading their ``results.json``.
 
-Each job writes ``<job output dir>/results.json`` through `write_job_result` (the runner does it
-at the end of a job, successful or not). `collect_job_results` reads every job dir of a sweep (a
-job dir without ``results.json`` counts as FAILED: it was killed or crashed hard); the
+Each job writes ``<job output dir>/results.json`` through its record
+(:class:`unet3d.runs.identity.RunIdentity`, schema there) at the end of a job, successful or
+not. `collect_job_results` reads every job dir of a sweep (a job dir without ``results.json``
+counts as FAILED: it was killed or crashed hard; its fold is its recorded identity's); the
 cross-validation summary (:mod:`unet3d.tracking.summary`) is computed from those records.
-
-``results.json`` schema::
-
-    {"status": "FINISHED" | "FAILED" | "KILLED", "fold": int | null,
-     "overrides": ["fold=0", "precision=amp"], "metrics": {"Dice_WT": 0.81, ...},
-     "error": str | null, "mlflow_run_id": str | null, ...extra keys}
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import re
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from unet3d.runs.files import write_json_atomic
-from unet3d.runs.naming import parse_override
+from unet3d.runs.identity import (
+    IDENTITY_FILE,
+    RESULTS_FILE,
+    read_identity,
+    read_job_result,
+    write_job_result,
+)
 
 logger = logging.getLogger(__name__)
 
-#: Name of the per-job result file in the job's output dir.
-RESULTS_FILE = "results.json"
+__all__ = ["RESULTS_FILE", "collect_job_results", "find_job_dirs", "read_job_result",
+           "write_job_result"]
+
 _MISSING_RESULT_ERROR = "no results.json: the job did not finish (killed, crashed or still running)"
-
-
-def write_job_result(
-    output_dir: str | os.PathLike,
-    status: str,
-    fold: int | None,
-    overrides: Sequence[str],
-    metrics: Mapping[str, Any] | None = None,
-    error: str | None = None,
-    mlflow_run_id: str | None = None,
-    **extra: Any,
-) -> Path:
-    """Write `<output_dir>/results.json` atomically and return its path.
-
-    `status` is "FINISHED", "FAILED" or "KILLED"; `metrics` are the job's final (evaluation)
-    metrics, numbers only (non-finite values are stored as null); `extra` keys are stored as
-    given (JSON-serialisable values).
-    """
-    status = str(status).upper()
-    if status not in ("FINISHED", "FAILED", "KILLED"):
-        raise ValueError(f"status: must be FINISHED, FAILED or KILLED, got {status!r}")
-    record = {
-        "status": status,
-        "fold": None if fold is None else int(fold),
-        "overrides": [str(item) for item in overrides],
-        "metrics": {str(key): _json_number(value) for key, value in (metrics or {}).items()},
-        "error": None if error is None else str(error),
-        "mlflow_run_id": mlflow_run_id,
-        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        **extra,
-    }
-    return write_json_atomic(Path(output_dir) / RESULTS_FILE, record)
-
-
-def read_job_result(output_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """Return the job's `results.json` as a dict, or None when it does not exist."""
-    path = Path(output_dir) / RESULTS_FILE
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def find_job_dirs(sweep_dir: str | os.PathLike, output_subdir: str = ".hydra") -> list[Path]:
@@ -88,8 +45,6 @@ def find_job_dirs(sweep_dir: str | os.PathLike, output_subdir: str = ".hydra") -
         The job dirs (absolute), sorted by Hydra job number (the leading integer of the folder
         name), then path; empty when `sweep_dir` is not a folder.
     """
-    from unet3d.runs.identity import IDENTITY_FILE
-
     sweep_dir = Path(sweep_dir).resolve()
     if not sweep_dir.is_dir():
         return []
@@ -122,7 +77,7 @@ def collect_job_results(
             overrides = _read_hydra_overrides(job_dir, output_subdir)
             record = {
                 "status": "FAILED",
-                "fold": _fold_from(overrides, job_dir, output_subdir),
+                "fold": _fold_of(job_dir),
                 "overrides": overrides,
                 "metrics": {},
                 "error": error,
@@ -134,7 +89,7 @@ def collect_job_results(
         record.setdefault("error", None)
         record.setdefault("mlflow_run_id", None)
         if record.get("fold") is None:
-            record["fold"] = _fold_from(record["overrides"], job_dir, output_subdir)
+            record["fold"] = _fold_of(job_dir)
         record["status"] = str(record.get("status") or "FAILED").upper()
         record["job_dir"] = str(job_dir)
         records.append(record)
@@ -142,14 +97,6 @@ def collect_job_results(
 
 
 # ---- internals
-
-
-def _json_number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _job_sort_key(path: Path, sweep_dir: Path | None = None) -> tuple[int, str]:
@@ -181,28 +128,8 @@ def _read_hydra_overrides(job_dir: Path, output_subdir: str) -> list[str]:
         return []
 
 
-def _fold_from(overrides: Sequence[str], job_dir: Path, output_subdir: str) -> int | None:
-    """The job's fold: its recorded identity, else its `fold=` override, else its config."""
-    from unet3d.runs.identity import IDENTITY_FILE, read_identity
-
-    if (job_dir / IDENTITY_FILE).is_file():
-        identity = read_identity(job_dir)
-        if identity is not None:
-            return identity.fold
-    for override in overrides:
-        key, value = parse_override(override)
-        if key == "fold":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    config_path = job_dir / output_subdir / "config.yaml" if output_subdir else None
-    if config_path is not None and config_path.exists():
-        try:
-            from omegaconf import OmegaConf
-
-            fold = OmegaConf.load(config_path).get("fold")
-            return int(fold) if fold is not None else None
-        except Exception:  # noqa: BLE001
-            return None
-    return None
+def _fold_of(job_dir: Path) -> int | None:
+    """The job's fold: its record (``run_identity.json``, else the composed config that the job
+    wrote to ``.hydra/`` when it took its folder); None for a folder with neither."""
+    identity = read_identity(job_dir)
+    return identity.fold if identity is not None else None

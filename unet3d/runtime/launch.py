@@ -20,13 +20,32 @@ import json
 import logging
 import os
 import secrets
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from unet3d.runs.resolvers import (
+    LAUNCH_ID_LENGTH,
+    LAUNCH_ID_VARIABLE,
+    LAUNCH_TIME_FORMAT,
+    LAUNCH_TIME_VARIABLE,
+)
+
 log = logging.getLogger(__name__)
 
-#: Hex digits of a launch id (the suffix that keeps run folders of one second apart).
-LAUNCH_ID_LENGTH = 6
+
+def prepare_launch(argv: list[str] | None = None) -> None:
+    """Set up what must exist before Hydra creates the output directory.
+
+    Every rank of a multi-process launch agrees on rank 0's launch time and id (hence one
+    output directory, named by :mod:`unet3d.runs.resolvers`); ranks other than 0 write neither
+    ``.hydra/`` nor the log file there (``non_chief_overrides`` added to ``argv``, by default
+    ``sys.argv``).
+    """
+    argv = sys.argv if argv is None else argv
+    share_launch_time(LAUNCH_TIME_VARIABLE, LAUNCH_TIME_FORMAT, LAUNCH_ID_VARIABLE)
+    if launch_rank() > 0:
+        argv.extend(non_chief_overrides(argv[1:]))
 
 
 def horovod_world_size() -> int:

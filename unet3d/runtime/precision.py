@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unet3d.config import PRECISION_POLICIES as POLICIES
 from unet3d.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -68,42 +67,28 @@ class PrecisionInfo:
         return {"resolved": self.policy_name, "device": device_type.upper()}
 
 
-def _checked(policy: Any) -> str:
-    value = str(policy).strip().lower()
-    if value not in POLICIES:
-        raise ConfigError(f"precision.policy: must be one of {', '.join(POLICIES)}, got {policy!r}")
-    return value
-
-
 def resolve_policy(policy: str, device_type: str) -> str:
     """The Keras policy of a fixed ``precision.policy`` on ``device_type`` (pure).
 
     ``mixed`` is mixed_bfloat16 on CPU and mixed_float16 on GPU/MLU; ``auto`` depends on the
     host (`configure_precision`, :mod:`unet3d.runtime.precision_auto`) and is refused here.
+    The policy is one of ``unet3d.config.PRECISION_POLICIES`` (checked by the config).
 
     Raises:
-        ConfigError: unknown policy (the message names precision.policy).
         ValueError: ``auto``.
     """
-    value = _checked(policy)
-    if value == "auto":
+    if policy == "auto":
         raise ValueError("precision.policy=auto depends on the host: use configure_precision")
-    if value == "mixed":
+    if policy == "mixed":
         return "mixed_bfloat16" if device_type.upper() == "CPU" else "mixed_float16"
-    return value
+    return policy
 
 
 def _auto_policy(precision_cfg: Mapping[str, Any], device_type: str, host: Any,
                  cache: Path | None, recorded: Mapping[str, Any] | None) -> Any:
     """The ``AutoChoice`` of ``precision=auto`` (see `configure_precision`)."""
     from unet3d.runtime.cpu_probe import cached_probe
-    from unet3d.runtime.precision_auto import (
-        DEFAULT_MIN_SPEEDUP,
-        AutoChoice,
-        choose_cpu,
-        choose_gpu,
-        choose_mlu,
-    )
+    from unet3d.runtime.precision_auto import AutoChoice, choose_cpu, choose_gpu, choose_mlu
 
     device = device_type.upper()
     kept = (recorded or {}).get("resolved")
@@ -119,8 +104,8 @@ def _auto_policy(precision_cfg: Mapping[str, Any], device_type: str, host: Any,
     if device != "CPU":
         return choose_mlu()
     cpu = host.cpu()
-    refresh = bool(precision_cfg.get("reprobe", False))
-    min_speedup = float(precision_cfg.get("min_speedup", DEFAULT_MIN_SPEEDUP))
+    refresh = bool(precision_cfg["reprobe"])
+    min_speedup = float(precision_cfg["min_speedup"])
     return choose_cpu(cpu, lambda: cached_probe(cache, cpu, host.threads(), host.tf_version(),
                                                 host.probe, refresh, host.check, min_speedup),
                       min_speedup)
@@ -134,9 +119,8 @@ def _explicit_bf16_check(precision_cfg: Mapping[str, Any], policy_name: str, hos
 
     cpu = host.cpu()
     probe, cached = cached_probe(cache, cpu, host.threads(), host.tf_version(), host.probe,
-                                 bool(precision_cfg.get("reprobe", False)), host.check, 1.0)
-    slow_bf16_warning(f"precision={precision_cfg.get('name') or policy_name} "
-                      f"({policy_name})", cpu, probe, cached)
+                                 bool(precision_cfg["reprobe"]), host.check, 1.0)
+    slow_bf16_warning(f"precision={precision_cfg['name']} ({policy_name})", cpu, probe, cached)
     return host_params(cpu, probe, cached)
 
 
@@ -151,7 +135,9 @@ def configure_precision(precision_cfg: Mapping[str, Any], device_type: str, *,
     that has not started).
 
     Args:
-        precision_cfg: the `precision` group (name, policy, xla, min_speedup, reprobe).
+        precision_cfg: the `precision` group, checked by :func:`unet3d.config.validate`:
+            ``name``, ``policy``, ``xla``, ``reprobe`` (read by the CPU probe of ``auto`` and
+            of an explicit bfloat16 policy on CPU), ``min_speedup`` (``auto`` only).
         device_type: "CPU", "GPU" or "MLU" (from `DeviceInfo.type`).
         cache_dir: the folder of the probe cache (``paths.data_dir``); None: no cache file.
         recorded: the ``precision`` record of the run being resumed (``run_identity.json``:
@@ -161,9 +147,6 @@ def configure_precision(precision_cfg: Mapping[str, Any], device_type: str, *,
 
     Returns:
         PrecisionInfo describing the policy that is now global.
-
-    Raises:
-        ConfigError: unknown precision.policy.
     """
     import keras
 
@@ -172,8 +155,8 @@ def configure_precision(precision_cfg: Mapping[str, Any], device_type: str, *,
 
     host = host if host is not None else Host()
     cache = Path(cache_dir).expanduser() / CACHE_FILE if cache_dir is not None else None
-    requested = _checked(precision_cfg.get("policy") or "float32")
-    xla = bool(precision_cfg.get("xla", False))
+    requested = str(precision_cfg["policy"])
+    xla = bool(precision_cfg["xla"])
     on_cpu = device_type.upper() == "CPU"
     params: dict[str, str] = {}
     if requested == "auto":
@@ -198,7 +181,7 @@ def configure_precision(precision_cfg: Mapping[str, Any], device_type: str, *,
     keras.mixed_precision.set_global_policy(policy_name)
     compute_dtype, variable_dtype = _DTYPES[policy_name]
     info = PrecisionInfo(
-        name=str(precision_cfg.get("name") or policy_name),
+        name=str(precision_cfg["name"]),
         policy_name=policy_name,
         compute_dtype=compute_dtype,
         variable_dtype=variable_dtype,

@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 
 #: CUDA compute capability of the first GPUs with Tensor Cores (Volta).
 TENSOR_CORE_CAPABILITY = (7, 0)
-#: Default of ``precision.min_speedup``: bfloat16 must win the probe by 10% (noise margin).
-DEFAULT_MIN_SPEEDUP = 1.1
 
 #: ``measure() -> (probe result, read from the cache)``.
 MeasureFn = Callable[[], tuple[ProbeResult, bool]]
@@ -106,14 +104,14 @@ def host_params(cpu: CpuInfo | None, probe: ProbeResult | None,
     return values
 
 
-def choose_cpu(cpu: CpuInfo, measure: MeasureFn,
-               min_speedup: float = DEFAULT_MIN_SPEEDUP) -> AutoChoice:
+def choose_cpu(cpu: CpuInfo, measure: MeasureFn, min_speedup: float) -> AutoChoice:
     """The CPU's policy: mixed_bfloat16 only with bf16 instructions and a faster probe.
 
     Args:
         cpu: the CPU's model and flags.
         measure: runs (or reads from the cache) the probe; not called without bf16 flags.
-        min_speedup: bfloat16 is chosen when ``probe.speedup >= min_speedup``.
+        min_speedup: bfloat16 is chosen when ``probe.speedup >= min_speedup``
+            (``precision.min_speedup`` of ``conf/precision/auto.yaml``).
     """
     if not cpu.has_bf16:
         return AutoChoice("float32", "no bfloat16 instructions (neither amx_bf16 nor "

@@ -53,6 +53,10 @@ logger = logging.getLogger(__name__)
 #: Artifact keys of the logged model.
 CONFIG_ARTIFACT = "config"
 MEMBERS_ARTIFACT = "members"
+#: Keys that conf/ gained after a model may have been logged, with the value every model
+#: logged before them ran with (a served config is the job's as it was recorded).
+LATER_KEYS = {"inference.region_threshold": 0.5, "precision.reprobe": False,
+              "evaluation.lesionwise": "off"}
 #: Where it is served, ``UNET3D_SERVE_<KEY>`` overrides ``serve.<key>`` of the logged model.
 SERVE_ENVIRONMENT_PREFIX = "UNET3D_SERVE_"
 #: The keys of the ``serve`` group (conf/serve/default.yaml), each an integer >= 1.
@@ -147,8 +151,7 @@ def _served_precision(cfg: Any) -> Any:
     from unet3d.runtime.precision import configure_precision
 
     available = {kind: tf.config.list_physical_devices(kind) for kind in ACCELERATOR_TYPES}
-    precision_cfg = cfg.get("precision") or {"policy": "float32"}
-    return configure_precision(precision_cfg, resolve_device_type("auto", available))
+    return configure_precision(cfg.precision, resolve_device_type("auto", available))
 
 
 class SegmentationModel(mlflow.pyfunc.PythonModel):
@@ -162,6 +165,9 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         members = Path(context.artifacts[MEMBERS_ARTIFACT])
         member_dirs = sorted(str(path) for path in members.iterdir() if path.is_dir())
         OmegaConf.set_struct(cfg, False)
+        for key, value in LATER_KEYS.items():
+            if OmegaConf.select(cfg, key) is None:
+                OmegaConf.update(cfg, key, value)
         cfg.predict = {"input_dir": None, "output_dir": None, "checkpoint": member_dirs,
                        "fold": None, "save_probabilities": False, "overwrite": True}
         cfg.tracking.enabled = False

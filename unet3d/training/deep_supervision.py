@@ -181,12 +181,13 @@ class DeepSupervisionLoss:
 
 
 def apply_deep_supervision(model: Any, loss_fn: Any, training: Mapping[str, Any],
-                           head: str = "softmax") -> tuple[Any, Any]:
+                           head: str) -> tuple[Any, Any]:
     """The model and loss the training loop runs, with ``training.deep_supervision`` applied.
 
-    Call inside the distribution strategy's scope. Keys read (all optional):
-    ``deep_supervision`` (bool, default false), ``deep_supervision_levels`` (null: every
-    decoder stage), ``deep_supervision_weights`` (null: ``deep_supervision_weights(n)``).
+    Call inside the distribution strategy's scope. Keys read (``conf/training/default.yaml``,
+    checked by :func:`unet3d.config.validate`): ``deep_supervision``,
+    ``deep_supervision_levels`` (null: every decoder stage), ``deep_supervision_weights``
+    (null: ``deep_supervision_weights(n)``).
 
     Args:
         model: the network (kept for inference, checkpoint loading and the logged model).
@@ -199,21 +200,13 @@ def apply_deep_supervision(model: Any, loss_fn: Any, training: Mapping[str, Any]
         supervision is off.
 
     Raises:
-        ConfigError: levels out of range, weights of the wrong length, or a model without the
-            U-Net's decoder layers.
+        ConfigError: a model of your own without the U-Net's decoder layers, or with fewer
+            decoder stages than ``deep_supervision_levels``.
     """
-    if not bool(training.get("deep_supervision", False)):
+    if not training["deep_supervision"]:
         return model, loss_fn
-    training_model = deep_supervision_model(model, training.get("deep_supervision_levels"),
-                                            head)
-    outputs = len(training_model.outputs)
-    weights = training.get("deep_supervision_weights")
+    training_model = deep_supervision_model(model, training["deep_supervision_levels"], head)
+    weights = training["deep_supervision_weights"]
     if weights is None:
-        weights = deep_supervision_weights(outputs)
-    elif len(weights) != outputs:
-        raise ConfigError(f"training.deep_supervision_weights: needs {outputs} weights (full "
-                          f"resolution first), got {list(weights)}")
-    try:
-        return training_model, DeepSupervisionLoss(loss_fn, weights)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+        weights = deep_supervision_weights(len(training_model.outputs))
+    return training_model, DeepSupervisionLoss(loss_fn, list(weights))

@@ -1,6 +1,6 @@
 """The loss component: the built-in segmentation losses, and any loss of the ``loss`` group.
 
-Built-in losses (``conf/loss/default.yaml``: ``SegmentationLoss`` named by ``training.loss``),
+Built-in losses (``conf/loss/default.yaml``: ``SegmentationLoss`` named by ``loss.name``),
 per sample ``b`` and class ``k``, sums over the voxels of the crop:
 
 - soft Dice ``dice[b, k] = 2 * sum(y * p) / (sum(y) + sum(p) + smooth)`` (the reference's
@@ -101,8 +101,7 @@ def segmentation_loss(
 class SegmentationLoss:
     """The built-in loss: soft Dice, cross-entropy or their sum, per sample.
 
-    The ``_target_`` of ``conf/loss/default.yaml`` (``name: ${training.loss}``,
-    ``include_background: ${training.include_background}``,
+    The ``_target_`` of ``conf/loss/default.yaml`` (its keys are the arguments;
     ``num_classes: ${model.num_classes}``).
 
     Args:
@@ -115,8 +114,8 @@ class SegmentationLoss:
         ValueError: unknown ``name``, or no class left to score in the Dice term.
     """
 
-    def __init__(self, name: str = "dice+ce", num_classes: int = 4,
-                 include_background: bool = False, smooth: float = 1e-5) -> None:
+    def __init__(self, name: str, num_classes: int, include_background: bool,
+                 smooth: float) -> None:
         if name not in LOSSES:
             raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}")
         if num_classes < 2 and not include_background:

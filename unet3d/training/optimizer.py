@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
-def learning_rate_schedule(name: str = "cosine", learning_rate: float = 1e-3,
-                           warmup_steps: int = 0, total_steps: int = 1) -> Any:
+def learning_rate_schedule(name: str, learning_rate: float, warmup_steps: int,
+                           total_steps: int) -> Any:
     """The built-in schedules: a constant rate, or cosine decay to 0 after linear warm-up.
 
     Args:
@@ -118,7 +118,7 @@ def check_lr_schedule(schedule: Any, total_steps: int, target: str = "the schedu
 
 def build_optimizer(schedule_cfg: Mapping[str, Any],
                     total_steps: int) -> keras.optimizers.Optimizer:
-    """Adam (``training.optimizer: adam``, the reference's) following the configured schedule.
+    """Adam (the reference's optimizer, the only one) following the configured schedule.
 
     Args:
         schedule_cfg: the ``lr_schedule`` config group.

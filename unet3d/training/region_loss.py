@@ -99,8 +99,8 @@ class RegionLoss:
             nested regions to predict (``unet3d.data.regions.painted_regions``).
     """
 
-    def __init__(self, num_classes: int = 4, convention: Any = None, smooth: float = 1e-5,
-                 bce_weight: float = 1.0, dice_weight: float = 1.0) -> None:
+    def __init__(self, num_classes: int, convention: Any, smooth: float, bce_weight: float,
+                 dice_weight: float) -> None:
         resolved = as_convention(convention)
         self.table = class_region_table(resolved)
         if self.table.shape[0] != int(num_classes):

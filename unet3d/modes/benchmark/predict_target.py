@@ -1,5 +1,5 @@
 """The ``predict`` target of ``mode=benchmark`` (see ``unet3d.modes.benchmark``): whole volumes
-through ``mode=predict``'s sliding window (``unet3d.modes.evaluate.make_predictor``)."""
+through ``mode=predict``'s sliding window (``unet3d.inference.job_setup.job_predictor``)."""
 
 from __future__ import annotations
 
@@ -84,8 +84,8 @@ def _case_source(job: Job, prepared: Any, in_channels: int, rng: np.random.Gener
 
 def benchmark_predict(job: Job) -> dict[str, Any] | None:
     """Time whole-volume sliding-window prediction (the chief predicts; others return None)."""
+    from unet3d.inference.job_setup import job_predictor
     from unet3d.inference.labels import make_labeler
-    from unet3d.modes.evaluate import make_predictor
 
     cfg, context = job.cfg, job.context
     synthetic = bool(cfg.benchmark.synthetic_input)
@@ -96,7 +96,7 @@ def benchmark_predict(job: Job) -> dict[str, Any] | None:
         volume_shape(cfg.benchmark)  # a bad shape fails before any model is built
     models = _predict_models(job)
     labeler = make_labeler()
-    predictor = make_predictor(cfg, models, bool(job.runtime.precision.xla))
+    predictor = job_predictor(cfg, models, bool(job.runtime.precision.xla))
     window = tuple(predictor.window_size)
     in_channels = int(cfg.model.in_channels)
 
