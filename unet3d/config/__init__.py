@@ -74,9 +74,9 @@ OPTIMIZERS = ("adam",)
 BLENDS = ("gaussian", "constant")
 BENCHMARK_TARGETS = ("train", "predict", "pipeline", "runner")
 #: Layouts the synthetic data set writes (``data.synthetic.layout``): ``flat`` BraTS 2019 names
-#: in <case>/ folders, ``brats2019`` the same under HGG/ and LGG/, and the layouts and labels of
-#: ``conf/data/{brats2023,msd_brain,nnunet_raw}.yaml``.
-SYNTHETIC_LAYOUTS = ("flat", "brats2019", "brats2023", "msd_brain", "nnunet_raw")
+#: in <case>/ folders, ``brats2019`` the same under HGG/ and LGG/, ``brats2021`` flat with BraTS
+#: 2021 ids, and the layouts and labels of ``conf/data/{brats2023,msd_brain,nnunet_raw}.yaml``.
+SYNTHETIC_LAYOUTS = ("flat", "brats2019", "brats2021", "brats2023", "msd_brain", "nnunet_raw")
 
 # ---- the built-in components ------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ same cases are written in any of the layouts and label conventions of
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,6 +121,7 @@ def generate_dataset(
     seed: int,
     layout: str = "flat",
     num_test: int = 0,
+    workers: int = 1,
     **options: Any,
 ) -> list[str]:
     """Write ``num_cases`` synthetic cases under ``out_dir`` in ``layout``; return their ids.
@@ -135,11 +137,13 @@ def generate_dataset(
             (the same under ``HGG/`` or ``LGG/``), ``brats2023``, ``msd_brain``, ``nnunet_raw``.
         num_test: cases without labels in ``imagesTs/`` (``msd_brain``, ``nnunet_raw`` only);
             their ids follow the training ids.
+        workers: processes that generate and write cases at once (1: in this process; 0: one
+            per CPU this process may use). The files do not depend on it.
         **options: the appearance settings of ``SyntheticOptions`` (``data.synthetic.*``;
             defaults: today's cases).
 
-    Idempotent: ``synthetic_manifest.json`` records the settings; cases whose files exist are
-    not rewritten; ``dataset.json`` (``msd_brain``, ``nnunet_raw``) is written last.
+    Idempotent and resumable: ``synthetic_manifest.json`` records the settings; every file is
+    written atomically and cases whose files exist are not rewritten; ``dataset.json`` (``msd_brain``, ``nnunet_raw``) is written last.
 
     Raises:
         ConfigError: a bad setting (one line naming ``data.synthetic.<key>``).
@@ -150,6 +154,8 @@ def generate_dataset(
     shape = [int(s) for s in shape]
     spacing = [float(s) for s in spacing]
     _validate(num_cases, shape, spacing, layout, num_test)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers: must be an integer >= 0, got {workers!r}")
     chosen = _options(options)
     settings = _settings(shape, spacing, seed, layout, chosen, num_test, num_cases)
     manifest_path = out_dir / MANIFEST_NAME
@@ -176,7 +182,7 @@ def generate_dataset(
     if updated != manifest or not manifest_path.exists():
         write_json_atomic(manifest_path, updated, sort_keys=True)
     if pending:
-        _write_cases(out_dir, pending, shape, spacing, seed, layout, chosen, ids)
+        _write_cases(out_dir, pending, shape, spacing, seed, layout, chosen, ids, workers)
     else:
         logger.info("Synthetic data set in %s is complete (%d cases)", out_dir, num_cases)
     description = dataset_json(layout, [ids[i] for i in range(total)], [ids[i] for i in test])
@@ -185,25 +191,67 @@ def generate_dataset(
     return [ids[i] for i in train]
 
 
+def _write_one(out_dir: Path, index: int, test: bool, shape: list[int], spacing: list[float],
+               seed: int, layout: str, options: SyntheticOptions, case_id: str) -> None:
+    """Generate case ``index`` and write its files (also the body of a worker process)."""
+    case = generate_case(seed, index, shape, spacing, options, case_id=case_id)
+    write_case(layout, case, out_dir, test=test)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; ``os.cpu_count()`` without one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def _write_cases(out_dir: Path, pending: list[tuple[int, bool]], shape: list[int],
                  spacing: list[float], seed: int, layout: str, options: SyntheticOptions,
-                 ids: dict[int, str]) -> None:
+                 ids: dict[int, str], workers: int = 1) -> None:
+    workers = min(workers or usable_cpus(), len(pending))
     logger.info(
-        "Generating %d synthetic case(s) of shape %s (spacing %s, seed %d, layout %s) in %s",
-        len(pending), shape, spacing, seed, layout, out_dir,
+        "Generating %d synthetic case(s) of shape %s (spacing %s, seed %d, layout %s) in %s "
+        "with %d process(es)", len(pending), shape, spacing, seed, layout, out_dir, workers,
     )
     start = time.perf_counter()
     progress = Progress(len(pending), "Generating synthetic cases", logger)
     try:
-        for index, test in pending:
-            case = generate_case(seed, index, shape, spacing, options, case_id=ids[index])
-            write_case(layout, case, out_dir, test=test)
-            progress.update()
+        if workers <= 1:
+            for index, test in pending:
+                _write_one(out_dir, index, test, shape, spacing, seed, layout, options, ids[index])
+                progress.update()
+        else:
+            _write_in_processes(out_dir, pending, shape, spacing, seed, layout, options, ids,
+                                workers, progress)
     finally:
         progress.close()
     elapsed = time.perf_counter() - start
     logger.info("Generated %d case(s) in %.1f s (%.2f s per case)", len(pending), elapsed,
                 elapsed / len(pending))
+
+
+def _write_in_processes(out_dir: Path, pending: list[tuple[int, bool]], shape: list[int],
+                        spacing: list[float], seed: int, layout: str,
+                        options: SyntheticOptions, ids: dict[int, str], workers: int,
+                        progress: Progress) -> None:
+    """``_write_one`` for every pending case in ``workers`` spawned processes (safe with
+    TensorFlow loaded); the first failure cancels the cases not started and is raised."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(_write_one, out_dir, index, test, shape, spacing, seed, layout,
+                               options, ids[index]) for index, test in pending]
+        try:
+            for future in as_completed(futures):
+                future.result()
+                progress.update()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def synthetic_settings_key(synthetic_cfg: Any) -> str:

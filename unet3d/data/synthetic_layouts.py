@@ -9,6 +9,7 @@ layout          files                                                           
 ``flat``        ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``                 0, 1 NCR, 2 ED,
                 (ids ``BraTS19_SYN_0001``)                                      4 ET
 ``brats2019``   the same under ``HGG/`` or ``LGG/``                             as ``flat``
+``brats2021``   as ``flat``, ids ``BraTS2021_00000`` (BraTS 2021's names)         as ``flat``
 ``brats2023``   ``<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``                  0, 1 NETC,
                 (ids ``BraTS-GLI-00000-000``)                                   2 SNFH, 3 ET
 ``msd_brain``   ``imagesTr/BRATS_001.nii.gz`` one 4D volume (H, W, D, 4),       0, 1 edema,
@@ -39,7 +40,8 @@ from unet3d.data.synthetic_case import SyntheticCase
 from unet3d.runs.files import write_bytes_atomic
 
 #: Every layout the generator writes (``data.synthetic.layout``).
-LAYOUTS: tuple[str, ...] = ("flat", "brats2019", "brats2023", "msd_brain", "nnunet_raw")
+LAYOUTS: tuple[str, ...] = ("flat", "brats2019", "brats2021", "brats2023", "msd_brain",
+                            "nnunet_raw")
 #: Layouts with a test-image folder (``imagesTs/``, ``data.synthetic.num_test``).
 TEST_FOLDER_LAYOUTS: tuple[str, ...] = ("msd_brain", "nnunet_raw")
 #: Layouts described by a ``dataset.json`` at the top of the folder.
@@ -49,6 +51,7 @@ DATASET_JSON_LAYOUTS: tuple[str, ...] = ("msd_brain", "nnunet_raw")
 LAYOUT_LABELS: dict[str, dict[int, str]] = {
     "flat": {0: "background", 1: "NCR", 2: "ED", 4: "ET"},
     "brats2019": {0: "background", 1: "NCR", 2: "ED", 4: "ET"},
+    "brats2021": {0: "background", 1: "NCR", 2: "ED", 4: "ET"},
     "brats2023": {0: "background", 1: "NETC", 2: "SNFH", 3: "ET"},
     "msd_brain": {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"},
     "nnunet_raw": {0: "background", 1: "edema", 2: "non-enhancing and necrosis",
@@ -58,6 +61,7 @@ LAYOUT_LABELS: dict[str, dict[int, str]] = {
 _LABEL_TABLES: dict[str, np.ndarray] = {
     "flat": np.array([0, 1, 2, 0, 4], dtype=np.uint8),
     "brats2019": np.array([0, 1, 2, 0, 4], dtype=np.uint8),
+    "brats2021": np.array([0, 1, 2, 0, 4], dtype=np.uint8),
     "brats2023": np.array([0, 1, 2, 0, 3], dtype=np.uint8),
     "msd_brain": np.array([0, 2, 1, 0, 3], dtype=np.uint8),
     "nnunet_raw": np.array([0, 2, 1, 0, 3], dtype=np.uint8),
@@ -81,13 +85,14 @@ def case_id_for(layout: str, index: int) -> str:
     """The id of the ``index``-th (0-based) case in ``layout``.
 
     ``flat``/``brats2019``: ``BraTS19_SYN_0001``; ``brats2023``: ``BraTS-GLI-00000-000``;
-    ``msd_brain``: ``BRATS_001``; ``nnunet_raw``: ``BraTS2021_00000`` (as Dataset137 names them).
+    ``msd_brain``: ``BRATS_001``; ``nnunet_raw`` and ``brats2021``: ``BraTS2021_00000`` (as
+    BraTS 2021 and nnU-Net's Dataset137 name them).
     """
     if layout == "brats2023":
         return f"BraTS-GLI-{index:05d}-000"
     if layout == "msd_brain":
         return f"BRATS_{index + 1:03d}"
-    if layout == "nnunet_raw":
+    if layout in ("nnunet_raw", "brats2021"):
         return f"BraTS2021_{index:05d}"
     return f"BraTS19_SYN_{index + 1:04d}"
 
@@ -97,7 +102,7 @@ def case_files(layout: str, case_id: str, grade: str, test: bool = False) -> lis
 
     A test case (``test=True``, ``imagesTs/``) has no label file.
     """
-    if layout in ("flat", "brats2019"):
+    if layout in ("flat", "brats2019", "brats2021"):
         folder = Path(grade, case_id) if layout == "brats2019" else Path(case_id)
         return [folder / f"{case_id}_{name}.nii.gz" for name in (*MODALITIES, "seg")]
     if layout == "brats2023":
@@ -113,7 +118,7 @@ def case_files(layout: str, case_id: str, grade: str, test: bool = False) -> lis
 
 def case_record(layout: str, case_id: str, grade: str, test: bool = False) -> Any:
     """What the manifest records of a case: its folder (BraTS layouts, as before) or files."""
-    if layout in ("flat", "brats2019", "brats2023"):
+    if layout in ("flat", "brats2019", "brats2021", "brats2023"):
         return str(case_files(layout, case_id, grade)[0].parent)
     return [str(path) for path in case_files(layout, case_id, grade, test)]
 
