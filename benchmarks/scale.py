@@ -29,7 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS_DIR  # noqa: E402
 
 #: BraTS 2021's grid and voxel size (RSNA-ASNR-MICCAI BraTS 2021: 240 x 240 x 155, 1 mm).
 BRATS2021_SHAPE = (240, 240, 155)

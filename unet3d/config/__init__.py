@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from unet3d.config.augmentation import AUGMENTATION_SETTINGS, check_unknown_keys
 from unet3d.config.settings import (
     Boolean,
+    BooleanOrAuto,
     ExistingPath,
     Integer,
     Nullable,
@@ -113,7 +114,7 @@ SETTINGS: dict[str, Setting] = {
     "data.crop_size": Sides(int, spatial=True),
     "data.batch_size": Integer(minimum=1),
     "data.augment": Boolean(),
-    "data.cache": Boolean(),
+    "data.cache": BooleanOrAuto(),
     "data.shuffle_buffer": Integer(minimum=1),
     "data.foreground_probability": Number(0.0, 1.0, True, True),
     # data.augmentation: conf/augmentation/ (mounted into the data group)

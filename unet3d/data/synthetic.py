@@ -143,7 +143,8 @@ def generate_dataset(
             defaults: today's cases).
 
     Idempotent and resumable: ``synthetic_manifest.json`` records the settings; every file is
-    written atomically and cases whose files exist are not rewritten; ``dataset.json`` (``msd_brain``, ``nnunet_raw``) is written last.
+    written atomically and cases whose files exist are not rewritten; ``dataset.json``
+    (``msd_brain``, ``nnunet_raw``) is written last.
 
     Raises:
         ConfigError: a bad setting (one line naming ``data.synthetic.<key>``).
