@@ -91,6 +91,7 @@ BRATS_FOLDER_TARGET = "unet3d.data.datasets.BraTSFolder"
 #: the data set's ``_target_`` is called with every other key of the group.
 DATA_PIPELINE_KEYS = ("name", "preprocessed_dir", "crop_size", "batch_size", "augment",
                       "augmentation", "foreground_probability", "shuffle_buffer", "cache",
+                      "preprocess_workers",
                       # the layout and label convention (unet3d/data/layout.py)
                       "reader", "convention", "labels", "regions", "region_order")
 
@@ -115,6 +116,7 @@ SETTINGS: dict[str, Setting] = {
     "data.batch_size": Integer(minimum=1),
     "data.augment": Boolean(),
     "data.cache": BooleanOrAuto(),
+    "data.preprocess_workers": Nullable(Integer(minimum=0)),
     "data.shuffle_buffer": Integer(minimum=1),
     "data.foreground_probability": Number(0.0, 1.0, True, True),
     # data.augmentation: conf/augmentation/ (mounted into the data group)

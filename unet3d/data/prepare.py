@@ -91,8 +91,9 @@ def prepare_data(cfg: Any) -> PreparedData:
     The split is ``<preprocessed_dir>/splits_k{num_folds}_seed{seed}.json`` (``cfg.seed``).
 
     Args:
-        cfg: the validated composed config: ``data`` (the data set and its pipeline keys),
-            ``paths.data_dir``, ``fold``, ``num_folds``, ``seed``.
+        cfg: the validated composed config: ``data`` (the data set and its pipeline keys,
+            ``preprocess_workers``: null or absent is 0, one process per usable CPU), ``paths.data_dir``, ``fold``,
+            ``num_folds``, ``seed``.
 
     Raises:
         ConfigError: the data set does not build or breaks its contract.
@@ -106,7 +107,8 @@ def prepare_data(cfg: Any) -> PreparedData:
     preprocessed_dir = resolve_preprocessed_dir(cfg, raw_dir)
     with exclusive_lock(preprocessed_dir / LOCK_NAME,
                         what=f"preprocessing into {preprocessed_dir}"):
-        files = preprocess_dataset(raw_dir, preprocessed_dir, layout)
+        files = preprocess_dataset(raw_dir, preprocessed_dir, layout,
+                                   workers=int(cfg.data.get("preprocess_workers") or 0))
         case_ids = [case_id_of(path) for path in files]
         split_file = preprocessed_dir / f"splits_k{num_folds}_seed{int(cfg.seed)}.json"
         split = load_or_create_split(split_file, case_ids, num_folds, int(cfg.seed))

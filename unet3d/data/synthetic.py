@@ -14,7 +14,6 @@ same cases are written in any of the layouts and label conventions of
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from unet3d.config.synthetic_options import OPTION_KEYS, SyntheticOptions, options_from
 from unet3d.data._files import Progress, read_json, short_hash
+from unet3d.data.parallel import process_map, worker_count
 from unet3d.data.synthetic_case import case_grade, generate_case
 from unet3d.data.synthetic_layouts import (
     LAYOUTS,
@@ -199,60 +199,26 @@ def _write_one(out_dir: Path, index: int, test: bool, shape: list[int], spacing:
     write_case(layout, case, out_dir, test=test)
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask; ``os.cpu_count()`` without one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def _write_cases(out_dir: Path, pending: list[tuple[int, bool]], shape: list[int],
                  spacing: list[float], seed: int, layout: str, options: SyntheticOptions,
                  ids: dict[int, str], workers: int = 1) -> None:
-    workers = min(workers or usable_cpus(), len(pending))
+    workers = worker_count(workers, len(pending))
     logger.info(
         "Generating %d synthetic case(s) of shape %s (spacing %s, seed %d, layout %s) in %s "
         "with %d process(es)", len(pending), shape, spacing, seed, layout, out_dir, workers,
     )
     start = time.perf_counter()
     progress = Progress(len(pending), "Generating synthetic cases", logger)
+    arguments = [(out_dir, index, test, shape, spacing, seed, layout, options, ids[index])
+                 for index, test in pending]
     try:
-        if workers <= 1:
-            for index, test in pending:
-                _write_one(out_dir, index, test, shape, spacing, seed, layout, options, ids[index])
-                progress.update()
-        else:
-            _write_in_processes(out_dir, pending, shape, spacing, seed, layout, options, ids,
-                                workers, progress)
+        for _ in process_map(_write_one, arguments, workers):
+            progress.update()
     finally:
         progress.close()
     elapsed = time.perf_counter() - start
     logger.info("Generated %d case(s) in %.1f s (%.2f s per case)", len(pending), elapsed,
                 elapsed / len(pending))
-
-
-def _write_in_processes(out_dir: Path, pending: list[tuple[int, bool]], shape: list[int],
-                        spacing: list[float], seed: int, layout: str,
-                        options: SyntheticOptions, ids: dict[int, str], workers: int,
-                        progress: Progress) -> None:
-    """``_write_one`` for every pending case in ``workers`` spawned processes (safe with
-    TensorFlow loaded); the first failure cancels the cases not started and is raised."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_write_one, out_dir, index, test, shape, spacing, seed, layout,
-                               options, ids[index]) for index, test in pending]
-        try:
-            for future in as_completed(futures):
-                future.result()
-                progress.update()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
 
 
 def synthetic_settings_key(synthetic_cfg: Any) -> str:
