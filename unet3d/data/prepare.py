@@ -91,9 +91,9 @@ def prepare_data(cfg: Any) -> PreparedData:
     The split is ``<preprocessed_dir>/splits_k{num_folds}_seed{seed}.json`` (``cfg.seed``).
 
     Args:
-        cfg: the validated composed config: ``data`` (the data set and its pipeline keys,
-            ``preprocess_workers``: null or absent is 0, one process per usable CPU), ``paths.data_dir``, ``fold``,
-            ``num_folds``, ``seed``.
+        cfg: the validated composed config: ``data`` (the data set and its pipeline keys;
+            ``preprocess_workers`` null or absent is 0, one process per usable CPU),
+            ``paths.data_dir``, ``fold``, ``num_folds``, ``seed``.
 
     Raises:
         ConfigError: the data set does not build or breaks its contract.
