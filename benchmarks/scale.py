@@ -188,7 +188,7 @@ def train(args: argparse.Namespace) -> None:
 
     from _scale_runs import update_results
 
-    model = ["model=unet3d", "data.crop_size=[128,128,128]", "data.batch_size=2"]
+    model = [f"model={args.model}", "data.crop_size=[128,128,128]", "data.batch_size=2"]
     timing = [f"benchmark.warmup_steps={args.warmup}", f"benchmark.steps={args.steps}"]
     rows = []
     plans = [(count, cache) for count in args.counts for cache in args.cache]
@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     tra.add_argument("--warmup", type=int, default=5)
     tra.add_argument("--steps", type=int, default=20)
     tra.add_argument("--model-only", action="store_true")
+    tra.add_argument("--model", default="unet3d", choices=["unet3d_small", "unet3d"])
     pre_dict = commands.add_parser("predict", help=predict.__doc__)
     pre_dict.add_argument("--raw", type=Path, required=True)
     pre_dict.add_argument("--cases", type=int, default=100)

@@ -22,7 +22,7 @@ import numpy as np
 from unet3d.data._files import Progress, read_json
 from unet3d.data.cases import CaseFiles, LoadedCase
 from unet3d.data.convention import BRATS2019, MODALITIES, LabelConvention
-from unet3d.data.crop import crop_record
+from unet3d.data.crop import crop_record, nonzero_box
 from unet3d.data.layout import DataLayout, default_layout
 from unet3d.data.parallel import process_map, worker_count
 from unet3d.data.tfrecord import NUM_CHANNELS, record_path, write_record
@@ -40,10 +40,14 @@ CLIP_FRACTION = 0.85
 EPSILON = 1e-8
 
 
-def scale_to_uint8(volume: np.ndarray) -> np.ndarray:
-    """Clip one modality at 0.85 x its max and rescale it to 0..255 uint8 (the reference)."""
+def scale_to_uint8(volume: np.ndarray, maximum: float | None = None) -> np.ndarray:
+    """Clip one modality at 0.85 x its max and rescale it to 0..255 uint8 (the reference).
+
+    ``maximum``: the modality's max when ``volume`` is only a part of it (None: its own max).
+    """
     volume = np.asarray(volume)
-    maximum = float(volume.max()) if volume.size else 0.0
+    if maximum is None:
+        maximum = float(volume.max()) if volume.size else 0.0
     if maximum <= 0.0:
         return np.zeros(volume.shape, dtype=np.uint8)
     ceiling = CLIP_FRACTION * maximum
@@ -72,12 +76,18 @@ def preprocess_case(loaded: LoadedCase,
     Raises:
         DataError: the label holds values outside ``convention`` (case named).
     """
-    image = np.empty(loaded.image.shape, dtype=np.uint8)
+    raw = np.asarray(loaded.image)
+    image = np.zeros(raw.shape, dtype=np.uint8)
     means = np.zeros(image.shape[-1], dtype=np.float32)
     stds = np.ones(image.shape[-1], dtype=np.float32)
+    # Outside the box of non-zero voxels every modality is 0 and scales to 0: only the box is
+    # computed (the same values, 2-3x less work on a BraTS head), with each modality's own max.
+    box = nonzero_box(raw) if raw.size else None
+    inside = box.slices if box is not None and not box.is_empty else (slice(0, 0),) * 3
     for channel in range(image.shape[-1]):
-        image[..., channel] = scale_to_uint8(loaded.image[..., channel])
-        means[channel], stds[channel] = foreground_stats(image[..., channel])
+        maximum = float(raw[..., channel].max()) if raw.size else 0.0
+        image[inside + (channel,)] = scale_to_uint8(raw[inside + (channel,)], maximum)
+        means[channel], stds[channel] = foreground_stats(image[inside + (channel,)])
     label = None
     if loaded.label is not None:
         try:
