@@ -202,16 +202,18 @@ def train(args: argparse.Namespace) -> None:
                "train_files": result.get("train_files"), "step_time_s": result["step_time_s"],
                "steps_per_s": 1.0 / result["step_time_s"],
                "input_wait_s_per_step": result.get("input_wait_s_per_step"),
+               "cpu_seconds_per_step": result.get("cpu_seconds_per_step"),
                "peak_rss_mb": result.get("peak_rss_mb"), "process": child}
         print(row, flush=True)
         rows.append(row)
     model_only = None
     if args.model_only:
         overrides = ["mode=benchmark", "benchmark.target=train", "benchmark.synthetic_input=true",
-                     *RUNNER_BASE, *model, *timing]
+                     *_data_overrides(args, args.counts[0]), *model, *timing]
         child, run_dir = _runner(args, overrides, "train_model_only")
         result = json.loads((run_dir / "benchmark.json").read_text())
         model_only = {"step_time_s": result["step_time_s"],
+                      "cpu_seconds_per_step": result.get("cpu_seconds_per_step"),
                       "peak_rss_mb": result.get("peak_rss_mb"), "process": child}
         print(model_only, flush=True)
     update_results(args.out, "train", {"rows": rows, "model_only": model_only,
