@@ -243,3 +243,26 @@ def test_worker_processes_write_the_same_records_and_a_bad_case_is_named(
     assert written[:2] == ["BraTS19_SYN_0001.tfrecord", "BraTS19_SYN_0002.tfrecord"]
     assert "BraTS19_SYN_0003.tfrecord" not in written
     assert not list((tmp_path / "bad").glob("*.tmp-*"))
+
+
+def test_records_unchanged_since_preprocessing_are_not_reread(raw_copy, tmp_path, caplog):
+    # A job's start validates only what changed since preprocessing wrote it (issue 32: BraTS
+    # 2021's records are about 20 GB): a record damaged afterwards is still caught, by name.
+    import logging
+
+    from unet3d.data.preprocess import unchanged_records
+
+    out = tmp_path / "records"
+    files = preprocess_dataset(raw_copy, out)
+    known = unchanged_records(out)
+    assert sorted(known) == [f"BraTS19_SYN_000{i}" for i in range(1, 5)]
+    with caplog.at_level(logging.INFO, logger="unet3d.data.tfrecord"):
+        validate_records(files, unchanged=known)
+    assert "Validated 0 TFRecord file(s) (4 unchanged since preprocessing wrote them)" \
+        in caplog.text
+    content = bytearray(open(files[2], "rb").read())
+    content[len(content) // 2] ^= 0xFF  # the same size, a new modification time
+    open(files[2], "wb").write(bytes(content))
+    with pytest.raises(DataError, match="case BraTS19_SYN_0003: .*corrupted TFRecord"):
+        validate_records(files, unchanged=known)
+    assert unchanged_records(tmp_path / "nowhere") == {}

@@ -139,8 +139,10 @@ def prepare_data_on_chief_first(cfg: Any, context: Any) -> PreparedData:
     """Prepare on the chief, then on the other ranks (which find it done), and check records.
 
     ``context`` is the runtime's distributed context (``is_chief`` and ``barrier``). Every rank
-    then validates the records it will read, so a corrupt file fails with its name.
+    then validates the records it will read, so a corrupt file fails with its name (records
+    unchanged since preprocessing wrote them are not read again).
     """
+    from unet3d.data.preprocess import unchanged_records
     from unet3d.data.tfrecord import validate_records
 
     if context.is_chief:
@@ -149,5 +151,6 @@ def prepare_data_on_chief_first(cfg: Any, context: Any) -> PreparedData:
     else:
         context.barrier()
         prepared = prepare_data(cfg)
-    validate_records(prepared.train_files + prepared.eval_files)
+    validate_records(prepared.train_files + prepared.eval_files,
+                     unchanged=unchanged_records(prepared.preprocessed_dir))
     return prepared

@@ -235,6 +235,7 @@ def preprocess_dataset(
             entries[case.case_id] = {
                 "sources": signature,
                 "record_size": path.stat().st_size,
+                "record_mtime_ns": path.stat().st_mtime_ns,
                 "shape": list(record["image"].shape[:3]),
                 **record["crop_box"].to_record(),
                 "has_label": record["label"] is not None,
@@ -252,3 +253,13 @@ def preprocess_dataset(
         elapsed / len(pending),
     )
     return files
+
+
+def unchanged_records(out_dir: str | Path) -> dict[str, list[int]]:
+    """``{case_id: [size, mtime_ns]}`` of the records preprocessing wrote into ``out_dir``
+    (its manifest), for ``unet3d.data.tfrecord.validate_records``; {} without a manifest."""
+    manifest = read_json(Path(out_dir) / MANIFEST_NAME)
+    entries = manifest.get("cases", {}) if isinstance(manifest, dict) else {}
+    return {case_id: [entry["record_size"], entry["record_mtime_ns"]]
+            for case_id, entry in entries.items()
+            if isinstance(entry, dict) and "record_size" in entry and "record_mtime_ns" in entry}
