@@ -266,6 +266,60 @@ def predict(args: argparse.Namespace) -> None:
     update_results(args.out, f"predict_{args.model}", row)
 
 
+def table(args: argparse.Namespace) -> None:
+    """Print the Markdown tables of ``--out`` (for benchmarks/README.md)."""
+    import json
+
+    data = json.loads(Path(args.out).read_text())
+    hosts = {section: env.get("host") for section, env in data.get("environments", {}).items()}
+    lines = [f"Host: {sorted(set(hosts.values()))}", ""]
+    pre = data.get("preprocess")
+    if pre:
+        lines += ["| cases | wall s | cases/s | MB per record | main / worker peak RSS MB | "
+                  "load (1 min) |", "|---|---|---|---|---|---|"]
+        for row in pre["rows"]:
+            lines.append(f"| {row['cases']} | {row['seconds']:.0f} | {row['cases_per_s']:.2f} | "
+                         f"{row['record_mb_per_case']:.1f} | {row['parent_peak_rss_mb']:.0f} / "
+                         f"{row['worker_peak_rss_mb']:.0f} | "
+                         f"{row['load_average_after'][0]:.1f} |")
+        fit = pre["fit"]
+        lines += ["", f"slope {fit['slope_s_per_case']:.2f} s/case, intercept "
+                      f"{fit['intercept_s']:.0f} s; 1,251 cases: "
+                      f"{fit['extrapolated_s_for_1251'] / 60:.0f} min", ""]
+    comp = data.get("compression")
+    if comp:
+        lines += ["| compression | MB per case | read+parse s/case | size | read time |",
+                  "|---|---|---|---|---|"]
+        for row in comp["rows"]:
+            lines.append(f"| {row['compression']} | {row['mb_per_case']:.1f} | "
+                         f"{row['read_parse_s_per_case_best']:.3f} | {row['size_ratio']:.2f}x | "
+                         f"{row['read_time_ratio']:.2f}x |")
+        lines.append("")
+    tra = data.get("train")
+    if tra:
+        lines += ["| cases | data.cache | s/step | steps/s | input wait s/step | CPU s/step | "
+                  "peak RSS MB |", "|---|---|---|---|---|---|---|"]
+        for row in tra["rows"]:
+            lines.append(f"| {row['cases']} ({row['train_files']} train) | {row['cache_setting']} "
+                         f"| {row['step_time_s']:.2f} | {row['steps_per_s']:.3f} | "
+                         f"{row['input_wait_s_per_step']:.3f} | {row['cpu_seconds_per_step']:.1f} "
+                         f"| {row['peak_rss_mb']:.0f} |")
+        if tra.get("model_only"):
+            model = tra["model_only"]
+            lines.append(f"| model only (in-memory tensors) | - | {model['step_time_s']:.2f} | "
+                         f"{1 / model['step_time_s']:.3f} | - | "
+                         f"{model['cpu_seconds_per_step']:.1f} | {model['peak_rss_mb']:.0f} |")
+        lines.append("")
+    for key in sorted(key for key in data if key.startswith("predict_")):
+        row = data[key]
+        quarters = ", ".join(f"{value:.2f}" for value in row["cases_per_min_by_quarter"])
+        lines.append(f"predict ({row['model']}): {row['cases_written']} cases, "
+                     f"{row['cases_per_min']:.2f} cases/min (quarters {quarters}), "
+                     f"{row['cases_per_min_with_startup']:.2f} with start-up, peak RSS "
+                     f"{row['peak_rss_mb']:.0f} MB")
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -301,13 +355,15 @@ def main(argv: list[str] | None = None) -> None:
     pre_dict.add_argument("--cases", type=int, default=100)
     pre_dict.add_argument("--train-cases", type=int, default=50)
     pre_dict.add_argument("--model", default="unet3d_small", choices=["unet3d_small", "unet3d"])
-    for sub in (pre, comp, tra, pre_dict):
+    tab = commands.add_parser("table", help=table.__doc__)
+    for sub in (pre, comp, tra, pre_dict, tab):
         sub.add_argument("--work", type=Path, default=DEFAULT_WORK)
         sub.add_argument("--out", type=Path, default=RESULTS_DIR / "scale.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     {"generate": generate, "preprocess": preprocess, "_preprocess": preprocess_child,
-     "compression": compression, "train": train, "predict": predict}[args.command](args)
+     "compression": compression, "train": train, "predict": predict,
+     "table": table}[args.command](args)
 
 
 if __name__ == "__main__":
