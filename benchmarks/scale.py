@@ -183,7 +183,7 @@ def _runner(args: argparse.Namespace, overrides: list[str], label: str) -> tuple
 
 def train(args: argparse.Namespace) -> None:
     """Training steps/s, input wait and peak RSS of the reference model at 128^3, with
-    ``data.cache`` on and off, for each ``--counts`` subset; the model alone for comparison."""
+    ``data.cache`` true, false or auto, for each ``--plan`` run; the model alone for comparison."""
     import json
 
     from _scale_runs import update_results
@@ -191,7 +191,7 @@ def train(args: argparse.Namespace) -> None:
     model = [f"model={args.model}", "data.crop_size=[128,128,128]", "data.batch_size=2"]
     timing = [f"benchmark.warmup_steps={args.warmup}", f"benchmark.steps={args.steps}"]
     rows = []
-    plans = [(count, cache) for count in args.counts for cache in args.cache]
+    plans = [(int(item.split(":")[0]), item.split(":")[1]) for item in args.plan]
     for count, cache in plans:
         overrides = ["mode=benchmark", "benchmark.target=train",
                      "benchmark.synthetic_input=false", *_data_overrides(args, count), *model,
@@ -209,7 +209,7 @@ def train(args: argparse.Namespace) -> None:
     model_only = None
     if args.model_only:
         overrides = ["mode=benchmark", "benchmark.target=train", "benchmark.synthetic_input=true",
-                     *_data_overrides(args, args.counts[0]), *model, *timing]
+                     *_data_overrides(args, plans[0][0]), *model, *timing]
         child, run_dir = _runner(args, overrides, "train_model_only")
         result = json.loads((run_dir / "benchmark.json").read_text())
         model_only = {"step_time_s": result["step_time_s"],
@@ -344,8 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     comp.add_argument("--repeats", type=int, default=3)
     tra = commands.add_parser("train", help=train.__doc__)
     tra.add_argument("--raw", type=Path, required=True)
-    tra.add_argument("--counts", type=int, nargs="+", default=[50, 0])
-    tra.add_argument("--cache", nargs="+", default=["true", "false"], choices=["true", "false"])
+    tra.add_argument("--plan", nargs="+", default=["10:true", "10:false", "0:auto"],
+                     help="CASES:CACHE runs (cases 0: every complete case; cache true, false "
+                          "or auto); the first count also serves --model-only")
     tra.add_argument("--warmup", type=int, default=5)
     tra.add_argument("--steps", type=int, default=20)
     tra.add_argument("--model-only", action="store_true")
