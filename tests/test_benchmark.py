@@ -192,6 +192,10 @@ def test_benchmark_mode_reports_sane_numbers(workdir: Path, name: str) -> None:
     if target == "train":
         assert report["achieved_gflops"] > 0 and report["forward_gflop_per_volume"] > 0
         assert report["step_time_s"] == pytest.approx(latency["mean"] / 1000.0)
+    if name == "train_pipeline":
+        # What the step waited for its batch, and what data.cache=auto chose (issue 32).
+        assert 0 <= report["input_wait_s_per_step"] < report["step_time_s"]
+        assert report["cache"] is True and report["data"]["cache"] == "auto"  # tiny cases fit
     if target == "predict":
         window = report["window_latency_ms"]
         assert window["count"] == len(report["window_batch_seconds"])

@@ -82,6 +82,7 @@ def test_debug_preset_shrinks_everything() -> None:
         (["data.batch_size=-2"], "data.batch_size"),
         (["data.crop_size=[60,64,64]"], "data.crop_size"),
         (["data.crop_size=[64,64]"], "data.crop_size"),
+        (["data.cache=sometimes"], "data.cache"),
         (["data=brats2019"], "data.raw_dir"),
         (["data=brats2019", "data.raw_dir=/no/such/folder"], "data.raw_dir"),
         (["training.max_steps=0"], "training.max_steps"),

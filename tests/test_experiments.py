@@ -45,6 +45,8 @@ PRESETS = (
 )
 #: Presets of recipes measured here (not the seed's): they leave data, model and budget alone.
 QUALITY_PRESETS = ("brats_winner",)
+#: The default job's longer recipe of before issue 32 (README's first command ran it).
+DEFAULT_JOB_PRESETS = ("synthetic_600steps",)
 #: The data set of the presets that are not on BraTS 2019.
 PRESET_DATA = {"brats2021_reference": "brats2021", "brats2023_gli_reference": "brats2023"}
 #: Launchers and whether they need arguments.
@@ -79,7 +81,19 @@ def _mandatory(name: str, folder: Path) -> list[str]:
 
 def test_every_seed_recipe_has_a_preset() -> None:
     found = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
-    assert found == sorted(PRESETS + QUALITY_PRESETS)
+    assert found == sorted(PRESETS + QUALITY_PRESETS + DEFAULT_JOB_PRESETS)
+
+
+def test_the_longer_default_recipe_differs_from_the_default_job_in_its_budget_only() -> None:
+    default = compose_config()
+    longer = compose_config("experiment=synthetic_600steps")
+    validate(longer)
+    assert longer.training.max_steps == 600 and list(longer.data.crop_size) == [64, 64, 64]
+    assert default.training.max_steps < 600
+    longer.training.max_steps = default.training.max_steps
+    longer.data.crop_size = default.data.crop_size
+    assert OmegaConf.to_container(longer, resolve=False) == OmegaConf.to_container(
+        default, resolve=False)
 
 
 def test_winner_preset_sets_only_what_the_quality_table_chose(tmp_path: Path) -> None:

@@ -300,7 +300,8 @@ def _legacy_dataset(files, crop_size, batch_size, augment, seed, foreground_prob
     """train_dataset as of commit 3bae22b (one shard, cached)."""
     import tensorflow as tf
 
-    from unet3d.data.pipeline import _normalize_batch, _training_element
+    from unet3d.data.pipeline import _normalize_batch
+    from unet3d.data.training_source import training_element as _training_element
 
     base_seed = (int(seed) * 1_000_003) % (2**62)
     dataset = tf.data.TFRecordDataset([str(f) for f in files])

@@ -219,3 +219,50 @@ def test_records_written_before_conventions_are_reused_for_brats2019(raw_copy, t
     before = {f: os.stat(f).st_mtime_ns for f in files}
     preprocess_dataset(raw_copy, out)
     assert {f: os.stat(f).st_mtime_ns for f in files} == before
+
+
+def test_worker_processes_write_the_same_records_and_a_bad_case_is_named(
+        tiny_raw, tiny_records, raw_copy, tmp_path, caplog):
+    # Two spawned workers (issue 32): the same bytes as one process, the space needed logged
+    # first, and a bad case still raises its one-line DataError with the records before it kept.
+    import logging
+
+    out = tmp_path / "parallel"
+    with caplog.at_level(logging.INFO, logger="unet3d.data.preprocess"):
+        files = preprocess_dataset(tiny_raw, out, workers=2)
+    assert [os.path.basename(f) for f in files] == [os.path.basename(f) for f in tiny_records]
+    for mine, theirs in zip(files, tiny_records, strict=True):
+        assert open(mine, "rb").read() == open(theirs, "rb").read()
+    assert "with 2 process(es)" in caplog.text
+    assert ("The records of 4 case(s) need at most 0.00 GB on disk (0.1 MB each for the full "
+            "32x32x24 grid") in caplog.text
+    _corrupt_source(raw_copy, "BraTS19_SYN_0003")
+    with pytest.raises(DataError, match="case BraTS19_SYN_0003: .*BraTS19_SYN_0003_t1ce.nii.gz"):
+        preprocess_dataset(raw_copy, tmp_path / "bad", workers=2)
+    written = sorted(p.name for p in (tmp_path / "bad").glob("*.tfrecord"))
+    assert written[:2] == ["BraTS19_SYN_0001.tfrecord", "BraTS19_SYN_0002.tfrecord"]
+    assert "BraTS19_SYN_0003.tfrecord" not in written
+    assert not list((tmp_path / "bad").glob("*.tmp-*"))
+
+
+def test_records_unchanged_since_preprocessing_are_not_reread(raw_copy, tmp_path, caplog):
+    # A job's start validates only what changed since preprocessing wrote it (issue 32: BraTS
+    # 2021's records are about 20 GB): a record damaged afterwards is still caught, by name.
+    import logging
+
+    from unet3d.data.preprocess import unchanged_records
+
+    out = tmp_path / "records"
+    files = preprocess_dataset(raw_copy, out)
+    known = unchanged_records(out)
+    assert sorted(known) == [f"BraTS19_SYN_000{i}" for i in range(1, 5)]
+    with caplog.at_level(logging.INFO, logger="unet3d.data.tfrecord"):
+        validate_records(files, unchanged=known)
+    assert "Validated 0 TFRecord file(s) (4 unchanged since preprocessing wrote them)" \
+        in caplog.text
+    content = bytearray(open(files[2], "rb").read())
+    content[len(content) // 2] ^= 0xFF  # the same size, a new modification time
+    open(files[2], "wb").write(bytes(content))
+    with pytest.raises(DataError, match="case BraTS19_SYN_0003: .*corrupted TFRecord"):
+        validate_records(files, unchanged=known)
+    assert unchanged_records(tmp_path / "nowhere") == {}

@@ -63,6 +63,9 @@ def test_file_names_of_each_layout(written: dict[str, Path]) -> None:
     assert _files(written["msd_brain"]) == {"synthetic_manifest.json", "dataset.json"} | {
         f"imagesTr/{c}.nii.gz" for c in msd[:NUM]} | {f"labelsTr/{c}.nii.gz" for c in msd[:NUM]} | {
         f"imagesTs/{c}.nii.gz" for c in msd[NUM:]}
+    ids_2021 = [f"BraTS2021_{i:05d}" for i in range(NUM)]
+    assert _files(written["brats2021"]) == {"synthetic_manifest.json"} | {
+        f"{c}/{c}_{m}.nii.gz" for c in ids_2021 for m in (*MODALITIES, "seg")}
     nnunet = [f"BraTS2021_{i:05d}" for i in range(NUM + 2)]
     assert _files(written["nnunet_raw"]) == {"synthetic_manifest.json", "dataset.json"} | {
         f"imagesTr/{c}_{k:04d}.nii.gz" for c in nnunet[:NUM] for k in range(4)} | {
@@ -71,8 +74,8 @@ def test_file_names_of_each_layout(written: dict[str, Path]) -> None:
 
 
 # BraTS 2019 label -> the layout's label of the same tissue.
-MAPS = {"brats2019": {0: 0, 1: 1, 2: 2, 4: 4}, "brats2023": {0: 0, 1: 1, 2: 2, 4: 3},
-        "brats2024_post": {0: 0, 1: 1, 2: 2, 4: 3},
+MAPS = {"brats2019": {0: 0, 1: 1, 2: 2, 4: 4}, "brats2021": {0: 0, 1: 1, 2: 2, 4: 4},
+        "brats2023": {0: 0, 1: 1, 2: 2, 4: 3}, "brats2024_post": {0: 0, 1: 1, 2: 2, 4: 3},
         "msd_brain": {0: 0, 1: 2, 2: 1, 4: 3}, "nnunet_raw": {0: 0, 1: 2, 2: 1, 4: 3}}
 
 
@@ -82,6 +85,10 @@ def _case_paths(layout: str, folder: Path, index: int) -> tuple[list[Path], Path
         c = f"BraTS19_SYN_{index + 1:04d}"
         base = folder / case_grade(SEED, index) / c
         return [base / f"{c}_{m}.nii.gz" for m in MODALITIES], base / f"{c}_seg.nii.gz"
+    if layout == "brats2021":
+        base = folder / f"BraTS2021_{index:05d}"
+        return ([base / f"{base.name}_{m}.nii.gz" for m in MODALITIES],
+                base / f"{base.name}_seg.nii.gz")
     if layout in ("brats2023", "brats2024_post"):
         c = f"BraTS-GLI-{index:05d}-000"
         return ([folder / c / f"{c}-{m}.nii.gz" for m in ("t1n", "t1c", "t2w", "t2f")],
@@ -94,13 +101,14 @@ def _case_paths(layout: str, folder: Path, index: int) -> tuple[list[Path], Path
             folder / "labelsTr" / f"{c}.nii.gz")
 
 
-@pytest.mark.parametrize("layout", ["brats2019", "brats2023", "msd_brain", "nnunet_raw"])
+@pytest.mark.parametrize("layout", ["brats2019", "brats2021", "brats2023", "msd_brain",
+                                    "nnunet_raw"])
 def test_labels_and_channels_are_the_flat_cases_in_the_layouts_convention(
         written: dict[str, Path], layout: str) -> None:
     # The layout's files hold the flat layout's arrays: channel k of the 4D MSD volume is
     # FLAIR, T1w, T1gd, T2w; nnU-Net's _0000.._0003 are T1, T1ce, T2, Flair (Dataset137).
     order = {"msd_brain": ("flair", "t1", "t1ce", "t2"), "nnunet_raw": MODALITIES,
-             "brats2023": MODALITIES, "brats2019": MODALITIES}[layout]
+             "brats2023": MODALITIES, "brats2019": MODALITIES, "brats2021": MODALITIES}[layout]
     seen: set[int] = set()
     for index in range(NUM):
         flat_id = f"BraTS19_SYN_{index + 1:04d}"
@@ -124,7 +132,7 @@ def test_labels_and_channels_are_the_flat_cases_in_the_layouts_convention(
             lookup[old] = new
         assert np.array_equal(label, lookup[flat_label])
         seen |= set(np.unique(label).tolist())
-    expected = {"brats2019": {0, 1, 2, 4}}.get(layout, {0, 1, 2, 3})
+    expected = {"brats2019": {0, 1, 2, 4}, "brats2021": {0, 1, 2, 4}}.get(layout, {0, 1, 2, 3})
     assert seen == expected
 
 
@@ -193,7 +201,8 @@ def test_settings_key_differs_per_layout_and_keeps_the_default() -> None:
 
 @pytest.mark.parametrize(("arguments", "message"), [
     ({"layout": "brats2077"}, r"^data\.synthetic\.layout: must be one of \['flat', 'brats2019', "
-                              r"'brats2023', 'brats2024_post', 'msd_brain', 'nnunet_raw'\], "
+                              r"'brats2021', 'brats2023', 'brats2024_post', 'msd_brain', "
+                              r"'nnunet_raw'\], "
                               r"got 'brats2077'$"),
     ({"layout": "flat", "num_test": 2}, r"^data\.synthetic\.num_test: only the layouts"),
     ({"layout": "msd_brain", "num_test": -1}, r"^data\.synthetic\.num_test: must be an integer"),
@@ -207,9 +216,9 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path: Path, arguments: 
     assert not (tmp_path / "out").exists()
 
 
-READERS = {"flat": "brats2019", "brats2019": "brats2019", "brats2023": "brats2023",
-           "brats2024_post": "brats2024_post", "msd_brain": "msd_brain",
-           "nnunet_raw": "nnunet_raw"}
+READERS = {"flat": "brats2019", "brats2019": "brats2019", "brats2021": "brats2021",
+           "brats2023": "brats2023", "brats2024_post": "brats2024_post",
+           "msd_brain": "msd_brain", "nnunet_raw": "nnunet_raw"}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -245,3 +254,16 @@ def test_resection_cavities_are_rc_in_brats2024_post(tmp_path: Path) -> None:
                    "BraTS-GLI-00000-000-seg.nii.gz").get_fdata()
     assert (post == 4).sum() > 0 and set(np.unique(old)) <= {0, 1, 2, 3}
     np.testing.assert_array_equal(np.where(post == 4, 0, post), old)
+
+
+def test_processes_write_the_same_files_and_a_bad_worker_count_is_refused(
+        written: dict[str, Path], tmp_path: Path) -> None:
+    # Two spawned worker processes (issue 32) write byte for byte what one process writes.
+    parallel = tmp_path / "parallel"
+    generate_dataset(parallel, NUM, SHAPE, SPACING, SEED, layout="brats2021", workers=2)
+    assert _files(parallel) == _files(written["brats2021"])
+    for name in _files(parallel):
+        assert (parallel / name).read_bytes() == (written["brats2021"] / name).read_bytes(), name
+    with pytest.raises(ConfigError, match=r"^workers: must be an integer >= 0, got -1$"):
+        generate_dataset(tmp_path / "bad", NUM, SHAPE, SPACING, SEED, workers=-1)
+    assert not (tmp_path / "bad").exists()

@@ -40,6 +40,7 @@ from unet3d.config.rules import (
 )
 from unet3d.config.settings import (
     Boolean,
+    BooleanOrAuto,
     ExistingPath,
     Integer,
     Nullable,
@@ -121,7 +122,8 @@ SETTINGS: dict[str, Setting] = {
     "data.crop_size": Sides(int, spatial=True),
     "data.batch_size": Integer(minimum=1),
     "data.augment": Boolean(),
-    "data.cache": Boolean(),
+    "data.cache": BooleanOrAuto(),
+    "data.preprocess_workers": Nullable(Integer(minimum=0)),
     "data.shuffle_buffer": Integer(minimum=1),
     "data.foreground_probability": Number(0.0, 1.0, True, True),
     # data.augmentation: conf/augmentation/ (mounted into the data group)

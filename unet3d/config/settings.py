@@ -123,6 +123,17 @@ class Boolean(Setting):
 
 
 @dataclass(frozen=True)
+class BooleanOrAuto(Setting):
+    """``true``, ``false`` or ``auto`` (decided at run time, see the key's comment in conf/)."""
+
+    def check(self, cfg: DictConfig, key: str) -> bool | str:  # noqa: D102
+        value = get(cfg, key)
+        if not isinstance(value, bool) and value != "auto":
+            raise ConfigError(f"{key}: must be true, false or auto, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
 class OneOf(Setting):
     """One of a fixed list of values."""
 

@@ -43,10 +43,11 @@ INFERENCE_ENGINES = ("auto", "tensorflow", "openvino", "onnxruntime")
 EXPORT_FORMATS = ("onnx", "openvino", "saved_model")
 BENCHMARK_TARGETS = ("train", "predict", "pipeline", "runner")
 #: Layouts the synthetic data set writes (``data.synthetic.layout``): ``flat`` BraTS 2019 names
-#: in <case>/ folders, ``brats2019`` the same under HGG/ and LGG/, and the layouts and labels of
-#: ``conf/data/{brats2023,msd_brain,nnunet_raw}.yaml``.
-SYNTHETIC_LAYOUTS = ("flat", "brats2019", "brats2023", "brats2024_post", "msd_brain",
-                     "nnunet_raw")
+#: in <case>/ folders, ``brats2019`` the same under HGG/ and LGG/, ``brats2021`` flat with BraTS
+#: 2021 ids, and the layouts and labels of
+#: ``conf/data/{brats2023,brats2024_post,msd_brain,nnunet_raw}.yaml``.
+SYNTHETIC_LAYOUTS = ("flat", "brats2019", "brats2021", "brats2023", "brats2024_post",
+                     "msd_brain", "nnunet_raw")
 #: Lesion-wise rules (``evaluation.lesionwise``): ``auto`` from the data set's convention,
 #: the BraTS 2023 (GLI/SSA/PED, MEN, MET) and 2024 (post-treatment GLI) scripts' rules, the
 #: ``brats-evaluation`` package's (2025), or none (unet3d/evaluation/lesionwise.py).
@@ -65,5 +66,6 @@ BRATS_FOLDER_TARGET = "unet3d.data.datasets.BraTSFolder"
 #: the data set's ``_target_`` is called with every other key of the group.
 DATA_PIPELINE_KEYS = ("name", "preprocessed_dir", "crop_size", "batch_size", "augment",
                       "augmentation", "foreground_probability", "shuffle_buffer", "cache",
+                      "preprocess_workers",
                       # the layout and label convention (unet3d/data/layout.py)
                       "reader", "convention", "labels", "regions", "region_order")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,14 @@ def short_hash(payload: Any, length: int = 10) -> str:
     ``unet3d.runs.naming.short_hash``: a cache key that only changes with the payload.
     """
     return naming.short_hash(json.dumps(payload, sort_keys=True, separators=(",", ":")), length)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; ``os.cpu_count()`` without one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 class Progress:

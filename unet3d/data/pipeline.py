@@ -7,7 +7,10 @@ augmentation (``augmentation=nnunet``) the crop step instead resamples the crop 
 volume when it is rotated, scaled or deformed, z-scores it and runs the intensity transforms
 and flips on the float32 crop (``unet3d.data.augmentation``), before batching. Every random
 draw is a stateless op seeded by ``(seed, element index)``, so a given seed yields the same
-batches whatever the parallelism.
+batches whatever the parallelism. Without the in-memory cache (``data.cache: false``, or
+``auto`` when the cases do not fit: ``unet3d.data.memory``) the file list is reshuffled every
+pass and ``READ_PARALLELISM`` records are read and parsed at once (a deterministic
+``interleave``) instead: memory then holds a few cases whatever their number.
 """
 
 from __future__ import annotations
@@ -28,16 +31,15 @@ from unet3d.data.augmentation import (
     spatial_crop,
 )
 from unet3d.data.convention import MODALITIES
+from unet3d.data.memory import decide_cache
 from unet3d.data.preprocess import EPSILON, normalize
-from unet3d.data.tfrecord import parse_case, read_record
+from unet3d.data.tfrecord import read_record
+from unet3d.data.training_source import cached_elements, streamed_elements
 from unet3d.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 NUM_CHANNELS = len(MODALITIES)
-#: At most this many tumour voxel coordinates are kept per case for foreground sampling
-#: (an evenly strided subset of all of them, so they stay spread over the whole tumour).
-MAX_FOREGROUND_POINTS = 4096
 #: ``train_dataset``'s augmentation when it is given none: the reference recipe (flips and
 #: brightness, the values of conf/augmentation/reference.yaml).
 REFERENCE = Augmentation()
@@ -104,29 +106,6 @@ def _check_arguments(
     if int(shuffle_buffer) < 1:
         raise ConfigError(f"data.shuffle_buffer: must be > 0, got {shuffle_buffer}")
     return crop
-
-
-def _training_element(serialized: Any, with_foreground: bool) -> dict:
-    """Parse a record into the cached training element (uint8 volumes + tumour coordinates)."""
-    import tensorflow as tf
-
-    parsed = parse_case(serialized)
-    label = parsed["label"]
-    if with_foreground:
-        coordinates = tf.cast(tf.where(label > 0), tf.int32)
-        count = tf.shape(coordinates)[0]
-        stride = tf.maximum(1, (count + MAX_FOREGROUND_POINTS - 1) // MAX_FOREGROUND_POINTS)
-        coordinates = coordinates[::stride]
-    else:
-        coordinates = tf.zeros([0, 3], dtype=tf.int32)
-    return {
-        "image": parsed["image"],
-        "label": label,
-        "mean": parsed["mean"],
-        "std": parsed["std"],
-        "spacing": parsed["spacing"],
-        "foreground": coordinates,
-    }
 
 
 def _crop_window(element: dict, seeds: Any, crop_size: list[int],
@@ -295,10 +274,11 @@ def train_dataset(
     seed: int | None,
     foreground_probability: float,
     shuffle_buffer: int,
-    cache: bool,
+    cache: bool | str,
     input_context: Any = None,
     shard: tuple[int, int] | None = None,
     augmentation: Augmentation | Mapping[str, Any] | None = None,
+    local_processes: int = 1,
 ) -> Any:
     """Infinite dataset of ``(image float32 [B, h, w, d, 4], label int32 [B, h, w, d])``.
 
@@ -311,6 +291,11 @@ def train_dataset(
     section (``conf/augmentation/``), or None for the reference recipe (``REFERENCE``). With
     only mirroring and ``intensity_scale`` drawn, crops stay uint8 until after batching;
     nnU-Net's transforms run on float32 crops per element (``unet3d.data.augmentation``).
+
+    ``cache``: True keeps the parsed cases of this shard in RAM after the first pass; False
+    reads them from disk on every pass (file order reshuffled each pass, ``READ_PARALLELISM``
+    files read at once); "auto" decides by memory (``unet3d.data.memory.decide_cache``, with
+    ``local_processes`` processes on this machine each caching its shard) and logs why.
 
     Raises:
         ConfigError: a bad argument or ``augmentation`` value (one line naming the key).
@@ -341,19 +326,13 @@ def train_dataset(
     with_foreground = float(foreground_probability) > 0.0
     autotune = tf.data.AUTOTUNE
 
-    dataset = tf.data.TFRecordDataset(files)
-    dataset = dataset.map(
-        lambda serialized: _training_element(serialized, with_foreground),
-        num_parallel_calls=autotune,
-    )
-    if cache:
-        dataset = dataset.cache()
-    dataset = dataset.shuffle(
-        min(int(shuffle_buffer), len(files)),
-        seed=base_seed % (2**31),
-        reshuffle_each_iteration=True,
-    )
-    dataset = dataset.repeat().enumerate()
+    decision = decide_cache(cache, files, local_processes)
+    logger.info("%s", decision.describe())
+    if decision.cache:
+        dataset = cached_elements(files, with_foreground, base_seed, int(shuffle_buffer))
+    else:
+        dataset = streamed_elements(files, with_foreground, base_seed)
+    dataset = dataset.enumerate()
     if nnunet_path:
         dataset = dataset.map(
             lambda index, element: _crop_and_augment_nnunet(

@@ -91,7 +91,8 @@ def prepare_data(cfg: Any) -> PreparedData:
     The split is ``<preprocessed_dir>/splits_k{num_folds}_seed{seed}.json`` (``cfg.seed``).
 
     Args:
-        cfg: the validated composed config: ``data`` (the data set and its pipeline keys),
+        cfg: the validated composed config: ``data`` (the data set and its pipeline keys;
+            ``preprocess_workers`` null or absent is 0, one process per usable CPU),
             ``paths.data_dir``, ``fold``, ``num_folds``, ``seed``.
 
     Raises:
@@ -106,7 +107,8 @@ def prepare_data(cfg: Any) -> PreparedData:
     preprocessed_dir = resolve_preprocessed_dir(cfg, raw_dir)
     with exclusive_lock(preprocessed_dir / LOCK_NAME,
                         what=f"preprocessing into {preprocessed_dir}"):
-        files = preprocess_dataset(raw_dir, preprocessed_dir, layout)
+        files = preprocess_dataset(raw_dir, preprocessed_dir, layout,
+                                   workers=int(cfg.data.get("preprocess_workers") or 0))
         case_ids = [case_id_of(path) for path in files]
         split_file = preprocessed_dir / f"splits_k{num_folds}_seed{int(cfg.seed)}.json"
         split = load_or_create_split(split_file, case_ids, num_folds, int(cfg.seed))
@@ -137,8 +139,10 @@ def prepare_data_on_chief_first(cfg: Any, context: Any) -> PreparedData:
     """Prepare on the chief, then on the other ranks (which find it done), and check records.
 
     ``context`` is the runtime's distributed context (``is_chief`` and ``barrier``). Every rank
-    then validates the records it will read, so a corrupt file fails with its name.
+    then validates the records it will read, so a corrupt file fails with its name (records
+    unchanged since preprocessing wrote them are not read again).
     """
+    from unet3d.data.preprocess import unchanged_records
     from unet3d.data.tfrecord import validate_records
 
     if context.is_chief:
@@ -147,5 +151,6 @@ def prepare_data_on_chief_first(cfg: Any, context: Any) -> PreparedData:
     else:
         context.barrier()
         prepared = prepare_data(cfg)
-    validate_records(prepared.train_files + prepared.eval_files)
+    validate_records(prepared.train_files + prepared.eval_files,
+                     unchanged=unchanged_records(prepared.preprocessed_dir))
     return prepared

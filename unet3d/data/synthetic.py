@@ -21,6 +21,7 @@ from typing import Any
 
 from unet3d.config.synthetic_options import OPTION_KEYS, SyntheticOptions, options_from
 from unet3d.data._files import Progress, read_json, short_hash
+from unet3d.data.parallel import process_map, worker_count
 from unet3d.data.synthetic_case import case_grade, generate_case
 from unet3d.data.synthetic_layouts import (
     LAYOUTS,
@@ -120,6 +121,7 @@ def generate_dataset(
     seed: int,
     layout: str = "flat",
     num_test: int = 0,
+    workers: int = 1,
     **options: Any,
 ) -> list[str]:
     """Write ``num_cases`` synthetic cases under ``out_dir`` in ``layout``; return their ids.
@@ -135,11 +137,14 @@ def generate_dataset(
             (the same under ``HGG/`` or ``LGG/``), ``brats2023``, ``msd_brain``, ``nnunet_raw``.
         num_test: cases without labels in ``imagesTs/`` (``msd_brain``, ``nnunet_raw`` only);
             their ids follow the training ids.
+        workers: processes that generate and write cases at once (1: in this process; 0: one
+            per CPU this process may use). The files do not depend on it.
         **options: the appearance settings of ``SyntheticOptions`` (``data.synthetic.*``;
             defaults: today's cases).
 
-    Idempotent: ``synthetic_manifest.json`` records the settings; cases whose files exist are
-    not rewritten; ``dataset.json`` (``msd_brain``, ``nnunet_raw``) is written last.
+    Idempotent and resumable: ``synthetic_manifest.json`` records the settings; every file is
+    written atomically and cases whose files exist are not rewritten; ``dataset.json``
+    (``msd_brain``, ``nnunet_raw``) is written last.
 
     Raises:
         ConfigError: a bad setting (one line naming ``data.synthetic.<key>``).
@@ -150,6 +155,8 @@ def generate_dataset(
     shape = [int(s) for s in shape]
     spacing = [float(s) for s in spacing]
     _validate(num_cases, shape, spacing, layout, num_test)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers: must be an integer >= 0, got {workers!r}")
     chosen = _options(options)
     settings = _settings(shape, spacing, seed, layout, chosen, num_test, num_cases)
     manifest_path = out_dir / MANIFEST_NAME
@@ -176,7 +183,7 @@ def generate_dataset(
     if updated != manifest or not manifest_path.exists():
         write_json_atomic(manifest_path, updated, sort_keys=True)
     if pending:
-        _write_cases(out_dir, pending, shape, spacing, seed, layout, chosen, ids)
+        _write_cases(out_dir, pending, shape, spacing, seed, layout, chosen, ids, workers)
     else:
         logger.info("Synthetic data set in %s is complete (%d cases)", out_dir, num_cases)
     description = dataset_json(layout, [ids[i] for i in range(total)], [ids[i] for i in test])
@@ -185,19 +192,27 @@ def generate_dataset(
     return [ids[i] for i in train]
 
 
+def _write_one(out_dir: Path, index: int, test: bool, shape: list[int], spacing: list[float],
+               seed: int, layout: str, options: SyntheticOptions, case_id: str) -> None:
+    """Generate case ``index`` and write its files (also the body of a worker process)."""
+    case = generate_case(seed, index, shape, spacing, options, case_id=case_id)
+    write_case(layout, case, out_dir, test=test)
+
+
 def _write_cases(out_dir: Path, pending: list[tuple[int, bool]], shape: list[int],
                  spacing: list[float], seed: int, layout: str, options: SyntheticOptions,
-                 ids: dict[int, str]) -> None:
+                 ids: dict[int, str], workers: int = 1) -> None:
+    workers = worker_count(workers, len(pending))
     logger.info(
-        "Generating %d synthetic case(s) of shape %s (spacing %s, seed %d, layout %s) in %s",
-        len(pending), shape, spacing, seed, layout, out_dir,
+        "Generating %d synthetic case(s) of shape %s (spacing %s, seed %d, layout %s) in %s "
+        "with %d process(es)", len(pending), shape, spacing, seed, layout, out_dir, workers,
     )
     start = time.perf_counter()
     progress = Progress(len(pending), "Generating synthetic cases", logger)
+    arguments = [(out_dir, index, test, shape, spacing, seed, layout, options, ids[index])
+                 for index, test in pending]
     try:
-        for index, test in pending:
-            case = generate_case(seed, index, shape, spacing, options, case_id=ids[index])
-            write_case(layout, case, out_dir, test=test)
+        for _ in process_map(_write_one, arguments, workers):
             progress.update()
     finally:
         progress.close()

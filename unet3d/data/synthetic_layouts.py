@@ -9,6 +9,7 @@ layout          files                                                           
 ``flat``        ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``                 0, 1 NCR, 2 ED,
                 (ids ``BraTS19_SYN_0001``)                                      4 ET
 ``brats2019``   the same under ``HGG/`` or ``LGG/``                             as ``flat``
+``brats2021``   as ``flat``, ids ``BraTS2021_00000`` (BraTS 2021's names)         as ``flat``
 ``brats2023``   ``<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``                  0, 1 NETC,
                 (ids ``BraTS-GLI-00000-000``)                                   2 SNFH, 3 ET
 ``brats2024_``  as ``brats2023`` (the resection cavities of                     as brats2023,
@@ -41,8 +42,8 @@ from unet3d.data.synthetic_case import SyntheticCase
 from unet3d.runs.files import write_bytes_atomic
 
 #: Every layout the generator writes (``data.synthetic.layout``).
-LAYOUTS: tuple[str, ...] = ("flat", "brats2019", "brats2023", "brats2024_post", "msd_brain",
-                             "nnunet_raw")
+LAYOUTS: tuple[str, ...] = ("flat", "brats2019", "brats2021", "brats2023", "brats2024_post",
+                             "msd_brain", "nnunet_raw")
 #: Layouts in BraTS 2023+ case folders (<case>/<case>-<suffix>.nii.gz).
 BRATS2023_FOLDERS: tuple[str, ...] = ("brats2023", "brats2024_post")
 #: Layouts with a test-image folder (``imagesTs/``, ``data.synthetic.num_test``).
@@ -54,6 +55,7 @@ DATASET_JSON_LAYOUTS: tuple[str, ...] = ("msd_brain", "nnunet_raw")
 LAYOUT_LABELS: dict[str, dict[int, str]] = {
     "flat": {0: "background", 1: "NCR", 2: "ED", 4: "ET"},
     "brats2019": {0: "background", 1: "NCR", 2: "ED", 4: "ET"},
+    "brats2021": {0: "background", 1: "NCR", 2: "ED", 4: "ET"},
     "brats2023": {0: "background", 1: "NETC", 2: "SNFH", 3: "ET"},
     "brats2024_post": {0: "background", 1: "NETC", 2: "SNFH", 3: "ET", 4: "RC"},
     "msd_brain": {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"},
@@ -65,6 +67,7 @@ LAYOUT_LABELS: dict[str, dict[int, str]] = {
 _LABEL_TABLES: dict[str, np.ndarray] = {
     "flat": np.array([0, 1, 2, 0, 4, 0], dtype=np.uint8),
     "brats2019": np.array([0, 1, 2, 0, 4, 0], dtype=np.uint8),
+    "brats2021": np.array([0, 1, 2, 0, 4, 0], dtype=np.uint8),
     "brats2023": np.array([0, 1, 2, 0, 3, 0], dtype=np.uint8),
     "brats2024_post": np.array([0, 1, 2, 0, 3, 4], dtype=np.uint8),
     "msd_brain": np.array([0, 2, 1, 0, 3, 0], dtype=np.uint8),
@@ -89,13 +92,14 @@ def case_id_for(layout: str, index: int) -> str:
     """The id of the ``index``-th (0-based) case in ``layout``.
 
     ``flat``/``brats2019``: ``BraTS19_SYN_0001``; ``brats2023``: ``BraTS-GLI-00000-000``;
-    ``msd_brain``: ``BRATS_001``; ``nnunet_raw``: ``BraTS2021_00000`` (as Dataset137 names them).
+    ``msd_brain``: ``BRATS_001``; ``nnunet_raw`` and ``brats2021``: ``BraTS2021_00000`` (as
+    BraTS 2021 and nnU-Net's Dataset137 name them).
     """
     if layout in BRATS2023_FOLDERS:
         return f"BraTS-GLI-{index:05d}-000"
     if layout == "msd_brain":
         return f"BRATS_{index + 1:03d}"
-    if layout == "nnunet_raw":
+    if layout in ("nnunet_raw", "brats2021"):
         return f"BraTS2021_{index:05d}"
     return f"BraTS19_SYN_{index + 1:04d}"
 
@@ -105,7 +109,7 @@ def case_files(layout: str, case_id: str, grade: str, test: bool = False) -> lis
 
     A test case (``test=True``, ``imagesTs/``) has no label file.
     """
-    if layout in ("flat", "brats2019"):
+    if layout in ("flat", "brats2019", "brats2021"):
         folder = Path(grade, case_id) if layout == "brats2019" else Path(case_id)
         return [folder / f"{case_id}_{name}.nii.gz" for name in (*MODALITIES, "seg")]
     if layout in BRATS2023_FOLDERS:
@@ -121,7 +125,7 @@ def case_files(layout: str, case_id: str, grade: str, test: bool = False) -> lis
 
 def case_record(layout: str, case_id: str, grade: str, test: bool = False) -> Any:
     """What the manifest records of a case: its folder (BraTS layouts, as before) or files."""
-    if layout in ("flat", "brats2019", *BRATS2023_FOLDERS):
+    if layout in ("flat", "brats2019", "brats2021", *BRATS2023_FOLDERS):
         return str(case_files(layout, case_id, grade)[0].parent)
     return [str(path) for path in case_files(layout, case_id, grade, test)]
 

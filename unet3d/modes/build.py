@@ -109,7 +109,8 @@ def build_train_step(cfg: DictConfig, runtime: Runtime, model: Any, optimizer: A
                            jit_compile=bool(runtime.precision.xla))
 
 
-def make_dataset_fn(data: Any, train_files: Sequence[str], seed: int) -> Callable[[Any], Any]:
+def make_dataset_fn(data: Any, train_files: Sequence[str], seed: int,
+                    local_processes: int = 1) -> Callable[[Any], Any]:
     """``dataset_fn(input_context)`` of the training input (per-replica batches, sharded).
 
     Args:
@@ -117,6 +118,8 @@ def make_dataset_fn(data: Any, train_files: Sequence[str], seed: int) -> Callabl
             ``augmentation``, ``foreground_probability``, ``shuffle_buffer``, ``cache``).
         train_files: the fold's training records.
         seed: the pipeline's seed (crops, augmentation, shuffling).
+        local_processes: training processes on this machine (``data.cache: auto`` shares the
+            memory among them; ``unet3d.data.memory``).
     """
     from unet3d.data.augmentation import Augmentation
     from unet3d.data.pipeline import train_dataset
@@ -134,13 +137,17 @@ def make_dataset_fn(data: Any, train_files: Sequence[str], seed: int) -> Callabl
             seed=seed,
             foreground_probability=float(data.foreground_probability),
             shuffle_buffer=int(data.shuffle_buffer),
-            cache=bool(data.cache),
+            cache=data.cache,
             input_context=input_context,
+            local_processes=local_processes,
         )
 
     return dataset_fn
 
 
-def make_input_fn(cfg: DictConfig, train_files: Sequence[str]) -> Callable[[int], Callable]:
-    """``input_fn(first_step)`` of the training loop: the input seeded ``seed + first_step``."""
-    return lambda first_step: make_dataset_fn(cfg.data, train_files, int(cfg.seed) + first_step)
+def make_input_fn(cfg: DictConfig, train_files: Sequence[str],
+                  local_processes: int = 1) -> Callable[[int], Callable]:
+    """``input_fn(first_step)`` of the training loop: the input seeded ``seed + first_step``
+    (``local_processes``: as ``make_dataset_fn``'s)."""
+    return lambda first_step: make_dataset_fn(cfg.data, train_files, int(cfg.seed) + first_step,
+                                              local_processes)

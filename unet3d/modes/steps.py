@@ -68,7 +68,7 @@ def train_model(job: Job, prepared: Any) -> tuple[Any, dict[str, float]]:
     result = train(
         context, training_model, optimizer,
         loss_fn=loss_fn,
-        input_fn=make_input_fn(cfg, prepared.train_files),
+        input_fn=make_input_fn(cfg, prepared.train_files, context.local_size),
         steps=steps,
         batch_size=int(cfg.data.batch_size),
         output_dir=job.output_dir,

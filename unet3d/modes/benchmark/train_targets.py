@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,7 +47,8 @@ ROUNDS_FOLDER = "runner_rounds"
 
 def training_iterator(job: Job, train_files: list[str]) -> Any:
     """The training loop's own distributed input pipeline, started at step 0."""
-    dataset_fn = make_dataset_fn(job.cfg.data, train_files, seed=int(job.cfg.seed))
+    dataset_fn = make_dataset_fn(job.cfg.data, train_files, seed=int(job.cfg.seed),
+                                 local_processes=job.context.local_size)
     return iter(job.context.distribute_dataset(dataset_fn))
 
 
@@ -119,13 +121,16 @@ def benchmark_train(job: Job) -> dict[str, Any]:
     prepared = None if synthetic else prepare(job)
 
     model, _, step_fn = train_setup(job)
+    input_waits: list[float] = []
     if synthetic:
         step = _bare_step(job, step_fn)
     else:
         iterator = training_iterator(job, prepared.train_files)
 
         def step() -> None:
+            started = time.perf_counter()
             batch_images, batch_labels = next(iterator)
+            input_waits.append(time.perf_counter() - started)
             loss, _ = step_fn(batch_images, batch_labels)
             float(loss)
 
@@ -150,6 +155,12 @@ def benchmark_train(job: Job) -> dict[str, Any]:
         "achieved_gflops_per_replica": gflops / max(context.num_replicas, 1),
         "train_files": len(prepared.train_files) if prepared is not None else 0,
     }
+    if prepared is not None:
+        # Time each timed step spent waiting for its batch (the pipeline not keeping up) and
+        # what data.cache resolved to (unet3d.data.memory).
+        timed = input_waits[-len(times):]
+        result["extra"]["input_wait_s_per_step"] = float(np.mean(timed))
+        result["extra"]["cache"] = _resolved_cache(job, prepared.train_files)
     return result
 
 
@@ -173,9 +184,17 @@ def benchmark_pipeline(job: Job) -> dict[str, Any]:
                             "augmentation": (str((cfg.data.get("augmentation") or {})
                                                  .get("name", "reference"))
                                              if cfg.data.augment else "off"),
-                            "cache": bool(cfg.data.cache),
+                            "cache": _resolved_cache(job, prepared.train_files),
                             "train_files": len(prepared.train_files),
                         })
+
+
+def _resolved_cache(job: Job, train_files: list[str]) -> bool:
+    """Whether ``data.cache`` keeps this process's training cases in RAM."""
+    from unet3d.data.memory import decide_cache
+
+    shard = job.context.shard_files(list(train_files)) or list(train_files)
+    return decide_cache(job.cfg.data.cache, shard, job.context.local_size).cache
 
 
 class PrefixedMetrics:
@@ -219,7 +238,7 @@ def benchmark_runner(job: Job) -> dict[str, Any]:
         result = train(
             context, model, optimizer,
             loss_fn=build_loss(cfg),
-            input_fn=make_input_fn(cfg, prepared.train_files),
+            input_fn=make_input_fn(cfg, prepared.train_files, context.local_size),
             steps=loop_steps,
             batch_size=per_replica_batch,
             output_dir=round_dir,
