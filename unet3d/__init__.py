@@ -23,7 +23,8 @@ def _prefer_onednn() -> str:
     TensorFlow (2.9+) turns oneDNN on by default on Linux only for CPUs with AVX512_VNNI,
     AVX512_BF16, AVX_VNNI or AMX (``DefaultOneDnnPolicy`` in ``tensorflow/core/util/util.cc``);
     on the others (AMD Zen 2/3, Intel before Cascade Lake) it runs Eigen's kernels, and this
-    project's 3D convolutions then train 6.2x slower (README, "oneDNN on every x86 CPU").
+    project's 3D convolutions then train several times slower (measured: benchmarks/README.md,
+    "oneDNN on every x86 CPU").
     An explicit ``TF_ENABLE_ONEDNN_OPTS`` (``0`` to opt out) is always kept.
 
     Returns:
