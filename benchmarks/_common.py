@@ -1,10 +1,10 @@
 """Helpers shared by the benchmark scripts: result files, subprocess runs of the runner.
 
-Not a test module and not part of the package: the scripts import it as ``_common`` (they put
-their own folder on ``sys.path``). TensorFlow is never imported here; ``unet3d`` is, first, so
-that every script (and its child processes) computes with oneDNN as the runner does
-(``unet3d._prefer_onednn``): a script that imports TensorFlow before ``unet3d`` would otherwise
-run Eigen's kernels on CPUs where TensorFlow leaves oneDNN off.
+Not a test module and not part of ``unet3d``: the scripts import it as ``benchmarks._common``
+(run them from the repository root as ``python -m benchmarks.<name>``). TensorFlow is never
+imported here; ``unet3d`` is, first, so that every script (and its child processes) computes
+with oneDNN as the runner does (``unet3d._prefer_onednn``): a script that imports TensorFlow
+before ``unet3d`` would otherwise run Eigen's kernels on CPUs where TensorFlow leaves oneDNN off.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import unet3d  # noqa: F401  (before TensorFlow: see the module docstring)
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-import unet3d  # noqa: E402,F401  (before TensorFlow: see the module docstring)
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 #: Working folder of runner subprocesses (MLflow store, outputs, synthetic data cache).

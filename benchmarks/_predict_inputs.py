@@ -1,7 +1,7 @@
 """Inputs of the whole-volume predict benchmarks: raw cases on disk and a checkpoint to load.
 
-Not a test module and not part of the package: ``predict_vs_monai.py`` and ``predict_crop.py``
-import it as ``_predict_inputs``.
+Not a test module and not part of ``unet3d``: ``benchmarks.predict_vs_monai`` and
+``benchmarks.studies.predict_crop`` import it as ``benchmarks._predict_inputs``.
 
 - ``write_cases``: BraTS-2019-named raw case folders (``<id>/<id>_{t1,t1ce,t2,flair}.nii.gz``,
   no label) of a 240 x 240 x 155 grid whose synthetic brain is about as large as a real one

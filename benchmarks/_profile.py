@@ -1,7 +1,7 @@
 """Where a step's time goes: oneDNN verbose logs and TensorFlow profiler traces, summarised.
 
-Not a test module and not part of the package: the benchmark scripts import it as
-``_profile`` (they put their own folder on ``sys.path``).
+Not a test module and not part of ``unet3d``: the benchmark scripts import it as
+``benchmarks._profile``.
 
 - ``onednn_summary``: the ``ONEDNN_VERBOSE=1`` lines of the primitives oneDNN executed
   (``onednn_verbose,[v1,]primitive,exec,cpu,<kind>,<implementation>,<propagation>,

@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import subprocess_env, write_result  # noqa: E402
+from benchmarks._common import subprocess_env, write_result
 
 #: The five files of a complete case of the brats2021 layout.
 SUFFIXES = ("t1", "t1ce", "t2", "flair", "seg")
@@ -67,7 +64,7 @@ def update_results(path: Path, section: str, payload: Any) -> None:
     current["benchmark"] = "scale"
     current[section] = payload
     environment = current.setdefault("environments", {})
-    from _common import environment as host_environment
+    from benchmarks._common import environment as host_environment
 
     environment[section] = host_environment()
     write_result(path, current)

@@ -23,9 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS_DIR, ROOT, host_cpu, write_result  # noqa: E402
+from benchmarks._common import RESULTS_DIR, ROOT, host_cpu, write_result
 
 #: name -> (arguments of python -m unet3d.run, COMP_LINE or None).
 COMMANDS: dict[str, tuple[list[str], str | None]] = {

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS_DIR, write_result  # noqa: E402
+from benchmarks._common import RESULTS_DIR, write_result
 
 
 def matmul_gflops(size: int, dtype: str, repeats: int) -> dict[str, float]:

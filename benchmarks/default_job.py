@@ -29,9 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS_DIR, subprocess_env, write_result  # noqa: E402
+from benchmarks._common import RESULTS_DIR, subprocess_env, write_result
 
 RECIPES = {"default": [], "synthetic_600steps": ["experiment=synthetic_600steps"]}
 #: Log line -> the event it marks (first match wins; ``last`` events keep the last match).

@@ -23,9 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
+from benchmarks._common import (
     DEFAULT_WORKDIR,
     MODEL_OVERRIDES,
     MODELS,
@@ -36,7 +34,7 @@ from _common import (  # noqa: E402
     summary,
     write_result,
 )
-from _profile import profile_call, shares_line  # noqa: E402
+from benchmarks._profile import profile_call, shares_line
 
 
 def window_profile(model: str, precision: str, window: int, batch: int) -> dict[str, Any]:
@@ -60,7 +58,7 @@ def window_profile(model: str, precision: str, window: int, batch: int) -> dict[
 def _profile_child(arguments: argparse.Namespace, precision: str) -> dict[str, Any]:
     config = {"model": arguments.model, "precision": precision, "window": arguments.window,
               "batch": arguments.window_batch}
-    process = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child-profile",
+    process = subprocess.run([sys.executable, "-m", "benchmarks.inference", "--child-profile",
                               json.dumps(config)], capture_output=True, text=True,
                              env=subprocess_env(), timeout=3600)
     if process.returncode != 0:

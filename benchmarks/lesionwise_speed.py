@@ -17,20 +17,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, host_cpu, write_result  # noqa: E402
-
-from unet3d.config.synthetic_options import SyntheticOptions  # noqa: E402
-from unet3d.data.convention import BRATS2023, LabelConvention  # noqa: E402
-from unet3d.data.synthetic_case import generate_case  # noqa: E402
-from unet3d.evaluation.lesionwise import RULES, lesionwise_regions, region_values  # noqa: E402
+from benchmarks._common import RESULTS_DIR, host_cpu, write_result
+from unet3d.config.synthetic_options import SyntheticOptions
+from unet3d.data.convention import BRATS2023, LabelConvention
+from unet3d.data.synthetic_case import generate_case
+from unet3d.evaluation.lesionwise import RULES, lesionwise_regions, region_values
 
 SHAPE = (240, 240, 155)
 POST = LabelConvention("brats2024_post", {0: "background", 1: "NETC", 2: "SNFH", 3: "ET",

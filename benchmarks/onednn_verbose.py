@@ -34,10 +34,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import MODELS, PRECISION_POLICIES, RESULTS_DIR, subprocess_env, write_result  # noqa: E402
-from _profile import onednn_summary  # noqa: E402
+from benchmarks._common import MODELS, PRECISION_POLICIES, RESULTS_DIR, subprocess_env, write_result
+from benchmarks._profile import onednn_summary
 
 BEGIN = "=====unet3d-onednn-verbose-begin====="
 END = "=====unet3d-onednn-verbose-end====="
@@ -92,7 +90,7 @@ def run_child(workload: str, precision: str, arguments: argparse.Namespace) -> d
     env = subprocess_env({"ONEDNN_VERBOSE": "1"})
     if arguments.threads:
         env["OMP_NUM_THREADS"] = str(arguments.threads)
-    process = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
+    process = subprocess.run([sys.executable, "-m", "benchmarks.onednn_verbose", "--child",
                               json.dumps(config)], capture_output=True, text=True, env=env,
                              timeout=arguments.timeout)
     if process.returncode != 0:
@@ -135,7 +133,6 @@ def main() -> None:
         child(**json.loads(arguments.child))
         return
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from unet3d.runtime.cpu_probe import read_cpu_info
 
     cpu = read_cpu_info()

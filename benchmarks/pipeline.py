@@ -25,13 +25,10 @@ brightness, contrast, low resolution, gamma and mirroring; only the pipeline run
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
+from benchmarks._common import (
     DEFAULT_WORKDIR,
     RESULTS_DIR,
     runner_benchmark,

@@ -41,11 +41,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from predict_vs_monai import monai_command, our_command, our_details, prepare, timed
 
-from _common import DEFAULT_WORKDIR, MODEL_OVERRIDES, RESULTS_DIR, read_json, write_result  # noqa: E402
-from predict_vs_monai import monai_command, our_command, our_details, prepare, timed  # noqa: E402
+from benchmarks._common import (
+    DEFAULT_WORKDIR,
+    MODEL_OVERRIDES,
+    RESULTS_DIR,
+    read_json,
+    write_result,
+)
 
 #: Speed variants: name -> (source: checkpoint | export, extra overrides).
 SPEED_VARIANTS: dict[str, tuple[str, list[str]]] = {

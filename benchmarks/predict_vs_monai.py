@@ -38,10 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _common import (  # noqa: E402
+from benchmarks._common import (
     DEFAULT_WORKDIR,
     MODEL_OVERRIDES,
     MODELS,
@@ -58,9 +55,8 @@ MONAI_SCRIPT = Path(__file__).resolve().parent / "_monai_predict.py"
 def prepare(arguments: argparse.Namespace) -> dict[str, Any]:
     """The raw case and the checkpoint (in a child: TensorFlow stays out of this process)."""
     code = (
-        "import json, sys; from pathlib import Path; "
-        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
-        "from _predict_inputs import write_cases, write_checkpoint; "
+        "import json; from pathlib import Path; "
+        "from benchmarks._predict_inputs import write_cases, write_checkpoint; "
         f"cases = write_cases(Path({str(arguments.workdir / 'cases')!r}), 1, "
         f"{tuple(arguments.volume)!r}, {tuple(arguments.generate)!r}, "
         f"{tuple(arguments.shift)!r}, {arguments.seed}); "

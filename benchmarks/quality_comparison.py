@@ -44,11 +44,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks._common import environment
 
-from _common import environment  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 #: The preset built from this comparison's table (the ``preset`` arm runs when it exists).
 PRESET = "brats_winner"

@@ -21,13 +21,10 @@ upper bound for the default cadence. Target (issue 6): <= 5%.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
+from benchmarks._common import (
     DEFAULT_WORKDIR,
     RESULTS_DIR,
     runner_benchmark,

@@ -28,10 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS_DIR  # noqa: E402
-from _scale_runs import run_child  # noqa: E402
+from benchmarks._common import RESULTS_DIR
+from benchmarks._scale_runs import run_child
 
 #: BraTS 2021's grid and voxel size (RSNA-ASNR-MICCAI BraTS 2021: 240 x 240 x 155, 1 mm).
 BRATS2021_SHAPE = (240, 240, 155)
@@ -85,7 +83,7 @@ def preprocess(args: argparse.Namespace) -> None:
     cases (fresh record folders; each count in its own process)."""
     import json
 
-    from _scale_runs import complete_cases, linear_fit, subset, update_results
+    from benchmarks._scale_runs import complete_cases, linear_fit, subset, update_results
 
     available = complete_cases(args.raw)
     rows = []
@@ -98,8 +96,9 @@ def preprocess(args: argparse.Namespace) -> None:
         if records.exists() and not args.keep:
             shutil.rmtree(records)
         log = args.work / f"preprocess_{count}.log"
-        child = run_child([sys.executable, __file__, "_preprocess", "--raw", str(folder),
-                           "--records", str(records), "--workers", str(args.workers)],
+        child = run_child([sys.executable, "-m", "benchmarks.scale", "_preprocess",
+                           "--raw", str(folder), "--records", str(records),
+                           "--workers", str(args.workers)],
                           args.work, log)
         line = next(text for text in log.read_text().splitlines() if text.startswith("RESULT "))
         row = {"cases": count, **json.loads(line[len("RESULT "):]), "process": child,
@@ -150,7 +149,7 @@ def compression(args: argparse.Namespace) -> None:
         row["size_ratio"] = row["mb_per_case"] / base["mb_per_case"]
         row["read_time_ratio"] = (row["read_parse_s_per_case_best"]
                                   / base["read_parse_s_per_case_best"])
-    from _scale_runs import update_results
+    from benchmarks._scale_runs import update_results
 
     update_results(args.out, "compression", {"cases": len(sources), "rows": rows,
                                              "note": "files in the page cache (read twice)"})
@@ -162,7 +161,7 @@ RUNNER_BASE = ["data=brats2021", "precision=fp32", "tracking.enabled=false"]
 
 def _data_overrides(args: argparse.Namespace, count: int) -> list[str]:
     """The ``data`` overrides of a subset of ``count`` cases (preprocessed by ``preprocess``)."""
-    from _scale_runs import complete_cases, subset
+    from benchmarks._scale_runs import complete_cases, subset
 
     available = complete_cases(args.raw)
     count = count or len(available)
@@ -186,7 +185,7 @@ def train(args: argparse.Namespace) -> None:
     ``data.cache`` true, false or auto, for each ``--plan`` run; the model alone for comparison."""
     import json
 
-    from _scale_runs import update_results
+    from benchmarks._scale_runs import update_results
 
     model = [f"model={args.model}", "data.crop_size=[128,128,128]", "data.batch_size=2"]
     timing = [f"benchmark.warmup_steps={args.warmup}", f"benchmark.steps={args.steps}"]
@@ -226,7 +225,7 @@ def predict(args: argparse.Namespace) -> None:
     import re
     from datetime import datetime
 
-    from _scale_runs import update_results
+    from benchmarks._scale_runs import update_results
 
     model = [f"model={args.model}", "data.crop_size=[128,128,128]"]
     checkpoint_overrides = ["mode=train", *_data_overrides(args, args.train_cases), *model,

@@ -27,9 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS_DIR, ROOT, write_result  # noqa: E402
+from benchmarks._common import RESULTS_DIR, ROOT, write_result
 
 SHAPE = (448, 448, 320)
 

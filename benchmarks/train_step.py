@@ -40,9 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
+from benchmarks._common import (
     MODELS,
     PRECISION_POLICIES,
     RESULTS_DIR,
@@ -52,7 +50,7 @@ from _common import (  # noqa: E402
     subprocess_env,
     write_result,
 )
-from _profile import shares_line  # noqa: E402
+from benchmarks._profile import shares_line
 
 
 def build_train_step(model_name: str, side: int, batch: int, precision: str, xla: bool,
@@ -140,7 +138,7 @@ def measure(model_name: str, side: int, batch: int, precision: str, xla: bool,
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     profile = None
     if op_profile:
-        from _profile import profile_call
+        from benchmarks._profile import profile_call
 
         profile = profile_call(lambda: float(train_step(images, labels)),
                                [layer.name for layer in model.layers])
@@ -167,7 +165,7 @@ def measure(model_name: str, side: int, batch: int, precision: str, xla: bool,
 
 def _child(arguments: argparse.Namespace, config: dict[str, Any],
            onednn: str | None) -> dict[str, Any]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(config)]
+    command = [sys.executable, "-m", "benchmarks.train_step", "--child", json.dumps(config)]
     env = {} if onednn is None else {"TF_ENABLE_ONEDNN_OPTS": onednn}
     process = subprocess.run(command, capture_output=True, text=True,
                              env=subprocess_env(env), timeout=arguments.timeout)

@@ -262,13 +262,8 @@ def test_a_sweep_over_some_folds_warns_that_it_is_a_partial_cv(tmp_path, caplog)
 
 
 def test_quality_comparison_collects_mean_and_std_over_folds(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
+    from benchmarks import quality_comparison as module
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "quality_comparison.py"
-    spec = importlib.util.spec_from_file_location("quality_comparison", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "out"
     out.mkdir()
     sweep = make_sweep(tmp_path).rename(out / "regions")

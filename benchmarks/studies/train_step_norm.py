@@ -27,9 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS_DIR, subprocess_env, write_result  # noqa: E402
+from benchmarks._common import RESULTS_DIR, subprocess_env, write_result
 
 VARIANTS = ("keras", "bf16_apply", "fused_f32")
 
@@ -112,7 +110,8 @@ def main() -> None:
             config = {"variant": variant, "precision": precision, "side": arguments.side,
                       "warmup": arguments.warmup, "steps": arguments.steps}
             process = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(config)],
+                [sys.executable, "-m", "benchmarks.studies.train_step_norm", "--child",
+                 json.dumps(config)],
                 capture_output=True, text=True, env=subprocess_env())
             if process.returncode != 0:
                 raise SystemExit(f"{variant} {precision} failed:\n{process.stderr[-3000:]}")

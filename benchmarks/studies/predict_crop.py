@@ -30,20 +30,15 @@ import argparse
 import json
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _common import MODELS, RESULTS_DIR, config_group, write_result  # noqa: E402
-from _predict_inputs import cut_and_shift  # noqa: E402
-
-from unet3d.config.settings import input_divisor  # noqa: E402
+from benchmarks._common import MODELS, RESULTS_DIR, config_group, write_result
+from benchmarks._predict_inputs import cut_and_shift
+from unet3d.config.settings import input_divisor
 
 #: BraTS regions as sets of training classes (label 4 = class 3).
 REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}

@@ -1,14 +1,11 @@
-"""benchmarks/train_step.py: a share of the matmul peak only against a peak of this host."""
+"""benchmarks.train_step: a share of the matmul peak only against a peak of this host."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from _common import host_cpu  # noqa: E402
-from train_step import same_host_peak  # noqa: E402
+from benchmarks._common import host_cpu
+from benchmarks.train_step import same_host_peak
 
 
 def test_the_peak_of_this_host_is_used_and_another_hosts_is_not(capsys) -> None:

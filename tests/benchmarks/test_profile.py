@@ -1,15 +1,10 @@
-"""The fast-path checks of benchmarks/: oneDNN verbose lines and profiler op events, summarised."""
+"""benchmarks._profile: oneDNN verbose lines and profiler op events, summarised."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from _profile import layer_of, onednn_summary, op_shares, parse_onednn_line  # noqa: E402
+from benchmarks._profile import layer_of, onednn_summary, op_shares, parse_onednn_line
 
 # Lines as TensorFlow 2.18's oneDNN prints them (no format version), plus the 3.5+ format.
 LINES = [

@@ -20,17 +20,17 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+from omegaconf import OmegaConf
 
-from unet3d.model.unet3d import build_unet3d, count_forward_flops  # noqa: E402
+from unet3d.model.unet3d import build_unet3d, count_forward_flops
 
 #: The reference network: the arguments of conf/model/unet3d.yaml.
 REFERENCE = {key: value for key, value in OmegaConf.to_container(OmegaConf.load(
-    Path(__file__).resolve().parents[1] / "conf" / "model" / "unet3d.yaml")).items()
+    Path(__file__).resolve().parents[2] / "conf" / "model" / "unet3d.yaml")).items()
     if key != "_target_"}
 
 
