@@ -6,7 +6,7 @@ seconds of the child. With ``--before DIR`` (a checkout of another version, e.g.
 branch) the same commands run from there too, interleaved in rounds whose order alternates,
 and the JSON holds the per-command medians of both and their ratio.
 
-    python benchmarks/cli_latency.py --rounds 5 --before /path/to/main/checkout \
+    python -m benchmarks.cli_latency --rounds 5 --before /path/to/main/checkout \
         --out benchmarks/results/cli_latency.json
 """
 

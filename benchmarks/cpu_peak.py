@@ -4,7 +4,7 @@ float32 and bfloat16 (AVX-512 BF16 CPUs run it through oneDNN), median of ``--re
 timed products after one warm-up; 2 N^3 FLOPs per product. The train-step benchmarks report
 their achieved GFLOP/s as a fraction of these numbers.
 
-    python benchmarks/cpu_peak.py --size 4096 --out benchmarks/results/cpu_peak.json
+    python -m benchmarks.cpu_peak --size 4096 --out benchmarks/results/cpu_peak.json
 """
 
 from __future__ import annotations

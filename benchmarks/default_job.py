@@ -8,7 +8,7 @@ steps, held-out evaluation, the end. Also the wall time of the process, its peak
 held-out Dice. Recipes: ``default`` (today's defaults) and ``synthetic_600steps`` (the
 longer recipe before issue 32, ``experiment=synthetic_600steps``).
 
-    python benchmarks/default_job.py --out benchmarks/results/default_job.json
+    python -m benchmarks.default_job --out benchmarks/results/default_job.json
 
 The ratio between the recipes' times on this host, times a figure measured on another host for
 one of them, estimates the other there (the README's Zen 3 estimate).

@@ -6,7 +6,7 @@ blending, no TTA) on one random BraTS-sized volume, per precision. Peak memory i
 resident set size of the runner process (the model, the volume, the probability accumulators
 and TensorFlow's buffers).
 
-    python benchmarks/inference.py --precisions fp32 bf16 --out benchmarks/results/inference.json
+    python -m benchmarks.inference --precisions fp32 bf16 --out benchmarks/results/inference.json
 
 ``--op-profile`` also profiles one window batch of the same model through the predict function
 of ``mode=predict`` (``unet3d.inference.sliding_window.make_keras_predict_fn``), in a child

@@ -7,9 +7,9 @@ the reference shifted by one voxel, with the smallest reference lesion dropped, 
 positive blobs near the tumour and specks. ``far`` adds a false positive in a corner of the
 volume, so the box of the case's tumour is the whole volume (the slowest layout).
 
-Usage: ``python benchmarks/lesionwise_speed.py [--repeats 5]``; writes
+Usage: ``python -m benchmarks.lesionwise_speed [--repeats 5]``; writes
 ``benchmarks/results/lesionwise_speed.json`` with the host's CPU. Run it alone (it is timed):
-``nice -n 5 flock /tmp/unet3d-heavy.lock python benchmarks/lesionwise_speed.py``.
+``nice -n 5 flock /tmp/unet3d-heavy.lock python -m benchmarks.lesionwise_speed``.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ with ``ONEDNN_VERBOSE=1``; the primitives it executed are summarised (``_profile
   TensorFlow keeps NDHWC);
 - oneDNN time per primitive kind.
 
-    python benchmarks/onednn_verbose.py --side 32          # smoke (seconds per child)
-    python benchmarks/onednn_verbose.py --side 128 --out benchmarks/results/onednn_verbose.json
+    python -m benchmarks.onednn_verbose --side 32          # smoke (seconds per child)
+    python -m benchmarks.onednn_verbose --side 128 --out benchmarks/results/onednn_verbose.json
 
 Every child also reports the host CPU (model, bf16 flags) so the result says which kernels this
 host can use. TensorFlow ops outside oneDNN (casts, normalisation statistics, LeakyReLU) do not

@@ -17,8 +17,8 @@ Target (issue 6): pipeline-only >= 5 x the model's training throughput. Settings
 default job's flips and brightness) or ``nnunet`` (nnU-Net's rotation, scaling, noise, blur,
 brightness, contrast, low resolution, gamma and mirroring; only the pipeline runs change).
 
-    python benchmarks/pipeline.py --out benchmarks/results/pipeline.json
-    python benchmarks/pipeline.py --augmentation nnunet --settings default \
+    python -m benchmarks.pipeline --out benchmarks/results/pipeline.json
+    python -m benchmarks.pipeline --augmentation nnunet --settings default \
         --out benchmarks/results/pipeline_nnunet.json
 """
 

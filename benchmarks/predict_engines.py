@@ -28,7 +28,7 @@ fold=0 num_folds=3``): ``mode=evaluate`` of its held-out fold for each lever, th
 region, its change against the default (TensorFlow, fp32) and, per region, the Dice between each
 variant's segmentation and the default's (the engine swap must keep it >= 0.995).
 
-    python benchmarks/predict_engines.py --torch-python /tmp/torchvenv/bin/python --rounds 2 \\
+    python -m benchmarks.predict_engines --torch-python /tmp/torchvenv/bin/python --rounds 2 \\
         --quality-run /tmp/i29work/train
 """
 

@@ -20,9 +20,9 @@ Each variant is one process timed from start to exit (imports, model build, read
 sliding window, writing). Ratios are taken per round and reported as medians. The result
 (``benchmarks/results/predict_vs_monai.json``) names the host CPU and its bf16 flags.
 
-    python benchmarks/predict_vs_monai.py --torch-python /work/torchvenv/bin/python --rounds 3
+    python -m benchmarks.predict_vs_monai --torch-python /work/torchvenv/bin/python --rounds 3
     # smoke (seconds): a tiny grid and model
-    python benchmarks/predict_vs_monai.py --torch-python /work/torchvenv/bin/python --rounds 1 \\
+    python -m benchmarks.predict_vs_monai --torch-python /work/torchvenv/bin/python --rounds 1 \\
         --model small --volume 96 96 64 --generate 96 96 80 --shift 0 0 0 --window 64
 """
 

@@ -16,9 +16,9 @@ whose composed job config equals an earlier arm's (e.g. a preset that is exactly
 not trained again: its rows are that arm's sweep (``timings.json``: ``same_as``), since the
 training is deterministic on one host.
 
-    python benchmarks/quality_comparison.py --out /tmp/quality-cmp            # run + table
-    python benchmarks/quality_comparison.py --out /tmp/quality-cmp --dry-run  # commands only
-    python benchmarks/quality_comparison.py --out /tmp/quality-cmp --collect  # table only
+    python -m benchmarks.quality_comparison --out /tmp/quality-cmp            # run + table
+    python -m benchmarks.quality_comparison --out /tmp/quality-cmp --dry-run  # commands only
+    python -m benchmarks.quality_comparison --out /tmp/quality-cmp --collect  # table only
 
 ``--lesionwise auto`` (or a rule set) adds the lesion-wise Dice/HD95 columns (BraTS 2023+
 data, e.g. ``--data synthetic_brats2023``) and a row with the post-processing chosen without
@@ -29,7 +29,7 @@ Defaults: ``data=synthetic_hard``, 3 folds, ``model=unet3d_small`` (4 levels, 8-
 (sweeps, MLflow store ``mlflow.db``, ``timings.json``, ``comparison.md``), and the summary
 (commit, host CPU, settings, wall time per arm, per-fold scores) in ``--results``
 (``benchmarks/results/quality_comparison.json``). An arm whose sweep finished is not run
-again. Start it alone on the machine, e.g. ``nice -n 5 python benchmarks/quality_comparison.py
+again. Start it alone on the machine, e.g. ``nice -n 5 python -m benchmarks.quality_comparison
 --out /tmp/quality-cmp``.
 """
 

@@ -15,7 +15,7 @@ The defaults log to MLflow 5x and checkpoint 10x more often than the default job
 (``training.log_every=50``, ``training.checkpoint_every=200``), so the measured overhead is an
 upper bound for the default cadence. Target (issue 6): <= 5%.
 
-    python benchmarks/runner_overhead.py --out benchmarks/results/runner_overhead.json
+    python -m benchmarks.runner_overhead --out benchmarks/results/runner_overhead.json
 """
 
 from __future__ import annotations

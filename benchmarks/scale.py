@@ -12,8 +12,8 @@ Subcommands (each appends its figures to ``--out``, a JSON file with the host re
   ``data.cache`` on and off, and the model's own time per step against the pipeline's;
 - ``predict``: ``mode=predict`` throughput (cases/min) and peak RSS over whole cases.
 
-    python benchmarks/scale.py generate --raw /work/scale/brats2021_synth --num-cases 1251
-    python benchmarks/scale.py preprocess --raw /work/scale/brats2021_synth --counts 50 200 1251
+    python -m benchmarks.scale generate --raw /work/scale/brats2021_synth --num-cases 1251
+    python -m benchmarks.scale preprocess --raw /work/scale/brats2021_synth --counts 50 200 1251
 
 Every figure is a wall time on a shared machine: the load average is stored next to it.
 """

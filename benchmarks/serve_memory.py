@@ -6,7 +6,7 @@ volumes are gzip'd constant 448x448x320 float32 arrays (about 0.3 MB each on the
 each once decompressed), and records the status, the wall time and the server process'
 resident memory before the request and its peak after it (``VmRSS`` / ``VmHWM``)::
 
-    python benchmarks/serve_memory.py --store /tmp/w/mlflow.db --model models:/e2e@champion \\
+    python -m benchmarks.serve_memory --store /tmp/w/mlflow.db --model models:/e2e@champion \\
         --code /path/to/an/older/checkout --code . --out benchmarks/results/serve_memory.json
 
 Compare the checkouts within one run of the script (same host, same load).

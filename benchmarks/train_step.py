@@ -10,20 +10,20 @@ Each configuration runs in its own child process (thread pools can only be set b
 TensorFlow starts; peak memory is per configuration). Default: 64^3, batch 1, both models,
 fp32 and bf16, XLA off (a few minutes on 2 cores). The README set adds 128^3 and XLA:
 
-    python benchmarks/train_step.py --shapes 64 128 --xla off on
+    python -m benchmarks.train_step --shapes 64 128 --xla off on
 
 Also measures, with ``--sync-every``, what waiting for the loss after every step costs
 (the training loop calls ``float(loss)`` each step). ``--op-profile`` adds where a step's time
 goes (``tf.profiler``: op time per op type, layer and layer kind, in each row's
 ``op_profile``), e.g. before and after a change to the model:
 
-    python benchmarks/train_step.py --models reference --shapes 128 --op-profile
+    python -m benchmarks.train_step --models reference --shapes 128 --op-profile
 
 ``--onednn 0 1 --rounds 3`` times each configuration with TensorFlow's oneDNN kernels off and
 on, interleaved, and reports the median per-round ratio (what ``import unet3d`` buys on a CPU
 where TensorFlow leaves oneDNN off):
 
-    python benchmarks/train_step.py --models small --precisions fp32 --batch 2 --onednn 0 1 \
+    python -m benchmarks.train_step --models small --precisions fp32 --batch 2 --onednn 0 1 \
         --rounds 3 --out benchmarks/results/train_step_onednn.json
 """
 

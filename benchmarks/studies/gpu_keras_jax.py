@@ -7,7 +7,7 @@ train step (forward, dice+ce loss, gradients, Adam) at the reference shape (128^
 batch 2) in float32, mixed_float16 and mixed_bfloat16, and batch-1 inference at 224x224x160.
 It measures the network on the GPU, not our TensorFlow runner.
 
-Usage: KERAS_BACKEND=jax python benchmarks/gpu_keras_jax.py --out results.json
+Usage: KERAS_BACKEND=jax python -m benchmarks.studies.gpu_keras_jax --out results.json
 """
 
 from __future__ import annotations

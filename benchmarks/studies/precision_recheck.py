@@ -7,7 +7,7 @@ cache miss or when the check disagrees. Both are timed here, interleaved in one 
 one untimed call of each, so TensorFlow's start-up is not counted), as wall seconds per call,
 with the bf16 / fp32 ratio each measured.
 
-    python benchmarks/precision_recheck.py --rounds 5
+    python -m benchmarks.studies.precision_recheck --rounds 5
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ training) and the same 240 x 240 x 155 case, each four ways (fp32 / amp x crop o
 Dice per BraTS region (WT, TC, ET) of each segmentation with today's fp32 one, and each
 one's Dice with the reference labels.
 
-    python benchmarks/predict_crop.py time --rounds 3 --out benchmarks/results/predict_crop.json
-    python benchmarks/predict_crop.py agree --checkpoint RUN/checkpoints \
+    python -m benchmarks.studies.predict_crop time --rounds 3 \
+        --out benchmarks/results/predict_crop.json
+    python -m benchmarks.studies.predict_crop agree --checkpoint RUN/checkpoints \
         --out benchmarks/results/predict_crop_agreement.json
 """
 

@@ -14,7 +14,7 @@ norm swapped (monkeypatched builders, the model module itself unchanged):
 Each (variant, precision) runs in its own child process; rounds are interleaved and the
 amp/fp32 ratio is taken per round between the variant's bf16 and the *keras* fp32 step.
 
-    python benchmarks/train_step_norm.py --side 64 --rounds 2
+    python -m benchmarks.studies.train_step_norm --side 64 --rounds 2
 """
 
 from __future__ import annotations

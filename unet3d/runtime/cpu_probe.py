@@ -19,8 +19,8 @@ intra-op thread count, so a host probes once and every later job (and a resumed 
 same decision. The data folder is often shared (NFS, a baked image), and CPUs of one name and
 stepping still differ (a hypervisor, firmware, memory): a cached result that says bfloat16 is
 faster is therefore re-checked with one warm-up and one timed pair (``quick_probe``; its cost
-next to the full probe: ``benchmarks/precision_recheck.py``) before it is used, and measured
-again in full when the check disagrees.
+next to the full probe: ``benchmarks/studies/precision_recheck.py``) before it is used, and
+measured again in full when the check disagrees.
 The file is written atomically under a lock (``fcntl``), so processes of one launch that start
 together probe once, one after another. Delete the file (or pass ``precision.reprobe=true``)
 to measure again.
