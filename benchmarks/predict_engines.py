@@ -41,8 +41,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from predict_vs_monai import monai_command, our_command, our_details, prepare, timed
-
 from benchmarks._common import (
     DEFAULT_WORKDIR,
     MODEL_OVERRIDES,
@@ -50,6 +48,7 @@ from benchmarks._common import (
     read_json,
     write_result,
 )
+from benchmarks.predict_vs_monai import monai_command, our_command, our_details, prepare, timed
 
 #: Speed variants: name -> (source: checkpoint | export, extra overrides).
 SPEED_VARIANTS: dict[str, tuple[str, list[str]]] = {

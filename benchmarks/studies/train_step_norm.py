@@ -83,7 +83,7 @@ def install_variant(variant: str) -> None:
 
 def child(config: dict[str, Any]) -> dict[str, Any]:
     install_variant(config["variant"])
-    from train_step import measure
+    from benchmarks.train_step import measure
 
     result = measure("reference", config["side"], 1, config["precision"], False,
                      config["warmup"], config["steps"], 1, 0, 0)
