@@ -146,15 +146,65 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def host_key(environment_record: dict[str, Any] | None = None) -> str:
+    """The key of a result's host, derived from its host record (``environment``).
+
+    ``nvidia-h200`` for a GPU record (``environment.gpu``); for a CPU, lscpu's model name,
+    family, model, CPU count and bf16 kind (``environment.cpu``, see ``host_cpu``), e.g.
+    ``amd-epyc-family-25-model-1-2-cpus-no-bf16``; records from before ``environment.cpu`` give
+    what they have (``amd-epyc-2-cpus``). Without an argument: this host's key.
+    """
+    record = environment() if environment_record is None else environment_record
+    if record.get("gpu"):
+        parts: list[Any] = [record["gpu"]]
+    else:
+        cpu = record.get("cpu") or {}
+        parts = [cpu.get("model_name") or record.get("cpu_model") or "unknown cpu"]
+        parts += [f"{name} {cpu[name]}" for name in ("family", "model") if cpu.get(name)]
+        count = cpu.get("cpus") or record.get("cpu_count")
+        parts += [f"{count} cpus"] if count else []
+        parts += [{"none": "no bf16"}.get(cpu["bf16"], cpu["bf16"])] if cpu.get("bf16") else []
+    text = re.sub(r"\((r|tm)\)", " ", " ".join(str(part) for part in parts).lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+
+
+def host_records(path: Path | str) -> dict[str, dict[str, Any]]:
+    """Every host's record of the result file ``path``, by ``host_key`` ({} when absent).
+
+    A result file is ``{"benchmark": name, "hosts": {host_key: record}}``; a file of the
+    older one-record layout (the record at the top level) is read as that record alone.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    document = json.loads(path.read_text())
+    if isinstance(document.get("hosts"), dict) and "environment" not in document:
+        return document["hosts"]
+    return {host_key(document.get("environment") or {}): document}
+
+
+def read_result(path: Path | str, key: str | None = None) -> dict[str, Any] | None:
+    """The record of host ``key`` (default: this host) in the result file ``path``, or None."""
+    return host_records(path).get(key or host_key())
+
+
 def write_result(path: Path | str, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (plus ``environment``) as JSON atomically; print where."""
+    """Store ``payload`` (plus ``environment``) as this host's record of ``path``; print where.
+
+    The record replaces the one of the same host (``host_key`` of its ``environment``); the
+    other hosts' records in the file are kept. Written atomically (a temporary file, then
+    ``os.replace``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {**payload, "environment": {**environment(), **payload.get("environment", {})}}
+    record = {**payload, "environment": {**environment(), **payload.get("environment", {})}}
+    key = host_key(record["environment"])
+    hosts = {**host_records(path), key: record}
+    document = {"benchmark": payload.get("benchmark", path.stem), "hosts": hosts}
     temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    temporary.write_text(json.dumps(document, indent=2) + "\n")
     os.replace(temporary, path)
-    print(f"wrote {path}")
+    print(f"wrote {path} (host {key})")
     return path
 
 
@@ -217,12 +267,6 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             "seconds_per_case", "window_latency_ms", "peak_rss_mb", "process_wall_seconds",
             "overrides")
     return {key: result[key] for key in keys if key in result}
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's content, or None when it does not exist."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def nice_note() -> str:

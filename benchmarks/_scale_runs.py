@@ -3,14 +3,14 @@ peak memory, the results file. Not a test module and not part of the package."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import subprocess_env, write_result
+from benchmarks._common import environment as host_environment
+from benchmarks._common import read_result, subprocess_env, write_result
 
 #: The five files of a complete case of the brats2021 layout.
 SUFFIXES = ("t1", "t1ce", "t2", "flair", "seg")
@@ -59,13 +59,11 @@ def run_child(command: list[str], cwd: Path, log: Path, env: dict[str, str] | No
 
 def update_results(path: Path, section: str, payload: Any) -> None:
     """Set ``section`` of the results file ``path`` (the other sections are kept)."""
-    current = json.loads(path.read_text()) if path.is_file() else {}
+    current = read_result(path) or {}
     current.pop("environment", None)
     current["benchmark"] = "scale"
     current[section] = payload
     environment = current.setdefault("environments", {})
-    from benchmarks._common import environment as host_environment
-
     environment[section] = host_environment()
     write_result(path, current)
 

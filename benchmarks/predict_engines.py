@@ -45,7 +45,7 @@ from benchmarks._common import (
     DEFAULT_WORKDIR,
     MODEL_OVERRIDES,
     RESULTS_DIR,
-    read_json,
+    read_result,
     write_result,
 )
 from benchmarks.predict_vs_monai import monai_command, our_command, our_details, prepare, timed
@@ -254,7 +254,7 @@ def main() -> None:
     if not arguments.skip_speed and "monai" in arguments.variants \
             and arguments.torch_python is None:
         parser.error("--torch-python is needed for the monai variant")
-    payload = read_json(arguments.out) or {"benchmark": "predict_engines"}
+    payload = read_result(arguments.out) or {"benchmark": "predict_engines"}
     payload.pop("environment", None)
     if not arguments.skip_speed:
         payload["speed"] = speed(arguments)

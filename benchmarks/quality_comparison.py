@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import environment
+from benchmarks._common import environment, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -295,10 +295,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         "table_markdown": text,
         "environment": environment(),
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     print(text)
-    print(f"wrote {args.results}")
+    write_result(args.results, payload)
     return rows
 
 

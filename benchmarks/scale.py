@@ -266,10 +266,15 @@ def predict(args: argparse.Namespace) -> None:
 
 
 def table(args: argparse.Namespace) -> None:
-    """Print the Markdown tables of ``--out`` (for benchmarks/README.md)."""
-    import json
+    """Print the Markdown tables of ``--out`` (for benchmarks/README.md): this host's record,
+    or the file's only one."""
+    from benchmarks._common import host_key, host_records
 
-    data = json.loads(Path(args.out).read_text())
+    records = host_records(args.out)
+    data = records.get(host_key()) or (next(iter(records.values())) if len(records) == 1
+                                       else None)
+    if data is None:
+        raise SystemExit(f"{args.out}: no record of this host; hosts: {sorted(records)}")
     hosts = {section: env.get("host") for section, env in data.get("environments", {}).items()}
     lines = [f"Host: {sorted(set(hosts.values()))}", ""]
     pre = data.get("preprocess")

@@ -7,7 +7,8 @@ train step (forward, dice+ce loss, gradients, Adam) at the reference shape (128^
 batch 2) in float32, mixed_float16 and mixed_bfloat16, and batch-1 inference at 224x224x160.
 It measures the network on the GPU, not our TensorFlow runner.
 
-Usage: KERAS_BACKEND=jax python -m benchmarks.studies.gpu_keras_jax --out results.json
+Usage: KERAS_BACKEND=jax python -m benchmarks.studies.gpu_keras_jax (writes this GPU's record
+of benchmarks/results/gpu_keras_jax.json)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import keras
 import numpy as np
 from omegaconf import OmegaConf
 
+from benchmarks._common import RESULTS_DIR, write_result
 from unet3d.model.unet3d import build_unet3d, count_forward_flops
 
 #: The reference network: the arguments of conf/model/unet3d.yaml.
@@ -149,7 +151,7 @@ def inference_benchmark(policy: str, shape: tuple[int, int, int], warmup: int,
 def main() -> None:
     """Run every benchmark and write one JSON file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="gpu_keras_jax.json")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "gpu_keras_jax.json"))
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--crop", type=int, default=128)
@@ -169,8 +171,10 @@ def main() -> None:
         entry = inference_benchmark(policy, shape, arguments.warmup, arguments.steps)
         report["predict"].append(entry)
         print(json.dumps(entry), flush=True)
-    with open(arguments.out, "w") as handle:
-        json.dump(report, handle, indent=2)
+    # The host record names the GPU (``host_key`` keys the file by it, not by the CPU).
+    gpu = jax.devices()[0].device_kind
+    write_result(arguments.out, {"benchmark": "gpu_keras_jax", **report,
+                                 "environment": {"gpu": gpu}})
 
 
 if __name__ == "__main__":

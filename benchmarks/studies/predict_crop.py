@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import MODELS, RESULTS_DIR, config_group, write_result
+from benchmarks._common import MODELS, RESULTS_DIR, config_group, read_result, write_result
 from benchmarks._predict_inputs import cut_and_shift
 from unet3d.config.settings import input_divisor
 
@@ -203,9 +203,8 @@ def command_time(arguments: argparse.Namespace) -> None:
 
 
 def _peak() -> dict[str, float]:
-    stored = RESULTS_DIR / "cpu_peak.json"
-    if stored.is_file():
-        data = json.loads(stored.read_text())
+    data = read_result(RESULTS_DIR / "cpu_peak.json")  # this host's record
+    if data:
         return {key: float(data[key]) for key in ("float32_gflops", "bfloat16_gflops")}
     return {"float32_gflops": 222.0, "bfloat16_gflops": 409.0}  # REFERENCE.md
 

@@ -263,6 +263,7 @@ def test_a_sweep_over_some_folds_warns_that_it_is_a_partial_cv(tmp_path, caplog)
 
 def test_quality_comparison_collects_mean_and_std_over_folds(tmp_path, capsys):
     from benchmarks import quality_comparison as module
+    from benchmarks._common import read_result
 
     out = tmp_path / "out"
     out.mkdir()
@@ -275,7 +276,7 @@ def test_quality_comparison_collects_mean_and_std_over_folds(tmp_path, capsys):
     results = tmp_path / "quality_comparison.json"
     assert module.main(["--out", str(out), "--collect", "--folds", "2",
                         "--results", str(results)]) == 0
-    rows = json.loads(results.read_text())["summary"]
+    rows = read_result(results)["summary"]
     assert set(rows) == {"regions", "regions + post-processing"}
     # fold 0 = cases a, b (ET Dice 0 and 1), fold 1 = case c (1): mean 0.75, std 0.25
     assert rows["regions"]["Dice_ET"] == pytest.approx([0.75, 0.25])
@@ -286,7 +287,7 @@ def test_quality_comparison_collects_mean_and_std_over_folds(tmp_path, capsys):
     # selection without the small-component rule.
     assert module.main(["--out", str(out), "--collect", "--folds", "2", "--lesionwise",
                         "brats2023", "--results", str(results)]) == 0
-    rows = json.loads(results.read_text())["summary"]
+    rows = read_result(results)["summary"]
     assert "regions + post-processing without component removal" in rows
     assert rows["regions"]["LesionDice_ET"][0] <= rows["regions"]["Dice_ET"][0]
     assert "LesionHD95_WT" in rows["regions + post-processing"]
