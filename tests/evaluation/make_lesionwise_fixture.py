@@ -36,14 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+# Run as a script: its own folder is first on sys.path, so the cases import as a module.
+from lesionwise_cases import hand_built_2024_cases, hand_built_cases, random_case, wide_case
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from lesionwise_cases import (  # noqa: E402
-    hand_built_2024_cases,
-    hand_built_cases,
-    random_case,
-    wide_case,
-)
 
 #: (rules, official module, challenge name, with RC labels, number of random cases)
 RUNS = (("brats2023", "brats2023", "metrics", "BraTS-GLI", False, 14),
