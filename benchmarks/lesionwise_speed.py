@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, host_cpu, write_result  # noqa: E402
 
 from unet3d.config.synthetic_options import SyntheticOptions  # noqa: E402
-from unet3d.data.convention import BRATS2023, LabelConvention  # noqa: E402
-from unet3d.data.synthetic_case import generate_case  # noqa: E402
+from unet3d.data.layouts.convention import BRATS2023, LabelConvention  # noqa: E402
+from unet3d.data.synthetic.case import generate_case  # noqa: E402
 from unet3d.evaluation.lesionwise import RULES, lesionwise_regions, region_values  # noqa: E402
 
 SHAPE = (240, 240, 155)

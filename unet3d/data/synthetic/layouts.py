@@ -1,6 +1,6 @@
 """The folder layouts and label conventions that the synthetic generator writes.
 
-One generated case (:class:`unet3d.data.synthetic_case.SyntheticCase`: four modalities in
+One generated case (:class:`unet3d.data.synthetic.case.SyntheticCase`: four modalities in
 ``MODALITIES`` order, BraTS 2019 labels) is written in the layout of a public data set:
 
 ==============  ==============================================================  ================
@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.convention import MODALITIES
-from unet3d.data.synthetic_case import SyntheticCase
+from unet3d.data.layouts.convention import MODALITIES
+from unet3d.data.synthetic.case import SyntheticCase
 from unet3d.runs.files import write_bytes_atomic
 
 #: Every layout the generator writes (``data.synthetic.layout``).
@@ -186,7 +186,7 @@ def dataset_json(layout: str, train_ids: list[str], test_ids: list[str]) -> dict
         return {
             "name": "BRATS",
             "description": _DESCRIPTION,
-            "reference": "unet3d.data.synthetic",
+            "reference": "unet3d.data.synthetic.generate",
             "licence": "CC-BY-SA 4.0",
             "release": "synthetic",
             "tensorImageSize": "4D",
@@ -206,7 +206,7 @@ def dataset_json(layout: str, train_ids: list[str], test_ids: list[str]) -> dict
             "numTraining": len(train_ids),
             "file_ending": ".nii.gz",
             "name": "SyntheticBraTS",
-            "reference": "unet3d.data.synthetic",
+            "reference": "unet3d.data.synthetic.generate",
             "description": _DESCRIPTION,
             "regions_class_order": [1, 2, 3],
         }

@@ -1,0 +1,1 @@
+"""Synthetic BraTS-format data sets (see ``generate``)."""
