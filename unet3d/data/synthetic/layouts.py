@@ -186,7 +186,7 @@ def dataset_json(layout: str, train_ids: list[str], test_ids: list[str]) -> dict
         return {
             "name": "BRATS",
             "description": _DESCRIPTION,
-            "reference": "unet3d.data.synthetic.generate",
+            "reference": "unet3d.data.synthetic",
             "licence": "CC-BY-SA 4.0",
             "release": "synthetic",
             "tensorImageSize": "4D",
@@ -206,7 +206,7 @@ def dataset_json(layout: str, train_ids: list[str], test_ids: list[str]) -> dict
             "numTraining": len(train_ids),
             "file_ending": ".nii.gz",
             "name": "SyntheticBraTS",
-            "reference": "unet3d.data.synthetic.generate",
+            "reference": "unet3d.data.synthetic",
             "description": _DESCRIPTION,
             "regions_class_order": [1, 2, 3],
         }
