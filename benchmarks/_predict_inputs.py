@@ -24,7 +24,7 @@ import numpy as np
 
 def cut_and_shift(case: Any, shape: Sequence[int], shift: Sequence[int]) -> Any:
     """The case cut to ``shape`` around its brain, then moved by ``shift`` voxels (clipped)."""
-    from unet3d.data.synthetic_case import make_affine
+    from unet3d.data.synthetic.case import make_affine
 
     image, arrays = case.image, {"label": case.label, "tissue": case.tissue}
     mask = np.any(image != 0, axis=-1)
@@ -58,8 +58,8 @@ def write_cases(folder: Path, count: int = 1, shape: Sequence[int] = (240, 240, 
         ``box_shape`` (voxels).
     """
     from unet3d.data.crop import nonzero_box
-    from unet3d.data.synthetic_case import generate_case
-    from unet3d.data.synthetic_layouts import write_case
+    from unet3d.data.synthetic.case import generate_case
+    from unet3d.data.synthetic.layouts import write_case
 
     folder = Path(folder)
     described = []

@@ -25,8 +25,8 @@ from scipy import ndimage
 
 from benchmarks._common import RESULTS_DIR, host_cpu, write_result
 from unet3d.config.synthetic_options import SyntheticOptions
-from unet3d.data.convention import BRATS2023, LabelConvention
-from unet3d.data.synthetic_case import generate_case
+from unet3d.data.layouts.convention import BRATS2023, LabelConvention
+from unet3d.data.synthetic.case import generate_case
 from unet3d.evaluation.lesionwise import RULES, lesionwise_regions, region_values
 
 SHAPE = (240, 240, 155)

@@ -46,7 +46,7 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_
 
 def generate(args: argparse.Namespace) -> None:
     """Generate (or complete) the synthetic BraTS 2021-size set."""
-    from unet3d.data.synthetic import generate_dataset
+    from unet3d.data.synthetic.generate import generate_dataset
 
     for key, value in MALLOC_ENV.items():
         os.environ.setdefault(key, value)
@@ -62,7 +62,7 @@ def preprocess_child(args: argparse.Namespace) -> None:
     import json
     import resource
 
-    from unet3d.data.layout import data_config, resolve_layout
+    from unet3d.data.layouts.resolve import data_config, resolve_layout
     from unet3d.data.preprocess import preprocess_dataset
 
     layout = resolve_layout(data_config("brats2021"), None, args.raw)

@@ -242,7 +242,7 @@ def test_shell_completion_of_the_console_script(tmp_path: Path) -> None:
 
 def test_num_classes_must_be_the_data_sets():
     from unet3d.config import data_problem
-    from unet3d.data.convention import BRATS2023, LabelConvention
+    from unet3d.data.layouts.convention import BRATS2023, LabelConvention
 
     model, loss = {"num_classes": 4}, {"_target_": "unet3d.training.losses.SegmentationLoss"}
     assert data_problem(model, loss, BRATS2023, 3) is None  # 0, 1, 2, 3: four classes
@@ -264,7 +264,7 @@ DATA_OPTIONS = sorted(path.stem for path in (CONF / "data").glob("*.yaml"))
 @pytest.mark.parametrize("data", DATA_OPTIONS)
 @pytest.mark.parametrize("augmentation", ["reference", "nnunet"])
 def test_every_data_set_composes_with_every_augmentation(data: str, augmentation: str) -> None:
-    from unet3d.data.augmentation import Augmentation
+    from unet3d.data.augment.compose import Augmentation
 
     raw = [] if data.startswith("synthetic") else ["data.raw_dir=/"]
     for extra in ([], ["debug=fast"]):
@@ -277,7 +277,7 @@ def test_every_data_set_composes_with_every_augmentation(data: str, augmentation
 def test_the_default_augmentation_is_the_reference_recipe_of_the_pipeline() -> None:
     """conf/augmentation/reference.yaml and the pipeline's default (REFERENCE) agree."""
     from unet3d.config import DATA_PIPELINE_KEYS
-    from unet3d.data.augmentation import NNUNET_TRANSFORMS, Augmentation
+    from unet3d.data.augment.compose import NNUNET_TRANSFORMS, Augmentation
     from unet3d.data.pipeline import REFERENCE
 
     cfg = compose_config()

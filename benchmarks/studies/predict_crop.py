@@ -2,7 +2,7 @@
 
 Two parts, each one command (run each under ``flock /tmp/unet3d-cpu.lock``):
 
-``time``: one 240 x 240 x 155 synthetic BraTS case (``unet3d.data.synthetic_case``, the brain
+``time``: one 240 x 240 x 155 synthetic BraTS case (``unet3d.data.synthetic.case``, the brain
 shifted off-centre, preprocessed and normalised exactly as the records are) at the reference
 widths (``model=unet3d``, random weights: timing does not depend on them), 128^3 windows,
 overlap 0.5, through ``EnsemblePredictor`` (the code path of ``mode=predict``) with the rest
@@ -60,7 +60,7 @@ def realistic_case(shape: tuple[int, int, int], shift: tuple[int, int, int], see
     it stays inside the grid).
     """
     from unet3d.data.preprocess import foreground_stats, normalize, scale_to_uint8
-    from unet3d.data.synthetic_case import generate_case
+    from unet3d.data.synthetic.case import generate_case
 
     case = generate_case(seed, index, generate or shape, (1.0, 1.0, 1.0))
     if (generate is not None and tuple(generate) != tuple(shape)) or any(shift):

@@ -50,7 +50,7 @@ def test_user_components_compose_validate_and_build() -> None:
 
 def test_user_data_set(tmp_path: Path) -> None:
     from unet3d.data.prepare import prepare_data
-    from unet3d.data.synthetic import generate_dataset
+    from unet3d.data.synthetic.generate import generate_dataset
 
     generate_dataset(tmp_path / "source", num_cases=3, shape=[16, 16, 16],
                      spacing=[1.0, 1.0, 1.0], seed=1)

@@ -15,7 +15,7 @@ TINY_SEED = 2019
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory) -> Path:
     """Four flat synthetic cases of 32x32x24 (read-only: copy before modifying)."""
-    from unet3d.data.synthetic import generate_dataset
+    from unet3d.data.synthetic.generate import generate_dataset
 
     out = tmp_path_factory.mktemp("tiny") / "raw"
     generate_dataset(out, num_cases=4, shape=TINY_SHAPE, spacing=(1.0, 1.0, 1.0), seed=TINY_SEED)

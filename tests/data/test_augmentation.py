@@ -1,4 +1,4 @@
-"""nnU-Net's augmentation transforms (unet3d/data/augmentation*.py) on tiny crops.
+"""nnU-Net's augmentation transforms (unet3d/data/augment/) on tiny crops.
 
 For every transform: shape and dtype kept, label values kept exactly, image and label moved
 identically, probability 0 is the identity, the same seed gives the same crop and another seed
@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from unet3d.data.augmentation import (
+from unet3d.data.augment.compose import (
     NNUNET_TRANSFORMS,
     Augmentation,
     Draw,
@@ -200,7 +200,7 @@ def test_resampling_reads_the_whole_volume_and_zeros_outside():
 
 def test_intensity_transforms_keep_the_statistics_nnunet_keeps():
     """Gamma keeps each channel's mean and std (retain_stats); contrast keeps its range."""
-    from unet3d.data import augmentation_intensity as intensity
+    from unet3d.data.augment import intensity
 
     rng = np.random.default_rng(0)
     crop = tf.constant(rng.normal(size=(*CROP, 4)).astype(np.float32))
@@ -223,7 +223,7 @@ def test_separable_filters_match_scipy():
     with zeros outside; low resolution at zoom 1 = identity."""
     from scipy import ndimage
 
-    from unet3d.data import augmentation_intensity as intensity
+    from unet3d.data.augment import intensity
 
     rng = np.random.default_rng(1)
     volume = rng.normal(size=(9, 8, 7, 2)).astype(np.float32)
@@ -263,7 +263,7 @@ def test_resample_is_trilinear_interpolation_of_the_z_scored_volume():
     volume (background 0, foreground x * scale + offset); labels = order 0 (nearest)."""
     from scipy import ndimage
 
-    from unet3d.data import augmentation_spatial as spatial
+    from unet3d.data.augment import spatial
 
     rng = np.random.default_rng(2)
     image = rng.integers(0, 255, (9, 8, 7, 4)).astype(np.uint8)
@@ -289,7 +289,7 @@ def test_resample_is_trilinear_interpolation_of_the_z_scored_volume():
 def test_gamma_and_contrast_match_batchgenerators():
     """The formulas of batchgenerators augment_gamma (retain_stats) and augment_contrast
     (preserve_range), written in NumPy, with the factors the transforms draw from the seed."""
-    from unet3d.data import augmentation_intensity as intensity
+    from unet3d.data.augment import intensity
 
     rng = np.random.default_rng(3)
     crop = rng.normal(size=(6, 5, 4, 4)).astype(np.float32)
@@ -319,7 +319,7 @@ def test_gamma_and_contrast_match_batchgenerators():
 def test_low_resolution_is_nearest_down_then_linear_up():
     """Zoom 0.5 of 0..7: nearest-exact keeps voxels 1, 3, 5, 7; linear upsampling with
     half-voxel centres (PyTorch align_corners=False) gives these values."""
-    from unet3d.data import augmentation_intensity as intensity
+    from unet3d.data.augment import intensity
 
     matrix = intensity.low_resolution_matrix(8, tf.constant([0.5])).numpy()[0]
     np.testing.assert_allclose(matrix @ np.arange(8.0), [1, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7],
@@ -330,7 +330,7 @@ def test_low_resolution_is_nearest_down_then_linear_up():
 
 
 def test_lowres_axis_follows_nnunets_anisotropy_threshold():
-    from unet3d.data.augmentation import ANISO_THRESHOLD, lowres_axis
+    from unet3d.data.augment.compose import ANISO_THRESHOLD, lowres_axis
 
     assert ANISO_THRESHOLD == 3.0  # nnunetv2/configuration.py
     assert lowres_axis((1.0, 1.0, 5.0)) == 2 and lowres_axis((4.0, 0.8, 0.8)) == 0

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from unet3d.data.convention import (
+from unet3d.data.layouts.convention import (
     BRATS2019,
     BRATS2023,
     MODALITIES,
@@ -14,7 +14,7 @@ from unet3d.data.convention import (
     convention_from_config,
     tissue_of,
 )
-from unet3d.data.layout import data_config
+from unet3d.data.layouts.resolve import data_config
 from unet3d.errors import ConfigError
 
 

@@ -4,9 +4,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from unet3d.data.case_folders import CaseFolders
-from unet3d.data.cases import load_case
-from unet3d.data.convention import MODALITIES
+from unet3d.data.layouts.case_folders import CaseFolders
+from unet3d.data.layouts.cases import load_case
+from unet3d.data.layouts.convention import MODALITIES
 from unet3d.errors import DataError
 
 find_cases = CaseFolders().find_cases  # BraTS 2019 case folders

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from unet3d.data.case_folders import CaseFolders
 from unet3d.data.datasets import BraTSFolder, SyntheticBraTS, build_dataset, cases_dir_of
+from unet3d.data.layouts.case_folders import CaseFolders
 from unet3d.errors import ConfigError, DataError
 
 find_cases = CaseFolders().find_cases  # BraTS 2019 case folders
@@ -48,7 +48,7 @@ def test_data_set_errors(tmp_path: Path) -> None:
 
 
 def test_layout_keys_are_not_arguments_of_the_data_set(tmp_path: Path) -> None:
-    from unet3d.data.layout import data_config
+    from unet3d.data.layouts.resolve import data_config
 
     group = {"_target_": "unet3d.data.datasets.BraTSFolder", "name": "brats2023",
              "raw_dir": str(tmp_path), **data_config("brats2023")}

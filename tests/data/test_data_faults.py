@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from unet3d.data.case_folders import CaseFolders
+from unet3d.data.layouts.case_folders import CaseFolders
 from unet3d.data.preprocess import preprocess_dataset
 from unet3d.data.tfrecord import validate_records, write_record
 from unet3d.errors import DataError, StorageError
@@ -46,7 +46,7 @@ def test_a_segmentation_with_another_name_stops_training_with_one_line(raw_copy:
 def test_predict_reads_such_a_case_without_label_and_says_so(
         raw_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
     _misname_segmentation(raw_copy)
-    with caplog.at_level(logging.WARNING, logger="unet3d.data.case_folders"):
+    with caplog.at_level(logging.WARNING, logger="unet3d.data.layouts.case_folders"):
         cases = CaseFolders().find_cases(raw_copy, require_label=False, allow_missing=True)
     by_id = {case.case_id: case for case in cases}
     assert len(by_id) == 4 and by_id[CASE].label is None
@@ -60,7 +60,7 @@ def test_a_test_set_without_segmentations_is_read_without_warnings(
         raw_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
     for seg in raw_copy.glob("*/*_seg.nii.gz"):
         seg.unlink()
-    with caplog.at_level(logging.WARNING, logger="unet3d.data.case_folders"):
+    with caplog.at_level(logging.WARNING, logger="unet3d.data.layouts.case_folders"):
         cases = CaseFolders().find_cases(raw_copy, require_label=False)
     assert all(case.label is None for case in cases) and not caplog.records
 

@@ -74,7 +74,7 @@ def test_prepare_real_layout_and_errors(tmp_path, tiny_raw):
 
 def test_prepare_reads_the_layout_of_the_data_group(tmp_path):
     from tests.data.test_readers import write_nnunet
-    from unet3d.data.layout import data_config
+    from unet3d.data.layouts.resolve import data_config
     from unet3d.data.tfrecord import read_record
 
     raw = write_nnunet(tmp_path / "Dataset137_BraTS2021",

@@ -5,10 +5,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from unet3d.data.case_folders import CaseFolders
-from unet3d.data.cases import load_case
-from unet3d.data.convention import MODALITIES
 from unet3d.data.crop import crop_record, paste_to_full
+from unet3d.data.layouts.case_folders import CaseFolders
+from unet3d.data.layouts.cases import load_case
+from unet3d.data.layouts.convention import MODALITIES
 from unet3d.data.pipeline import iterate_eval_cases
 from unet3d.data.preprocess import (
     MANIFEST_NAME,
@@ -177,7 +177,7 @@ def test_record_without_label(tmp_path):
 def test_records_hold_the_conventions_classes_and_a_changed_convention_reruns(tmp_path):
     from tests.data.test_readers import layout_of, write_case_folder, write_msd
     from unet3d.data._files import read_json
-    from unet3d.data.convention import MSD_BRAIN
+    from unet3d.data.layouts.convention import MSD_BRAIN
 
     raw = tmp_path / "raw"
     write_case_folder(raw, "BraTS-GLI-00000-000", "brats2023", labels=(0, 1, 2, 3))

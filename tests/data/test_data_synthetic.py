@@ -4,10 +4,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from unet3d.data.case_folders import CaseFolders
-from unet3d.data.convention import MODALITIES
-from unet3d.data.synthetic import generate_dataset
-from unet3d.data.synthetic_case import TISSUE_CODES, case_grade, generate_case, make_affine
+from unet3d.data.layouts.case_folders import CaseFolders
+from unet3d.data.layouts.convention import MODALITIES
+from unet3d.data.synthetic.case import TISSUE_CODES, case_grade, generate_case, make_affine
+from unet3d.data.synthetic.generate import generate_dataset
 from unet3d.errors import DataError
 
 find_cases = CaseFolders().find_cases  # BraTS 2019 case folders

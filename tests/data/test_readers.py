@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from unet3d.data.convention import BRATS2019, BRATS2023, MODALITIES, MSD_BRAIN
 from unet3d.data.datasets import SyntheticBraTS
-from unet3d.data.layout import DataLayout, data_config, default_layout, resolve_layout
+from unet3d.data.layouts.convention import BRATS2019, BRATS2023, MODALITIES, MSD_BRAIN
+from unet3d.data.layouts.resolve import DataLayout, data_config, default_layout, resolve_layout
 from unet3d.data.readers import CaseFolders, MSDFolder, NNUNetRawFolder
 
 SHAPE = (8, 8, 8)
@@ -237,7 +237,7 @@ def test_without_layout_keys_the_default_is_brats2019(tmp_path):
 def test_every_data_yaml_composes_with_hydra(name):
     from hydra import compose, initialize_config_dir
 
-    from unet3d.data.layout import CONFIG_DIR
+    from unet3d.data.layouts.resolve import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"data={name}", "data.raw_dir=/tmp"])

@@ -201,7 +201,7 @@ def test_no_dataset_json(tmp_path):
 def test_bad_reader_config(tmp_path):
     from omegaconf import OmegaConf
 
-    from unet3d.data.layout import resolve_layout
+    from unet3d.data.layouts.resolve import resolve_layout
 
     with pytest.raises(ConfigError, match=r"^data\.reader\._target_: .*has no attribute 'Nope'"):
         resolve_layout(OmegaConf.create({"reader": {"_target_": "unet3d.data.readers.Nope"}}),

@@ -1,10 +1,10 @@
-"""Region probabilities <-> label values (unet3d.data.regions) for three conventions."""
+"""Region probabilities <-> label values (unet3d.data.layouts.regions) for three conventions."""
 
 import numpy as np
 import pytest
 
-from unet3d.data.convention import BRATS2019, BRATS2023, MSD_BRAIN, LabelConvention
-from unet3d.data.regions import (
+from unet3d.data.layouts.convention import BRATS2019, BRATS2023, MSD_BRAIN, LabelConvention
+from unet3d.data.layouts.regions import (
     class_region_table,
     labels_to_region_masks,
     paint_values,

@@ -7,8 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from unet3d.config.synthetic_options import SyntheticOptions, options_from
-from unet3d.data.synthetic_case import case_grade, generate_case
-from unet3d.data.synthetic_stats import (
+from unet3d.data.synthetic.case import case_grade, generate_case
+from unet3d.data.synthetic.stats import (
     case_statistics,
     difficulty_statistics,
     overlap_coefficient,

@@ -9,10 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from unet3d.config import SYNTHETIC_LAYOUTS
-from unet3d.data.convention import MODALITIES
-from unet3d.data.synthetic import generate_dataset, synthetic_settings_key
-from unet3d.data.synthetic_case import case_grade, generate_case
-from unet3d.data.synthetic_layouts import LAYOUTS
+from unet3d.data.layouts.convention import MODALITIES
+from unet3d.data.synthetic.case import case_grade, generate_case
+from unet3d.data.synthetic.generate import generate_dataset, synthetic_settings_key
+from unet3d.data.synthetic.layouts import LAYOUTS
 from unet3d.errors import ConfigError
 
 SHAPE = (32, 32, 24)
@@ -223,10 +223,10 @@ READERS = {"flat": "brats2019", "brats2019": "brats2019", "brats2021": "brats202
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_the_data_sets_reader_reads_the_same_cases(written: dict[str, Path], layout: str) -> None:
-    # Integration with the readers of conf/data/<data set>.yaml (unet3d.data.layout): images in
-    # MODALITIES order and the same tissue in every voxel, whatever the layout.
-    from unet3d.data.convention import BRATS2019
-    from unet3d.data.layout import data_config, resolve_layout
+    # Integration with the readers of conf/data/<data set>.yaml (unet3d.data.layouts.resolve):
+    # images in MODALITIES order and the same tissue in every voxel, whatever the layout.
+    from unet3d.data.layouts.convention import BRATS2019
+    from unet3d.data.layouts.resolve import data_config, resolve_layout
 
     reader = resolve_layout(data_config(READERS[layout]), None, written[layout])
     cases = reader.find_cases(written[layout])

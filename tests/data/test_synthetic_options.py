@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 from scipy import ndimage
 
 from unet3d.config.synthetic_options import OPTION_KEYS, SyntheticOptions, options_from
-from unet3d.data.synthetic import generate_dataset, synthetic_settings_key
-from unet3d.data.synthetic_case import TISSUE_CODES, case_grade, generate_case
+from unet3d.data.synthetic.case import TISSUE_CODES, case_grade, generate_case
+from unet3d.data.synthetic.generate import generate_dataset, synthetic_settings_key
 from unet3d.errors import ConfigError, DataError
 
 SHAPE = (40, 40, 32)

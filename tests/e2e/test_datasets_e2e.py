@@ -1,7 +1,7 @@
 """Every ``data=`` option end to end: train, evaluate and predict on cases in its own layout.
 
 Tiny synthetic cases are written in each data set's exact layout and label values
-(``unet3d.data.synthetic.generate_dataset``), then read back through ``data=<name>
+(``unet3d.data.synthetic.generate.generate_dataset``), then read back through ``data=<name>
 data.raw_dir=...`` as a user with the real data would: the held-out metrics carry the data set's
 own region names, and ``mode=predict`` writes the data set's own label values, at the input's
 grid, voxel for voxel the argmax of the saved probabilities mapped through the convention.
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from tests.e2e.conftest import results, run_cli
-from unet3d.data.convention import BRATS2019
-from unet3d.data.layout import data_config
-from unet3d.data.synthetic import generate_dataset
+from unet3d.data.layouts.convention import BRATS2019
+from unet3d.data.layouts.resolve import data_config
+from unet3d.data.synthetic.generate import generate_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from tests.e2e.conftest import mlflow_client, run_cli
 from tests.inference.test_engines import ENGINES
 from tests.inference.test_predict import compose_config, save_model
 from tests.serving.test_export_model import BLOCKER
-from unet3d.data.synthetic import generate_dataset
+from unet3d.data.synthetic.generate import generate_dataset
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(len(ENGINES) < 2, reason="needs openvino and onnxruntime")]

@@ -106,7 +106,7 @@ class Chain:
     """The shared workspace: a BraTS-2019-layout folder of 6 synthetic cases, one run dir."""
 
     def __init__(self, root: Path) -> None:
-        from unet3d.data.synthetic import generate_dataset
+        from unet3d.data.synthetic.generate import generate_dataset
 
         self.cwd = root
         self.raw = root / "BraTS2020_like"

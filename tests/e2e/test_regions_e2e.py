@@ -71,7 +71,7 @@ def test_region_sweep_postprocess_then_ensemble_predict(tmp_path: Path) -> None:
         outputs[postprocess] = (labels, predicted.stdout + predicted.stderr)
     assert "postprocessing.json" in outputs["true"][1]
 
-    from unet3d.data.convention import BRATS2019
+    from unet3d.data.layouts.convention import BRATS2019
     from unet3d.evaluation.postprocess import apply_postprocessing, load_postprocessing
 
     expected = apply_postprocessing(outputs["false"][0], load_postprocessing(sweep_dir),

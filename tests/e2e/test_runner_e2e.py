@@ -87,7 +87,7 @@ def test_missing_devices_fail_cleanly(tmp_path: Path) -> None:
 
 def test_brats2019_layout_at_full_size(tmp_path: Path) -> None:
     """Real-data path: HGG/ and LGG/ folders of 240x240x155 NIfTI files, as in BraTS 2019."""
-    from unet3d.data.synthetic import generate_dataset
+    from unet3d.data.synthetic.generate import generate_dataset
 
     raw = tmp_path / "MICCAI_BraTS_2019_Data_Training"
     generate_dataset(raw, num_cases=5, shape=(240, 240, 155), spacing=(1.0, 1.0, 1.0),
@@ -107,7 +107,7 @@ def test_brats2019_layout_at_full_size(tmp_path: Path) -> None:
 
 
 def test_bad_data_fails_with_case_and_file(tmp_path: Path) -> None:
-    from unet3d.data.synthetic import generate_dataset
+    from unet3d.data.synthetic.generate import generate_dataset
 
     raw = tmp_path / "raw"
     generate_dataset(raw, num_cases=5, shape=(32, 32, 32), spacing=(1.0, 1.0, 1.0), seed=3)

@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.conftest import mlflow_client, results, run_cli, run_dirs
 from tests.evaluation.lesionwise_cases import hand_built_cases
-from unet3d.data.convention import BRATS2023
+from unet3d.data.layouts.convention import BRATS2023
 from unet3d.evaluation.lesionwise import RULES, lesionwise_metrics
 
 pytestmark = pytest.mark.slow

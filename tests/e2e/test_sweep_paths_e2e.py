@@ -32,7 +32,7 @@ def _segmentations(folder: Path) -> list[str]:
 
 
 def test_sweep_with_an_absolute_raw_dir_is_flat_and_predicts(tmp_path: Path) -> None:
-    from unet3d.data.synthetic import generate_dataset
+    from unet3d.data.synthetic.generate import generate_dataset
     from unet3d.runs.identity import read_identity
     from unet3d.tracking.parent_run import read_parent_run_id
 

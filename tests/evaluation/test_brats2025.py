@@ -9,7 +9,7 @@ import importlib.util
 import pytest
 
 from tests.evaluation.lesionwise_cases import hand_built_cases
-from unet3d.data.convention import BRATS2023
+from unet3d.data.layouts.convention import BRATS2023
 from unet3d.errors import ConfigError
 from unet3d.evaluation.lesionwise import lesionwise_scorer
 

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from tests.evaluation.lesionwise_cases import hand_built_2024_cases, hand_built_cases
-from unet3d.data.convention import BRATS2019, BRATS2023, LabelConvention
+from unet3d.data.layouts.convention import BRATS2019, BRATS2023, LabelConvention
 from unet3d.evaluation.lesionwise import (
     RULES,
     lesionwise_metrics,

@@ -7,7 +7,7 @@ import pytest
 
 from tests.test_config import compose_config
 from unet3d.config import validate
-from unet3d.data.convention import BRATS2019, BRATS2023, MSD_BRAIN, LabelConvention
+from unet3d.data.layouts.convention import BRATS2019, BRATS2023, MSD_BRAIN, LabelConvention
 from unet3d.errors import ConfigError
 from unet3d.evaluation.lesionwise import lesionwise_scorer, resolve_rules
 from unet3d.modes.score import score_convention

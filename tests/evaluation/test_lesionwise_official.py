@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unet3d.data.convention import BRATS2023, LabelConvention
+from unet3d.data.layouts.convention import BRATS2023, LabelConvention
 from unet3d.evaluation.lesionwise import RULES, lesionwise_regions, region_values
 
 DATA = Path(__file__).parent / "data"

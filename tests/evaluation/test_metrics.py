@@ -225,7 +225,7 @@ def test_format_table_lists_regions_and_labels():
 
 
 def test_case_metrics_follow_the_data_sets_regions():
-    from unet3d.data.convention import BRATS2023, MSD_BRAIN
+    from unet3d.data.layouts.convention import BRATS2023, MSD_BRAIN
     from unet3d.evaluation.metrics import metric_keys
 
     reference = np.zeros((6, 6, 6), dtype=np.uint8)

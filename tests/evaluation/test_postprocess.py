@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from unet3d.data.convention import BRATS2019, BRATS2023, MSD_BRAIN
+from unet3d.data.layouts.convention import BRATS2019, BRATS2023, MSD_BRAIN
 from unet3d.errors import ConfigError, DataError
 from unet3d.evaluation.postprocess import (
     OofCase,

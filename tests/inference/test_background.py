@@ -136,7 +136,7 @@ def test_predict_lists_a_case_whose_file_could_not_be_written(tmp_path, monkeypa
         predict_config,
         save_model,
     )
-    from unet3d.data.synthetic import generate_dataset
+    from unet3d.data.synthetic.generate import generate_dataset
     from unet3d.inference.predict import NiftiOutputs
     from unet3d.modes.predict import predict
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.inference.test_predict import FakeTracker, compose_config, make_runtime, save_model
-from unet3d.data.convention import BRATS2019
-from unet3d.data.synthetic import generate_dataset
+from unet3d.data.layouts.convention import BRATS2019
+from unet3d.data.synthetic.generate import generate_dataset
 from unet3d.errors import CheckpointError, ConfigError, ExportError
 from unet3d.evaluation.metrics import dice
 from unet3d.inference import engines

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from unet3d.data.convention import BRATS2019, BRATS2023, MSD_BRAIN, LabelConvention
+from unet3d.data.layouts.convention import BRATS2019, BRATS2023, MSD_BRAIN, LabelConvention
 from unet3d.errors import ConfigError
 from unet3d.inference.labels import make_labeler, value_translation
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from unet3d.data.convention import BRATS2023
+from unet3d.data.layouts.convention import BRATS2023
 from unet3d.errors import DataError
 from unet3d.inference.output_folder import (
     SETTINGS_FILE,

@@ -12,8 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from unet3d.data.convention import MODALITIES
-from unet3d.data.synthetic import generate_dataset
+from unet3d.data.layouts.convention import MODALITIES
+from unet3d.data.synthetic.generate import generate_dataset
 from unet3d.errors import DataError
 from unet3d.inference.output_folder import SETTINGS_FILE
 from unet3d.inference.predict import safe_output_path
@@ -145,7 +145,7 @@ def test_a_folder_with_a_broken_case_and_an_unsafe_id(workspace, tmp_path, caplo
     cfg = predict_config(inputs, output, [workspace.runs[0]])
     tracker = FakeTracker()
 
-    with caplog.at_level(logging.ERROR, logger="unet3d.inference.cases"):
+    with caplog.at_level(logging.ERROR, logger="unet3d.inference.case_loop"):
         failed = r"3 of 7 case\(s\) failed: .*Broken_0003.*Missing_0003"
         with pytest.raises(DataError, match=failed) as raised:
             predict(cfg, make_runtime(), tracker, tmp_path / "run")
@@ -238,7 +238,7 @@ def test_an_ensemble_of_two_folds_is_the_mean_of_their_probabilities(workspace, 
 
 def test_the_held_out_fold_is_predicted_with_its_stored_affine(workspace, tmp_path):
     from unet3d.data.prepare import prepare_data
-    from unet3d.data.synthetic_case import make_affine
+    from unet3d.data.synthetic.case import make_affine
 
     output = tmp_path / "out"
     cfg = predict_config(None, output, [workspace.sweep], f"paths.data_dir='{tmp_path / 'data'}'",
@@ -322,7 +322,7 @@ def test_a_bad_reference_label_still_gets_its_segmentation(workspace, tmp_path, 
     cfg = predict_config(inputs, output, [workspace.runs[0]])
     tracker = FakeTracker()
 
-    with caplog.at_level(logging.WARNING, logger="unet3d.inference.cases"):
+    with caplog.at_level(logging.WARNING, logger="unet3d.inference.case_loop"):
         with pytest.raises(DataError, match="BadSeg_0003") as raised:
             predict(cfg, make_runtime(), tracker, tmp_path / "run")
     message = str(raised.value)
@@ -396,11 +396,11 @@ def fake_cases(loads):
 
 
 def test_the_case_loop_keeps_going_writes_and_scores(caplog):
-    from unet3d.inference.cases import segment_cases
+    from unet3d.inference.case_loop import segment_cases
 
     loads, scored = [], []
     outputs = RecordingOutputs(refuse={"E"})
-    with caplog.at_level(logging.INFO, logger="unet3d.inference.cases"):
+    with caplog.at_level(logging.INFO, logger="unet3d.inference.case_loop"):
         result = segment_cases(
             ThresholdPredictor(), fake_cases(loads), verb="predicted", outputs=outputs,
             keep_going=True,
@@ -424,7 +424,7 @@ def test_the_case_loop_keeps_going_writes_and_scores(caplog):
 
 
 def test_the_case_loop_of_evaluate_stops_at_the_first_bad_case():
-    from unet3d.inference.cases import segment_cases
+    from unet3d.inference.case_loop import segment_cases
 
     loads = []
     with pytest.raises(DataError, match="case B"):

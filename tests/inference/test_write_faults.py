@@ -18,7 +18,7 @@ from tests.inference.test_nifti_writer import (
 )
 from unet3d.errors import DataError, StorageError
 from unet3d.inference.background import BackgroundOutputs
-from unet3d.inference.cases import segment_cases
+from unet3d.inference.case_loop import segment_cases
 from unet3d.inference.inputs import InputCase, PendingCase
 from unet3d.inference.nifti_writer import write_segmentation
 from unet3d.inference.predict import NiftiOutputs

@@ -14,7 +14,7 @@ import pytest
 
 from tests.inference.test_engines import ENGINES, region_dice
 from tests.inference.test_predict import compose_config, make_runtime, save_model
-from unet3d.data.synthetic import generate_dataset
+from unet3d.data.synthetic.generate import generate_dataset
 from unet3d.inference.engines import engine_installed
 
 ROOT = Path(__file__).resolve().parents[2]

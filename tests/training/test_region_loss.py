@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from omegaconf import OmegaConf
 
-from unet3d.data.convention import BRATS2019, BRATS2023, MSD_BRAIN
+from unet3d.data.layouts.convention import BRATS2019, BRATS2023, MSD_BRAIN
 from unet3d.errors import ConfigError
 from unet3d.training.losses import build_loss
 from unet3d.training.region_loss import RegionLoss, region_loss

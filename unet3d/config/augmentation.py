@@ -3,7 +3,7 @@
 ``AUGMENTATION_SETTINGS`` joins ``unet3d.config.SETTINGS`` (checked by ``validate``);
 ``check_augmentation`` runs the same checks on a plain mapping (callers of
 ``unet3d.data.pipeline.train_dataset`` that do not come through ``validate``). The values and
-their sources: ``conf/augmentation/nnunet.yaml``; the transforms: ``unet3d/data/augmentation.py``.
+their sources: ``conf/augmentation/nnunet.yaml``; the transforms: ``unet3d/data/augment/``.
 """
 
 from __future__ import annotations

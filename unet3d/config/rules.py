@@ -52,7 +52,7 @@ def head_problem(model_cfg: Any, loss_cfg: Any, num_painted_regions: int | None 
 
     Args:
         model_cfg: the ``model`` group; loss_cfg: the ``loss`` group (mappings).
-        num_painted_regions: ``len(unet3d.data.regions.painted_regions(convention))``
+        num_painted_regions: ``len(unet3d.data.layouts.regions.painted_regions(convention))``
             when the data set's convention is known.
 
     Returns:
@@ -85,9 +85,9 @@ def data_problem(model_cfg: Any, loss_cfg: Any, convention: Any,
 
     Args:
         model_cfg: the ``model`` group; loss_cfg: the ``loss`` group.
-        convention: the data set's ``unet3d.data.convention.LabelConvention`` (``name``,
+        convention: the data set's ``unet3d.data.layouts.convention.LabelConvention`` (``name``,
             ``num_classes``, ``values``).
-        num_painted_regions: ``len(unet3d.data.regions.painted_regions(convention))``.
+        num_painted_regions: ``len(unet3d.data.layouts.regions.painted_regions(convention))``.
 
     Returns:
         One line starting with the key to change (``model.num_regions`` of a region head,

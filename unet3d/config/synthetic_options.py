@@ -29,7 +29,7 @@ class SyntheticOptions:
             overlapping tissue and tumour intensities (0..1).
         core_contrast: None: the tumour core follows ``tumour_contrast``; k: the core
             tissues' contrast to the edema, kept apart from the edema's to the brain
-            (``synthetic_lesions.pull_tumour_intensities``; 0..1).
+            (``unet3d.data.synthetic.lesions.pull_tumour_intensities``; 0..1).
         tumour_texture: amplitude of a smooth multiplicative field inside the tumour
             (heterogeneous tumours; 0: none).
         noise: [low, high] Gaussian noise sigma as a fraction of white-matter intensity, per

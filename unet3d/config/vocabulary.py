@@ -67,5 +67,5 @@ BRATS_FOLDER_TARGET = "unet3d.data.datasets.BraTSFolder"
 DATA_PIPELINE_KEYS = ("name", "preprocessed_dir", "crop_size", "batch_size", "augment",
                       "augmentation", "foreground_probability", "shuffle_buffer", "cache",
                       "preprocess_workers",
-                      # the layout and label convention (unet3d/data/layout.py)
+                      # the layout and label convention (unet3d/data/layouts/resolve.py)
                       "reader", "convention", "labels", "regions", "region_order")

@@ -7,8 +7,8 @@ The contract (``docs/contracts.md``), checked by ``build_dataset`` and ``prepare
 object has ``cases_dir(data_dir: Path) -> Path``, the folder of the raw cases, made ready when
 it is called (generated, downloaded, unpacked) and cached under ``data_dir``
 (``paths.data_dir``) when the data set makes files. How the cases lie in that folder and what
-their labels mean is the layout (``unet3d.data.layout``): the group's layout keys
-(``unet3d.data.layout.LAYOUT_KEYS``: ``reader``, ``convention``, ``labels``, ``regions``,
+their labels mean is the layout (``unet3d.data.layouts.resolve``): the group's layout keys
+(``unet3d.data.layouts.resolve.LAYOUT_KEYS``: ``reader``, ``convention``, ``labels``, ``regions``,
 ``region_order``; not passed to the target either), else the data set's optional
 ``layout_config() -> Mapping`` of those keys, else BraTS 2019 case folders
 (``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``, flat or under ``HGG/`` and ``LGG/``).
@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from unet3d.config import DATA_PIPELINE_KEYS
 from unet3d.config.components import check_contract, instantiate
-from unet3d.data.layout import LAYOUT_KEYS, data_config
+from unet3d.data.layouts.resolve import LAYOUT_KEYS, data_config
 from unet3d.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,9 @@ class SyntheticBraTS:
     """Synthetic cases in a real data set's layout, generated once and deterministically
     (``data=synthetic``).
 
-    The cases are real NIfTI files (see ``unet3d.data.synthetic``), written to ``raw_dir`` or to
-    ``<data_dir>/synthetic/<hash of the settings>/raw``; an existing complete set is reused.
+    The cases are real NIfTI files (see ``unet3d.data.synthetic.generate``), written to
+    ``raw_dir`` or to ``<data_dir>/synthetic/<hash of the settings>/raw``; an existing complete
+    set is reused.
     They are read like the real data set of their layout: ``layout_config`` returns the layout
     keys of ``conf/data/<layout>.yaml`` (``flat`` -> ``brats2019``).
 
@@ -100,7 +101,7 @@ class SyntheticBraTS:
         """
         from omegaconf import OmegaConf
 
-        from unet3d.data.synthetic import generate_dataset, synthetic_settings_key
+        from unet3d.data.synthetic.generate import generate_dataset, synthetic_settings_key
 
         if self.raw_dir is None:
             key = synthetic_settings_key(OmegaConf.create(self.settings()))
@@ -144,7 +145,7 @@ def build_dataset(data_cfg: Mapping[str, Any]) -> DataSet:
     Args:
         data_cfg: the ``data`` config group; every key but ``_target_``, the pipeline keys
             (``unet3d.config.DATA_PIPELINE_KEYS``) and the layout keys
-            (``unet3d.data.layout.LAYOUT_KEYS``) is passed to the target.
+            (``unet3d.data.layouts.resolve.LAYOUT_KEYS``) is passed to the target.
 
     Returns:
         The data set (it has ``cases_dir(data_dir) -> Path``).

@@ -5,7 +5,7 @@ Training: files (sharded at file level) -> TFRecordDataset -> parse (+ tumour vo
 -> brightness and z-score (one fused per-channel affine map) -> prefetch. With nnU-Net's
 augmentation (``augmentation=nnunet``) the crop step instead resamples the crop from the cached
 volume when it is rotated, scaled or deformed, z-scores it and runs the intensity transforms
-and flips on the float32 crop (``unet3d.data.augmentation``), before batching. Every random
+and flips on the float32 crop (``unet3d.data.augment.compose``), before batching. Every random
 draw is a stateless op seeded by ``(seed, element index)``, so a given seed yields the same
 batches whatever the parallelism. Without the in-memory cache (``data.cache: false``, or
 ``auto`` when the cases do not fit: ``unet3d.data.memory``) the file list is reshuffled every
@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.augmentation import (
+from unet3d.data.augment.compose import (
     Augmentation,
     intensity_scale,
     intensity_transforms,
     mirror,
     spatial_crop,
 )
-from unet3d.data.convention import MODALITIES
+from unet3d.data.layouts.convention import MODALITIES
 from unet3d.data.memory import decide_cache
 from unet3d.data.preprocess import EPSILON, normalize
 from unet3d.data.tfrecord import read_record
@@ -210,7 +210,7 @@ def _crop_and_augment_nnunet(
     The same crop window, flips and ``intensity_scale`` draws as ``_crop_and_augment`` for
     the same ``(seed, index)``; the crop is resampled from the whole volume when rotated,
     scaled or deformed, z-scored, then the intensity transforms and mirroring follow
-    (``unet3d.data.augmentation``).
+    (``unet3d.data.augment.compose``).
     """
     import tensorflow as tf
 
@@ -230,10 +230,10 @@ def _crop_and_augment_nnunet(
 
 def _log_anisotropy(files: Sequence[str]) -> None:
     """Say (INFO) when the first training case is anisotropic: its crops are rotated, scaled
-    and deformed in-plane only (``unet3d.data.augmentation.lowres_axis``, checked per case)."""
+    and deformed in-plane only (``unet3d.data.augment.compose.lowres_axis``, checked per case)."""
     import tensorflow as tf
 
-    from unet3d.data.augmentation import ANISO_THRESHOLD, lowres_axis
+    from unet3d.data.augment.compose import ANISO_THRESHOLD, lowres_axis
 
     try:
         (raw,) = tf.data.TFRecordDataset(list(files)[:1]).take(1)
@@ -290,7 +290,7 @@ def train_dataset(
     ``augmentation`` (used when ``augment``): an ``Augmentation``, a ``data.augmentation``
     section (``conf/augmentation/``), or None for the reference recipe (``REFERENCE``). With
     only mirroring and ``intensity_scale`` drawn, crops stay uint8 until after batching;
-    nnU-Net's transforms run on float32 crops per element (``unet3d.data.augmentation``).
+    nnU-Net's transforms run on float32 crops per element (``unet3d.data.augment.compose``).
 
     ``cache``: True keeps the parsed cases of this shard in RAM after the first pass; False
     reads them from disk on every pass (file order reshuffled each pass, ``READ_PARALLELISM``

@@ -17,7 +17,7 @@ from typing import Any
 from unet3d.data._files import short_hash
 from unet3d.data.datasets import build_dataset, cases_dir_of
 from unet3d.data.folds import load_or_create_split
-from unet3d.data.layout import DataLayout, resolve_layout
+from unet3d.data.layouts.resolve import DataLayout, resolve_layout
 from unet3d.data.preprocess import preprocess_dataset
 from unet3d.data.tfrecord import case_id_of, record_path
 from unet3d.runs.files import exclusive_lock
@@ -32,7 +32,7 @@ LOCK_NAME = ".prepare.lock"
 class PreparedData:
     """Preprocessed records and the fold's train / evaluation files.
 
-    ``layout`` is the data set's reader and label convention (``unet3d.data.layout``): the
+    ``layout`` is the data set's reader and label convention (``unet3d.data.layouts.resolve``): the
     records hold ``layout.convention``'s training classes.
     """
 

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from unet3d.data._files import Progress, read_json
-from unet3d.data.cases import CaseFiles, LoadedCase
-from unet3d.data.convention import BRATS2019, MODALITIES, LabelConvention
 from unet3d.data.crop import crop_record, nonzero_box
-from unet3d.data.layout import DataLayout, default_layout
+from unet3d.data.layouts.cases import CaseFiles, LoadedCase
+from unet3d.data.layouts.convention import BRATS2019, MODALITIES, LabelConvention
+from unet3d.data.layouts.resolve import DataLayout, default_layout
 from unet3d.data.parallel import process_map, worker_count
 from unet3d.data.tfrecord import NUM_CHANNELS, record_path, write_record
 from unet3d.errors import ConfigError, DataError
@@ -168,7 +168,7 @@ def preprocess_dataset(
     Args:
         raw_dir: the data set's folder.
         out_dir: the records' folder.
-        layout: the reader and label convention (``unet3d.data.layout.resolve_layout``);
+        layout: the reader and label convention (``unet3d.data.layouts.resolve.resolve_layout``);
             None: BraTS 2019 case folders.
         require_label: a case without label is an error.
         workers: processes that load and preprocess cases at once (``unet3d.data.parallel``;

@@ -3,9 +3,9 @@
 A data set's YAML (``conf/data/<name>.yaml``) names its reader with ``reader._target_``:
 
 - ``CaseFolders``: ``<case>/<case><sep><suffix>.nii[.gz]`` (BraTS 2018-2021 with ``_``,
-  BraTS 2023+ with ``-``), flat or under grade folders (``unet3d.data.case_folders``);
-- ``MSDFolder``: a Medical Segmentation Decathlon task (``unet3d.data.dataset_json``);
-- ``NNUNetRawFolder``: an nnU-Net v2 raw data set (``unet3d.data.dataset_json``).
+  BraTS 2023+ with ``-``), flat or under grade folders (``unet3d.data.layouts.case_folders``);
+- ``MSDFolder``: a Medical Segmentation Decathlon task (``unet3d.data.layouts.dataset_json``);
+- ``NNUNetRawFolder``: an nnU-Net v2 raw data set (``unet3d.data.layouts.dataset_json``).
 
 A reader of your own meets the ``Reader`` protocol below (see ``docs/contracts.md``).
 """
@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from unet3d.data.case_folders import NAMINGS, CaseFolders
-from unet3d.data.cases import CaseFiles
-from unet3d.data.convention import LabelConvention
-from unet3d.data.dataset_json import MSDFolder, NNUNetRawFolder
+from unet3d.data.layouts.case_folders import NAMINGS, CaseFolders
+from unet3d.data.layouts.cases import CaseFiles
+from unet3d.data.layouts.convention import LabelConvention
+from unet3d.data.layouts.dataset_json import MSDFolder, NNUNetRawFolder
 
 __all__ = ["NAMINGS", "CaseFolders", "MSDFolder", "NNUNetRawFolder", "Reader"]
 

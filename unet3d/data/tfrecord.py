@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.convention import MODALITIES
+from unet3d.data.layouts.convention import MODALITIES
 from unet3d.errors import DataError
 from unet3d.runs.files import write_atomic_with
 

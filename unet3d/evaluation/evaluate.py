@@ -1,7 +1,7 @@
 """The metrics of a set of segmented cases: their mean, the logged table and the CSV.
 
 The per-case rows come from the per-case loop of evaluate and predict
-(``unet3d.inference.cases.segment_cases``); this module only summarises and writes them
+(``unet3d.inference.case_loop.segment_cases``); this module only summarises and writes them
 (NumPy only, no TensorFlow).
 """
 

@@ -89,7 +89,7 @@ class LesionwiseRules:
 
     Attributes:
         name: ``brats2023``, ``brats2023_men``, ``brats2023_met`` or ``brats2024``.
-        regions: region -> the canonical tissues it unites (``unet3d.data.convention``), in
+        regions: region -> the canonical tissues it unites (``unet3d.data.layouts.convention``), in
             report order.
         dilation: region -> dilation iterations (18-connected element).
         threshold_mm3: region -> ground-truth lesions of at most this volume (mm^3) are left out.
@@ -151,7 +151,7 @@ def region_values(rules: LesionwiseRules, convention: Any) -> dict[str, tuple[in
 
     Args:
         rules: the rule set.
-        convention: a ``unet3d.data.convention.LabelConvention`` (its ``tissues``).
+        convention: a ``unet3d.data.layouts.convention.LabelConvention`` (its ``tissues``).
 
     Raises:
         ValueError: a tissue the rules need has no label in the convention.

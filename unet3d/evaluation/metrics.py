@@ -13,7 +13,7 @@ Conventions:
   usually larger. Both empty scores 0.0; exactly one empty scores the BraTS penalty
   ``373.1287`` mm (the diagonal of a 240x240x155 1 mm volume) rather than nan, so that case
   means stay finite.
-- Regions come from the data set's label convention (``unet3d.data.convention``): BraTS
+- Regions come from the data set's label convention (``unet3d.data.layouts.convention``): BraTS
   2018-2021 WT = {1, 2, 4}, TC = {1, 4}, ET = {4}; BraTS 2023+ ET = {3}, TC = {1, 3},
   WT = {1, 2, 3} plus NETC, SNFH (and RC where the set has it); MSD Task01 WT = {1, 2, 3},
   TC = {2, 3}, ET = {3}; an nnU-Net raw folder's from its ``dataset.json``. Metric names are
@@ -171,7 +171,7 @@ def _region_mask(labels: np.ndarray, values: Iterable[int]) -> np.ndarray:
 
 def _convention(convention: Any) -> Any:
     if convention is None:
-        from unet3d.data.convention import BRATS2019
+        from unet3d.data.layouts.convention import BRATS2019
 
         return BRATS2019
     return convention
@@ -186,7 +186,7 @@ def metric_keys(convention: Any = None) -> tuple[str, ...]:
     """The keys ``case_metrics`` returns for a label convention, in order.
 
     Args:
-        convention: a ``unet3d.data.convention.LabelConvention``; None = BraTS 2018-2021.
+        convention: a ``unet3d.data.layouts.convention.LabelConvention``; None = BraTS 2018-2021.
     """
     convention = _convention(convention)
     seed = tuple(_seed_labels(convention))

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.regions import painted_regions
+from unet3d.data.layouts.regions import painted_regions
 from unet3d.errors import ConfigError, DataError
 from unet3d.evaluation.metrics import dice
 from unet3d.evaluation.postprocess_rules import (  # noqa: F401 - re-exported

@@ -1,7 +1,7 @@
 """The post-processing rules applied to predicted labels (NumPy/SciPy), as chosen by
 ``unet3d.evaluation.postprocess.select_postprocessing`` on a sweep's out-of-fold predictions.
 
-Three rules, in the terms of the data set's painted regions (``unet3d.data.regions``; BraTS:
+Three rules, in the terms of the data set's painted regions (``unet3d.data.layouts.regions``; BraTS:
 WT ⊃ TC ⊃ ET), applied in this order:
 
 - **largest whole-tumour component** (Isensee et al., BrainLes 2020, section 2.4; nnU-Net's
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from unet3d.data.regions import paint_values, painted_regions
+from unet3d.data.layouts.regions import paint_values, painted_regions
 from unet3d.errors import ConfigError
 
 #: Units of the volume thresholds.

@@ -125,7 +125,7 @@ class ExportFolder:
     @property
     def convention(self) -> Any:
         """The ``LabelConvention`` the members learnt."""
-        from unet3d.data.convention import LabelConvention
+        from unet3d.data.layouts.convention import LabelConvention
 
         return LabelConvention.from_dict(self.record["labels"])
 

@@ -3,8 +3,8 @@
 A ``PendingCase`` is a case found in the input, loaded only when its turn comes (one case's
 volumes in memory at a time); loading gives an ``InputCase``: the normalised image, the
 reference label when there is one, the voxel spacing and the grid to write the output on.
-Raw cases are found and loaded by the data set's layout (``unet3d.data.layout``: its reader and
-label convention) and preprocessed exactly like training data (``preprocess_case`` then
+Raw cases are found and loaded by the data set's layout (``unet3d.data.layouts.resolve``: its
+reader and label convention) and preprocessed exactly like training data (``preprocess_case`` then
 ``normalize``); records are read by the evaluate modes' reader (``iterate_eval_cases``) and
 their training classes turned back into the data set's label values.
 """
@@ -64,7 +64,7 @@ def input_layout(data_cfg: Any, input_dir: str | Path) -> Any:
         DataError: the folder's metadata (``dataset.json``) is missing or disagrees.
     """
     from unet3d.data.datasets import build_dataset
-    from unet3d.data.layout import resolve_layout
+    from unet3d.data.layouts.resolve import resolve_layout
 
     dataset = None if data_cfg.get("reader") is not None else build_dataset(data_cfg)
     return resolve_layout(data_cfg, dataset, Path(input_dir).expanduser())
@@ -82,7 +82,7 @@ def find_input_cases(input_dir: str | Path, layout: Any = None) -> list[Any]:
     Raises:
         DataError: the folder is missing, empty or holds no case.
     """
-    from unet3d.data.layout import default_layout
+    from unet3d.data.layouts.resolve import default_layout
 
     layout = layout if layout is not None else default_layout()
     return layout.find_cases(Path(input_dir).expanduser(), require_label=False,
@@ -105,8 +105,8 @@ def load_raw_case(case: Any, layout: Any = None) -> InputCase:
     """
     import nibabel as nib
 
-    from unet3d.data.convention import MODALITIES
-    from unet3d.data.layout import default_layout
+    from unet3d.data.layouts.convention import MODALITIES
+    from unet3d.data.layouts.resolve import default_layout
     from unet3d.data.preprocess import normalize, preprocess_case
 
     layout = layout if layout is not None else default_layout()
@@ -145,8 +145,8 @@ def load_record_case(path: str | Path, convention: Any = None) -> InputCase:
     Raises:
         DataError: the record is missing or corrupt (the message names case and file).
     """
-    from unet3d.data.convention import BRATS2019
     from unet3d.data.crop import paste_to_full
+    from unet3d.data.layouts.convention import BRATS2019
     from unet3d.data.pipeline import iterate_eval_cases
     from unet3d.inference.nifti_writer import reference_from_affine
 

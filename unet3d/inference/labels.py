@@ -7,7 +7,7 @@ segments now, which may follow another convention with the same meaning (a BraTS
 on BraTS 2023 files writes 3 for enhancing tumour, not 4): classes are matched by tissue
 (``LabelConvention.translation_to``). A model with a region head (one sigmoid channel per
 evaluation region) is painted back into its own labels first
-(``unet3d.data.regions.region_probabilities_to_labels``), then translated the same way.
+(``unet3d.data.layouts.regions.region_probabilities_to_labels``), then translated the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 
 def _brats2019() -> Any:
-    from unet3d.data.convention import BRATS2019
+    from unet3d.data.layouts.convention import BRATS2019
 
     return BRATS2019
 
@@ -71,7 +71,7 @@ def make_labeler(model_convention: Any = None, target_convention: Any = None,
     source = model_convention if model_convention is not None else _brats2019()
     target = target_convention if target_convention is not None else source
     if head == "regions":
-        from unet3d.data.regions import region_probabilities_to_labels
+        from unet3d.data.layouts.regions import region_probabilities_to_labels
 
         values = value_translation(source, target)
 

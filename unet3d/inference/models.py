@@ -189,7 +189,7 @@ def recorded_convention(run_dir: Path) -> Any:
     Raises:
         CheckpointError: the recorded convention is unreadable.
     """
-    from unet3d.data.convention import BRATS2019, LabelConvention
+    from unet3d.data.layouts.convention import BRATS2019, LabelConvention
 
     identity = read_identity(run_dir) if (run_dir / IDENTITY_FILE).is_file() else None
     recorded = identity.data.get("convention") if identity is not None else None

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.convention import BRATS2019
+from unet3d.data.layouts.convention import BRATS2019
 from unet3d.errors import DataError
 from unet3d.runs.files import remove_stale_temporaries, write_atomic_with
 

@@ -3,7 +3,7 @@
 ``<case_id>.nii.gz`` (uint8, labels {0, 1, 2, 4}, the input's grid) and, when asked for,
 ``<case_id>_probabilities.nii.gz`` (float32, one channel per class). A case id that would
 escape the folder is refused; existing files are kept unless overwriting is asked for.
-``NiftiOutputs`` is the ``outputs`` of the per-case loop (``unet3d.inference.cases``).
+``NiftiOutputs`` is the ``outputs`` of the per-case loop (``unet3d.inference.case_loop``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
   Segmentation", BrainLes 2020): one sigmoid channel per painted evaluation region of the data
   set, in the convention's ``region_order`` (BraTS: WT, TC, ET), trained with
   ``unet3d.training.region_loss.RegionLoss`` and turned back into disk labels by
-  ``unet3d.data.regions.region_probabilities_to_labels``.
+  ``unet3d.data.layouts.regions.region_probabilities_to_labels``.
 
 Either head's activation computes in float32 (``dtype="float32"``), so mixed precision still
 returns float32 probabilities. TensorFlow / Keras are imported inside the functions. The rules

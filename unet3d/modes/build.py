@@ -121,7 +121,7 @@ def make_dataset_fn(data: Any, train_files: Sequence[str], seed: int,
         local_processes: training processes on this machine (``data.cache: auto`` shares the
             memory among them; ``unet3d.data.memory``).
     """
-    from unet3d.data.augmentation import Augmentation
+    from unet3d.data.augment.compose import Augmentation
     from unet3d.data.pipeline import train_dataset
 
     section = data.get("augmentation")  # conf/augmentation/ (None: the reference recipe)

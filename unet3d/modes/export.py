@@ -140,7 +140,7 @@ def _record(cfg: DictConfig, model: Any, members: list[dict[str, Any]], conventi
             tolerance: float) -> dict[str, Any]:
     """The content of ``unet3d_export.json`` (``unet3d.inference.export_folder``)."""
     import unet3d
-    from unet3d.data.convention import MODALITIES
+    from unet3d.data.layouts.convention import MODALITIES
     from unet3d.inference.engines import ENGINES, engine_version
     from unet3d.inference.export_folder import EXPORT_FORMAT, normalisation_record
 

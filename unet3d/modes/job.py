@@ -129,7 +129,7 @@ class Job:
             RunFolderError: a resume on another case list.
         """
         from unet3d.config import data_problem
-        from unet3d.data.regions import painted_regions
+        from unet3d.data.layouts.regions import painted_regions
         from unet3d.errors import ConfigError, RunFolderError
         from unet3d.runs.identity import cases_fingerprint, read_identity, record_cases
         from unet3d.tracking.datasets import log_dataset_input
@@ -186,7 +186,7 @@ def prepare(job: Job) -> Any:
 
 def data_convention(prepared: Any) -> Any:
     """The ``LabelConvention`` of prepared data (its layout's; BraTS 2019 without one)."""
-    from unet3d.data.convention import BRATS2019
+    from unet3d.data.layouts.convention import BRATS2019
 
     layout = getattr(prepared, "layout", None)
     return layout.convention if layout is not None else BRATS2019

@@ -4,7 +4,7 @@ Inputs: ``predict.input_dir`` (raw cases in the layout of the ``data`` group: ``
 reads BraTS 2023 folders, ``data=msd_brain`` an MSD ``imagesTr``/``imagesTs``; labels optional)
 or, when null, the held-out fold ``fold`` of the configured data set (preprocessed records, with
 labels). Each case is segmented by the per-case loop shared with evaluate
-(``unet3d.inference.cases``), and ``<case_id>.nii.gz`` (uint8, in the input data set's own label
+(``unet3d.inference.case_loop``), and ``<case_id>.nii.gz`` (uint8, in the input data set's own label
 values: BraTS 2019 {0, 1, 2, 4}, BraTS 2023 and MSD {0, 1, 2, 3}; the input's grid) is written to
 ``predict.output_dir`` (default ``<run dir>/predictions``), plus
 ``<case_id>_probabilities.nii.gz`` with ``predict.save_probabilities``. Cases with a reference
@@ -75,7 +75,7 @@ def predict(cfg: DictConfig, runtime: Any, tracker: Any, output_dir: Path) -> di
     from unet3d.evaluation.evaluate import summarize_and_log, write_csv
     from unet3d.evaluation.postprocess import apply_postprocessing
     from unet3d.inference.background import BackgroundOutputs, CasePrefetcher
-    from unet3d.inference.cases import segment_cases
+    from unet3d.inference.case_loop import segment_cases
     from unet3d.inference.checkpoints import CHECKPOINT_KEY
     from unet3d.inference.job_setup import (
         job_predictor,
@@ -194,7 +194,7 @@ def _accepts(outputs: Any) -> Any:
 
 def _add_write_failures(result: Any, failures: list[Any]) -> None:
     """Move the cases whose files could not be written (in the background) to the failures."""
-    from unet3d.inference.cases import case_error_line
+    from unet3d.inference.case_loop import case_error_line
 
     for failure in failures:
         line = case_error_line(failure.case_id, failure.error)

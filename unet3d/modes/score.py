@@ -115,9 +115,9 @@ def score_convention(cfg: Any) -> Any:
     Raises:
         ConfigError: the group takes its labels from a data set's ``dataset.json``.
     """
-    from unet3d.data.convention import convention_from_config
     from unet3d.data.datasets import LAYOUT_DATA_SETS
-    from unet3d.data.layout import data_config
+    from unet3d.data.layouts.convention import convention_from_config
+    from unet3d.data.layouts.resolve import data_config
 
     data = cfg.data
     settings: Any = data

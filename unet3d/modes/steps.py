@@ -9,7 +9,7 @@ other mode.
   and checkpoints. A resume starts the job (``Job.start``: run folder, record, MLflow run) only
   once its checkpoint is restored.
 - ``evaluate_model``: every held-out case is segmented exactly once, whole volume, by the
-  sliding window of ``mode=predict`` (the shared per-case loop ``unet3d.inference.cases``), and
+  sliding window of ``mode=predict`` (the shared per-case loop ``unet3d.inference.case_loop``), and
   scored with the metrics of the data set's regions: ``metrics/per_case.csv``, the best /
   median / worst case figures, the mean of every metric (logged as a table, to MLflow and to
   ``results.json``), and each case's predicted and reference labels in ``oof/<case>.npz`` (the
@@ -145,7 +145,7 @@ def evaluate_model(job: Job, models: Any, prepared: Any, labeler: Any = None,
     """
     from unet3d.evaluation.evaluate import summarize_and_log, write_csv
     from unet3d.evaluation.postprocess import write_oof_prediction
-    from unet3d.inference.cases import segment_cases
+    from unet3d.inference.case_loop import segment_cases
     from unet3d.inference.inputs import record_pending_cases
     from unet3d.inference.job_setup import job_predictor
     from unet3d.inference.labels import make_labeler as labeler_of

@@ -24,7 +24,7 @@ read them back (``read_identity``, ``read_job_result``). ``run_identity.json`` (
      "error": str | null, "mlflow_run_id": str | null, "written_at": ..., ...extra keys}
 
 ``data.cases`` is the SHA-256 (16 hex digits) of the sorted case ids and ``data.convention``
-the data set's label convention (``unet3d.data.convention.LabelConvention.to_dict``: label
+the data set's label convention (``unet3d.data.layouts.convention.LabelConvention.to_dict``: label
 values and names, evaluation regions); both are filled in once, after the data set is prepared
 (`record_cases`). Prediction translates the model's classes through the recorded convention.
 Runs written before this file existed are read from their ``.hydra/config.yaml`` instead

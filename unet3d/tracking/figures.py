@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.convention import MODALITIES
+from unet3d.data.layouts.convention import MODALITIES
 from unet3d.runs.files import write_atomic_with
 
 logger = logging.getLogger(__name__)
@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 #: Channel of FLAIR in a case's image (the slice the case figures show).
 FLAIR_CHANNEL = MODALITIES.index("flair")
 
-#: Overlay colours (RGB) of the tissues (``unet3d.data.convention.tissue_of``), in every data
-#: set's labels alike: NETC (NCR/NET) red, SNFH (ED) green, ET yellow, RC blue.
+#: Overlay colours (RGB) of the tissues (``unet3d.data.layouts.convention.tissue_of``), in every
+#: data set's labels alike: NETC (NCR/NET) red, SNFH (ED) green, ET yellow, RC blue.
 TISSUE_COLOURS: dict[str, tuple[float, float, float]] = {
     "NETC": (0.90, 0.10, 0.10),
     "SNFH": (0.15, 0.75, 0.20),
@@ -44,7 +44,7 @@ def label_colours(convention: Any = None) -> dict[int, tuple[tuple[float, float,
         convention: a ``LabelConvention``; None = BraTS 2018-2021 (1 NCR, 2 ED, 4 ET).
     """
     if convention is None:
-        from unet3d.data.convention import BRATS2019 as convention
+        from unet3d.data.layouts.convention import BRATS2019 as convention
     colours: dict[int, tuple[tuple[float, float, float], str]] = {}
     others = 0
     for value, tissue in zip(convention.values, convention.tissues, strict=True):

@@ -2,7 +2,7 @@
 
 nnU-Net's region-based training (Isensee et al., "nnU-Net for Brain Tumor Segmentation",
 BrainLes 2020; nnU-Net v2 ``DC_and_BCE_loss``): the network predicts one sigmoid channel per
-painted region of the data set (BraTS: WT, TC, ET; ``unet3d.data.regions``), and the
+painted region of the data set (BraTS: WT, TC, ET; ``unet3d.data.layouts.regions``), and the
 loss compares each channel with that region's mask. The targets come from the integer training
 classes through a ``[num_classes, R]`` 0/1 table (class ``k`` is disk value
 ``convention.values[k]``; the table says which regions hold it), gathered in TensorFlow.
@@ -24,7 +24,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from unet3d.data.regions import class_region_table, painted_regions
+from unet3d.data.layouts.regions import class_region_table, painted_regions
 from unet3d.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def as_convention(convention: Any) -> Any:
     Raises:
         ConfigError: a mapping that ``LabelConvention.from_dict`` rejects.
     """
-    from unet3d.data.convention import BRATS2019, LabelConvention
+    from unet3d.data.layouts.convention import BRATS2019, LabelConvention
 
     if convention is None:
         return BRATS2019
@@ -58,7 +58,7 @@ def region_loss(labels: Any, probabilities: Any, table: Any, smooth: float = 1e-
         labels: integer training classes ``[B, h, w, d]`` (values ``0..K-1``).
         probabilities: sigmoid region probabilities ``[B, h, w, d, R]`` (cast to float32).
         table: float32 ``[K, R]`` 0/1 table, class ``k`` in region ``r``
-            (``unet3d.data.regions.class_region_table``).
+            (``unet3d.data.layouts.regions.class_region_table``).
         smooth: denominator epsilon of the soft Dice.
         bce_weight, dice_weight: weights of the two terms in the total.
 
@@ -96,7 +96,7 @@ class RegionLoss:
 
     Raises:
         ValueError: the convention has another number of classes than ``num_classes``, or no
-            nested regions to predict (``unet3d.data.regions.painted_regions``).
+            nested regions to predict (``unet3d.data.layouts.regions.painted_regions``).
     """
 
     def __init__(self, num_classes: int, convention: Any, smooth: float, bce_weight: float,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.convention import BRATS2019, MODALITIES, LabelConvention
+from unet3d.data.layouts.convention import BRATS2019, MODALITIES, LabelConvention
 from unet3d.errors import DataError
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Building blocks of the synthetic cases: tissue codes and smooth random fields (NumPy only).
 
-Shared by :mod:`unet3d.data.synthetic_case` (one case) and :mod:`unet3d.data.synthetic_lesions`
+Shared by :mod:`unet3d.data.synthetic.case` (one case) and :mod:`unet3d.data.synthetic.lesions`
 (the extra lesions and degradations of harder settings).
 """
 

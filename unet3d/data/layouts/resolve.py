@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from unet3d.config import CONFIG_DIR
-from unet3d.data.case_folders import CaseFolders
-from unet3d.data.cases import CaseFiles, LoadedCase, load_case
-from unet3d.data.convention import BRATS2019, LabelConvention
+from unet3d.data.layouts.case_folders import CaseFolders
+from unet3d.data.layouts.cases import CaseFiles, LoadedCase, load_case
+from unet3d.data.layouts.convention import BRATS2019, LabelConvention
 from unet3d.errors import ConfigError
 
 logger = logging.getLogger(__name__)

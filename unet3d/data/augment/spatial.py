@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.augmentation_intensity import gaussian_matrix, separable
+from unet3d.data.augment.intensity import gaussian_matrix, separable
 
 
 def rotation_matrix(angles: Any) -> Any:

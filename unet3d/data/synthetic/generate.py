@@ -5,9 +5,9 @@ depend on how many cases are generated. The images are built from a tissue map (
 matter, white matter, ventricles) and a tumour (edema, necrotic core, enhancing rim) with
 modality-specific intensities, partial-volume smoothing, a smooth multiplicative bias field and
 Gaussian noise; the background is 0 as in skull-stripped BraTS data (one case:
-:mod:`unet3d.data.synthetic_case`; harder settings: :mod:`unet3d.config.synthetic_options`). The
+:mod:`unet3d.data.synthetic.case`; harder settings: :mod:`unet3d.config.synthetic_options`). The
 same cases are written in any of the layouts and label conventions of
-:mod:`unet3d.data.synthetic_layouts` (``flat``, ``brats2019``, ``brats2023``, ``msd_brain``,
+:mod:`unet3d.data.synthetic.layouts` (``flat``, ``brats2019``, ``brats2023``, ``msd_brain``,
 ``nnunet_raw``).
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 from unet3d.config.synthetic_options import OPTION_KEYS, SyntheticOptions, options_from
 from unet3d.data._files import Progress, read_json, short_hash
 from unet3d.data.parallel import process_map, worker_count
-from unet3d.data.synthetic_case import case_grade, generate_case
-from unet3d.data.synthetic_layouts import (
+from unet3d.data.synthetic.case import case_grade, generate_case
+from unet3d.data.synthetic.layouts import (
     LAYOUTS,
     TEST_FOLDER_LAYOUTS,
     case_files,
@@ -132,7 +132,7 @@ def generate_dataset(
         shape: (H, W, D) voxels of every case.
         spacing: (3,) voxel sizes in mm.
         seed: case ``i`` draws from ``default_rng([seed, i])`` (the same arrays in every layout).
-        layout: one of ``LAYOUTS`` (``unet3d.data.synthetic_layouts``): ``flat``
+        layout: one of ``LAYOUTS`` (``unet3d.data.synthetic.layouts``): ``flat``
             (``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``, labels 0/1/2/4), ``brats2019``
             (the same under ``HGG/`` or ``LGG/``), ``brats2023``, ``msd_brain``, ``nnunet_raw``.
         num_test: cases without labels in ``imagesTs/`` (``msd_brain``, ``nnunet_raw`` only);

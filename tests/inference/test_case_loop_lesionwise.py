@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from tests.evaluation.lesionwise_cases import hand_built_cases
-from unet3d.data.convention import BRATS2023
-from unet3d.inference.cases import segment_cases
+from unet3d.data.layouts.convention import BRATS2023
+from unet3d.inference.case_loop import segment_cases
 from unet3d.inference.inputs import InputCase, PendingCase
 from unet3d.inference.labels import make_labeler
 

@@ -10,7 +10,7 @@ The transforms and their conventions are batchgenerators' (MIC-DKFZ), as nnU-Net
 ``augment_contrast`` (``preserve_range``), ``augment_linear_downsampling_scipy`` and
 ``augment_gamma`` (``retain_stats``). Statistics (mean, std, min, max) are per channel over the
 whole crop, background included, as there. The per-crop probabilities are applied by
-``unet3d.data.augmentation``.
+``unet3d.data.augment.compose``.
 
 Separable linear filters (Gaussian blur, down- then upsampling) are applied as one ``(n, n)``
 matrix per spatial axis and channel (``separable``): TensorFlow has no 3D depthwise

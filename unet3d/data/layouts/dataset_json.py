@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from unet3d.data.case_folders import check_folder, strip_extension
-from unet3d.data.cases import CaseFiles
-from unet3d.data.convention import (
+from unet3d.data.layouts.case_folders import check_folder, strip_extension
+from unet3d.data.layouts.cases import CaseFiles
+from unet3d.data.layouts.convention import (
     MODALITIES,
     LabelConvention,
     convention_from_config,

@@ -1,6 +1,6 @@
 """The folder layouts and label conventions that the synthetic generator writes.
 
-One generated case (:class:`unet3d.data.synthetic_case.SyntheticCase`: four modalities in
+One generated case (:class:`unet3d.data.synthetic.case.SyntheticCase`: four modalities in
 ``MODALITIES`` order, BraTS 2019 labels) is written in the layout of a public data set:
 
 ==============  ==============================================================  ================
@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.convention import MODALITIES
-from unet3d.data.synthetic_case import SyntheticCase
+from unet3d.data.layouts.convention import MODALITIES
+from unet3d.data.synthetic.case import SyntheticCase
 from unet3d.runs.files import write_bytes_atomic
 
 #: Every layout the generator writes (``data.synthetic.layout``).

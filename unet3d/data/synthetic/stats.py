@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.data.synthetic_fields import EDEMA, ENHANCING, GREY, NECROSIS, NON_ENHANCING, WHITE
+from unet3d.data.synthetic.fields import EDEMA, ENHANCING, GREY, NECROSIS, NON_ENHANCING, WHITE
 
 #: Channel index of each modality in ``SyntheticCase.image`` (t1, t1ce, t2, flair).
 T1CE, FLAIR = 1, 3
@@ -47,7 +47,7 @@ def case_statistics(case: Any) -> dict[str, float]:
     """One case's difficulty.
 
     Args:
-        case: a ``unet3d.data.synthetic_case.SyntheticCase`` (``image`` int16 (H, W, D, 4),
+        case: a ``unet3d.data.synthetic.case.SyntheticCase`` (``image`` int16 (H, W, D, 4),
             ``label`` uint8 (H, W, D) BraTS 2019 labels, ``tissue`` uint8 (H, W, D) codes).
 
     Returns:

@@ -9,9 +9,9 @@ with its source; ``Augmentation.from_config`` reads it (checks: ``unet3d.config.
   uint8 path for it (``unet3d.data.pipeline``), so its batches are those of before.
 - ``augmentation=nnunet``: nnU-Net's set (Isensee et al., Nature Methods 2021; batchgenerators'
   transforms): rotation, scaling and elastic deformation (one resampling of the cached volume,
-  ``unet3d.data.augmentation_spatial``), then Gaussian noise, Gaussian blur, multiplicative
+  ``unet3d.data.augment.spatial``), then Gaussian noise, Gaussian blur, multiplicative
   brightness, contrast, simulated low resolution, inverted gamma and gamma on the z-scored
-  crop (``unet3d.data.augmentation_intensity``), then mirroring, in nnU-Net's order. Each
+  crop (``unet3d.data.augment.intensity``), then mirroring, in nnU-Net's order. Each
   transform is applied to a crop with its own probability.
 
 Every draw is a stateless op seeded by the crop's seed, so the same seed gives the same crops
@@ -35,8 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from unet3d.data import augmentation_intensity as intensity
-from unet3d.data import augmentation_spatial as spatial
+from unet3d.data.augment import intensity, spatial
 
 
 @dataclass(frozen=True)

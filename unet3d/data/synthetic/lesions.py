@@ -1,6 +1,6 @@
 """The harder parts of synthetic cases: extra lesions, heterogeneous tumours and degraded images.
 
-Used by :func:`unet3d.data.synthetic_case.generate_case` when ``SyntheticOptions`` ask for them
+Used by :func:`unet3d.data.synthetic.case.generate_case` when ``SyntheticOptions`` ask for them
 (``conf/data/synthetic_hard.yaml``). Every draw comes from the case's second random stream
 (``default_rng([seed, index, 1])``), so the default cases do not change. What each models, after
 the difficulties of real BraTS data that its papers describe (Menze et al., IEEE TMI 2015;
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unet3d.config.synthetic_options import SyntheticOptions
-from unet3d.data.synthetic_fields import (
+from unet3d.data.synthetic.fields import (
     CSF,
     EDEMA,
     ENHANCING,

@@ -1,9 +1,10 @@
 """Region probabilities <-> a data set's label values (the ``regions`` head; NumPy only).
 
 A region-based network (``model.head=regions``) predicts one sigmoid channel per *painted*
-region of the data set's label convention (``unet3d.data.convention.LabelConvention``), in its
-``region_order``: the outermost region first (BraTS: WT, TC, ET). The painted regions must be
-nested, each inside the previous one. Turning region probabilities back into disk labels
+region of the data set's label convention
+(``unet3d.data.layouts.convention.LabelConvention``), in its ``region_order``: the outermost
+region first (BraTS: WT, TC, ET). The painted regions must be nested, each inside the previous
+one. Turning region probabilities back into disk labels
 follows nnU-Net's ``regions_class_order`` (Isensee et al., BrainLes 2020; nnU-Net v2
 ``LabelManager.convert_probabilities_to_segmentation``): start from the background value and,
 for each painted region in order, give every voxel whose probability is ``> threshold`` the

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from unet3d.data.cases import CaseFiles
-from unet3d.data.convention import MODALITIES, LabelConvention, convention_from_config
+from unet3d.data.layouts.cases import CaseFiles
+from unet3d.data.layouts.convention import MODALITIES, LabelConvention, convention_from_config
 from unet3d.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)

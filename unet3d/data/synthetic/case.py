@@ -6,9 +6,9 @@ matter, white matter, ventricles) and a tumour (edema, necrotic core, enhancing 
 modality-specific intensities, partial-volume smoothing, a smooth multiplicative bias field and
 Gaussian noise; the background is 0 as in skull-stripped BraTS data. How hard the cases are
 (``SyntheticOptions``, ``data.synthetic.*``): the defaults give the cases of ``data=synthetic``;
-the extra lesions, blur and noise of harder settings (:mod:`unet3d.data.synthetic_lesions`) draw
+the extra lesions, blur and noise of harder settings (:mod:`unet3d.data.synthetic.lesions`) draw
 from a second random stream, ``default_rng([seed, index, 1])``, so the first stream, and so the
-default cases, never change. Writing cases as a data set: :mod:`unet3d.data.synthetic`.
+default cases, never change. Writing cases as a data set: :mod:`unet3d.data.synthetic.generate`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from unet3d.config.synthetic_options import SyntheticOptions
-from unet3d.data import synthetic_lesions as lesions
-from unet3d.data.synthetic_fields import (
+from unet3d.data.synthetic import lesions
+from unet3d.data.synthetic.fields import (
     BACKGROUND,
     CSF,
     EDEMA,
@@ -41,7 +41,8 @@ __all__ = ["LGG_FRACTION", "TISSUE_CODES", "SyntheticCase", "case_grade", "case_
 LGG_FRACTION = SyntheticOptions.lgg_fraction
 
 #: BraTS 2019 label of each tissue code; the resection cavity gets 5, a value of the generator's
-#: own that each layout maps (``synthetic_layouts``: RC 4 in brats2024_post, else background).
+#: own that each layout maps (``unet3d.data.synthetic.layouts``: RC 4 in brats2024_post, else
+#: background).
 _CODE_TO_LABEL = np.array([0, 0, 0, 0, 2, 1, 4, 1, 5], dtype=np.uint8)
 #: A resection cavity's intensity relative to CSF's per modality (fluid: T1 dark, T2 bright).
 _CAVITY_VS_CSF = np.array([0.95, 0.95, 1.0, 1.15], dtype=np.float32)
