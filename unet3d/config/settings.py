@@ -197,9 +197,11 @@ class Sides(Setting):
         if self.spatial:
             divisor = input_divisor(get(cfg, "model") or {})
             if any(item % divisor for item in value):
+                nearest = [-(-int(item) // divisor) * divisor for item in value]
                 raise ConfigError(
                     f"{key}: every side must be an integer divisible by {divisor} "
-                    f"(2 ** (model.num_levels - 1)), got {value!r}"
+                    f"(2 ** (model.num_levels - 1)), got {value!r}; e.g. "
+                    f"{key}=[{','.join(map(str, nearest))}]"
                 )
         return value
 
