@@ -29,7 +29,7 @@ OPTIONS = sorted(f"{path.parent.name}={path.stem}" for path in CONF.glob("*/*.ya
 COMPANIONS = {"loss=regions": ["model.head=regions"],
               "mode=score": ["score.predictions=/", "score.references=/"],
               "mode=export": ["export.checkpoint=/"],
-              # the reference U-Net's 6 levels need sides divisible by 32 (the default data=synthetic_quick: 56)
+              # the reference U-Net's 6 levels need sides divisible by 32 (default data: 56)
               "model=unet3d": ["data.crop_size=[64,64,64]"]}
 #: The framework's arguments of each component group (``unet3d.config.components.instantiate``'s
 #: runtime arguments), and the keys of a group that are not arguments (the data group's pipeline
@@ -134,7 +134,7 @@ def test_no_code_default_in_the_builders_of_the_conf_components() -> None:
 
 
 def test_the_reference_model_on_the_default_crops_is_one_line_with_the_fix() -> None:
-    # the default data=synthetic_quick's 56^3 crops suit the small U-Net (4 levels); the reference one needs 32s.
+    # data=synthetic_quick's (the default) 56^3 crops suit the small U-Net, not the reference.
     cfg = compose_config("model=unet3d")
     with pytest.raises(ConfigError, match=r"^data\.crop_size: every side must be an integer "
                        r"divisible by 32 \(2 \*\* \(model\.num_levels - 1\)\), got \[56, 56, 56\]; "

@@ -18,15 +18,33 @@ from typing import Any
 
 from unet3d.data._files import usable_cpus
 
+#: Start methods of the standard library: a process started by another (joblib's ``loky``
+#: workers, e.g. a ``hydra/launcher=joblib`` sweep's jobs) cannot spawn children, since each
+#: child would ask the standard library for the parent's start method (and fail: "cannot find
+#: context for 'loky'").
+STANDARD_START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def can_spawn_workers() -> bool:
+    """Whether this process may start worker processes (see ``STANDARD_START_METHODS``)."""
+    import multiprocessing
+
+    method = multiprocessing.get_start_method(allow_none=True)
+    return method is None or method in STANDARD_START_METHODS
+
 
 def worker_count(requested: int, tasks: int) -> int:
-    """Processes to use: ``requested`` (0: one per usable CPU), at most ``tasks``, at least 1.
+    """Processes to use: ``requested`` (0: one per usable CPU), at most ``tasks``, at least 1;
+    1 in a process that cannot spawn workers (a joblib worker: ``can_spawn_workers``), whose
+    siblings use the other CPUs anyway.
 
     Raises:
         ValueError: ``requested`` is negative or not an integer.
     """
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
         raise ValueError(f"must be an integer >= 0, got {requested!r}")
+    if not can_spawn_workers():
+        return 1
     return max(1, min(requested or usable_cpus(), tasks))
 
 

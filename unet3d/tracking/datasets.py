@@ -149,8 +149,10 @@ def log_dataset_input(tracker: Any, prepared: Any, cfg: Any) -> bool:
         input_tags = [InputTag(key=key, value=value) for key, value in tags.items()]
         input_tags.append(InputTag(key=MLFLOW_DATASET_CONTEXT, value=context))
         entity = DatasetInput(dataset=dataset._to_mlflow_entity(), tags=input_tags)
+        # Two jobs of a parallel sweep may insert the same data set row at once (MLflow checks,
+        # then inserts): the second insert fails on the UNIQUE constraint; its retry finds the row.
         retry(lambda: tracker.client.log_inputs(str(tracker.run_id), datasets=[entity]),
-              "log dataset input")
+              "log dataset input", also=("unique constraint failed: datasets",))
     except Exception:  # noqa: BLE001 - tracking must not kill training
         tracker.tracking_errors += 1
         logger.exception("MLflow: logging the data set input failed for run %s", tracker.run_id)

@@ -115,13 +115,16 @@ def sqlite_store_lock(uri: str) -> Iterator[None]:
         yield
 
 
-def retry(operation: Callable[[], _T], description: str, attempts: int = 6) -> _T:
+def retry(operation: Callable[[], _T], description: str, attempts: int = 6,
+          also: tuple[str, ...] = ()) -> _T:
     """Run `operation`, retrying when SQLite reports a lock (parallel jobs on one store).
 
     Args:
         operation: the store call, without arguments.
         description: what it does, for the debug log.
         attempts: tries in all; the waits between them double from 0.2 s up to 3 s.
+        also: further (lower-case) parts of error messages worth another try, e.g. a row that
+            a parallel job inserted between MLflow's check and its insert.
 
     Returns:
         What `operation` returns.
@@ -135,7 +138,8 @@ def retry(operation: Callable[[], _T], description: str, attempts: int = 6) -> _
             return operation()
         except Exception as error:
             message = str(error).lower()
-            if attempt == attempts or not any(text in message for text in _RETRYABLE_MESSAGES):
+            if attempt == attempts or not any(text in message
+                                              for text in (*_RETRYABLE_MESSAGES, *also)):
                 raise
             logger.debug("%s: store locked (attempt %d), retrying: %s", description, attempt, error)
             time.sleep(delay)
