@@ -203,7 +203,8 @@ def run_task(cfg: DictConfig, commit: Callable[[], None] | None = None,
     from unet3d.modes import mode_function
     from unet3d.runs.identity import RunIdentity
     from unet3d.tracking.parent_run import current_parent_run_id
-    from unet3d.tracking.tracker import Tracker, tracked_run
+    from unet3d.tracking.run_status import tracked_run
+    from unet3d.tracking.tracker import Tracker
 
     output_dir = Path(cfg.paths.output_dir)
     mode = cfg.mode.name

@@ -19,8 +19,9 @@ from omegaconf import OmegaConf
 from tests.ports import free_port
 from unet3d.runs.provenance import git_tags
 from unet3d.runtime.signals import TerminationRequested
+from unet3d.tracking.run_status import tracked_run
 from unet3d.tracking.store import resolve_artifact_location, resolve_tracking_uri
-from unet3d.tracking.tracker import RUN_ID_FILE, Tracker, tracked_run
+from unet3d.tracking.tracker import RUN_ID_FILE, Tracker
 from unet3d.tracking.values import flatten_config, sanitize_name
 
 CONFIG = {
@@ -311,7 +312,8 @@ def test_sigterm_ends_run_killed(tmp_path, store_root, client) -> None:
         textwrap.dedent(
             f"""
             import time
-            from unet3d.tracking.tracker import Tracker, tracked_run
+            from unet3d.tracking.run_status import tracked_run
+            from unet3d.tracking.tracker import Tracker
             cfg = {{"uri": "sqlite:///{store_root}/mlflow.db", "experiment_name": "sig"}}
             tracker = Tracker(cfg, {str(tmp_path)!r})
             tracker.start(None, {str(tmp_path / "job")!r}, run_name="sig")

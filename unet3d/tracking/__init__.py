@@ -1,7 +1,8 @@
 """Logging to MLflow, and reading its references back; nothing else.
 
-- :mod:`unet3d.tracking.tracker`: `Tracker` (one job's run, no-op off the chief) and
-  `tracked_run` (the run's end status from how a block exits).
+- :mod:`unet3d.tracking.tracker`: `Tracker` (one job's run, no-op off the chief);
+  :mod:`unet3d.tracking.run_status`: `tracked_run` (the run's end status from how a block
+  exits).
 - :mod:`unet3d.tracking.store`: where the store is; SQLite locking and retries.
 - :mod:`unet3d.tracking.batches`, :mod:`unet3d.tracking.values`,
   :mod:`unet3d.tracking.keras_model`, :mod:`unet3d.tracking.datasets`: what is written to a

@@ -14,18 +14,16 @@ tracker never imports MLflow.
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from unet3d.errors import TrackingStoreError, Unet3dError
 from unet3d.runs.files import write_text_atomic
-from unet3d.runtime.signals import install_termination_handlers
 from unet3d.tracking.batches import log_metrics, log_new_params, set_tags, truncate
 from unet3d.tracking.store import (
     get_or_create_experiment,
@@ -385,42 +383,3 @@ def _user_name() -> str:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no user name in some containers
         return "unknown"
-
-
-@contextlib.contextmanager
-def tracked_run(tracker: Tracker, handle_sigterm: bool = True) -> Iterator[Tracker]:
-    """End `tracker`'s run according to how the block exits, then re-raise.
-
-    - normal exit, or `SystemExit(0)`: FINISHED (unless the block already ended the run);
-    - `KeyboardInterrupt`, SIGTERM (`TerminationRequested`): KILLED;
-    - any other exception (including `FloatingPointError` for a NaN loss, non-zero
-      `SystemExit`): FAILED.
-    The error is recorded as tag `error` and artifact `error.txt`. With `handle_sigterm`,
-    SIGTERM raises `TerminationRequested` in the main thread while the block runs.
-    """
-    restore = install_termination_handlers() if handle_sigterm else (lambda: None)
-    try:
-        yield tracker
-    except KeyboardInterrupt as error:
-        _end_quietly(tracker, "KILLED", error)
-        raise
-    except SystemExit as error:
-        if error.code in (None, 0):
-            _end_quietly(tracker, "FINISHED", None)
-        else:
-            _end_quietly(tracker, "FAILED", error)
-        raise
-    except BaseException as error:
-        _end_quietly(tracker, "FAILED", error)
-        raise
-    else:
-        tracker.end("FINISHED")
-    finally:
-        restore()
-
-
-def _end_quietly(tracker: Tracker, status: str, error: BaseException | None) -> None:
-    try:
-        tracker.end(status, error)
-    except Exception:  # noqa: BLE001 - keep the original exception
-        logger.exception("MLflow: could not end run %s as %s", tracker.run_id, status)
