@@ -71,7 +71,8 @@ def run_job(cfg: DictConfig) -> Any:
             commit()
         objective = optimized_metric_names(cfg)
         validate(cfg)
-        _check_tracking_store(cfg)
+        if folder.is_chief:
+            _check_tracking_store(cfg)
         if is_cross_validation(cfg):
             commit()
             metrics = run_cross_validation(cfg, Path(output_dir), overrides, selected_folds(cfg))
@@ -107,11 +108,9 @@ def run_job(cfg: DictConfig) -> Any:
 
 
 def _check_tracking_store(cfg: DictConfig) -> None:
-    """The MLflow store answers and is usable, before anything is built (rank 0 only): else
-    one line naming ``tracking.uri`` (``unet3d.tracking.store_check``)."""
-    from unet3d.runtime.launch import launch_rank
-
-    if not OmegaConf.select(cfg, "tracking.enabled", default=False) or launch_rank() != 0:
+    """The MLflow store answers and is usable, before anything is built (run by rank 0 only):
+    else one line naming ``tracking.uri`` (``unet3d.tracking.store_check``)."""
+    if not OmegaConf.select(cfg, "tracking.enabled", default=False):
         return
     from unet3d.tracking.store_check import check_store
 
