@@ -37,13 +37,14 @@ from typing import Any
 
 import numpy as np
 
+from unet3d.config.vocabulary import SYNTHETIC_LAYOUTS
 from unet3d.data.layouts.convention import MODALITIES
 from unet3d.data.synthetic.case import SyntheticCase
 from unet3d.runs.files import write_bytes_atomic
 
-#: Every layout the generator writes (``data.synthetic.layout``).
-LAYOUTS: tuple[str, ...] = ("flat", "brats2019", "brats2021", "brats2023", "brats2024_post",
-                             "msd_brain", "nnunet_raw")
+#: Every layout the generator writes (``data.synthetic.layout``; its one home is the config's
+#: vocabulary).
+LAYOUTS: tuple[str, ...] = SYNTHETIC_LAYOUTS
 #: Layouts in BraTS 2023+ case folders (<case>/<case>-<suffix>.nii.gz).
 BRATS2023_FOLDERS: tuple[str, ...] = ("brats2023", "brats2024_post")
 #: Layouts with a test-image folder (``imagesTs/``, ``data.synthetic.num_test``).
