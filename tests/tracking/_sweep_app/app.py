@@ -8,7 +8,8 @@ from hydra.core.hydra_config import HydraConfig
 
 from unet3d.runs.results import write_job_result
 from unet3d.tracking.parent_run import current_parent_run_id
-from unet3d.tracking.tracker import Tracker, tracked_run
+from unet3d.tracking.run_status import tracked_run
+from unet3d.tracking.tracker import Tracker
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
