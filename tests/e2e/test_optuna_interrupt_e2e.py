@@ -77,6 +77,29 @@ class Sweep:
             return False
         return True
 
+    def survivors(self, timeout: float) -> list[str]:
+        """The command lines of this sweep's process group still alive after ``timeout`` s.
+
+        Helpers end a moment after the process that started them (the standard library's
+        ``multiprocessing`` resource tracker exits when its last user has gone), so the group
+        is given ``timeout`` seconds; a process that outlives them is a leak.
+        """
+        deadline = time.monotonic() + timeout
+        while self.group_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not self.group_alive():
+            return []
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == self.process.pid:  # fields: state, ppid, pgrp, ...
+                    found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                                 .decode(errors="replace"))
+            except (OSError, IndexError, ValueError):
+                continue
+        return found or ["(a process of the group, gone before it could be named)"]
+
 
 def _study(cwd: Path):
     return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{cwd / 'optuna.db'}")
@@ -107,7 +130,7 @@ def test_ctrl_c_and_sigkill_of_a_study_leave_no_trial_running(tmp_path: Path) ->
     runs = _runs(tmp_path)
     assert {name: run.info.status for name, run in runs.items()} == {
         f"optuna-{STUDY}": "KILLED", "trial-0": "KILLED", "train_and_evaluate-fold0": "KILLED"}
-    assert not first.group_alive()
+    assert not (left := first.survivors(timeout=30)), left
 
     # 2. SIGKILL of the sweep process alone while trial 1 trains: Optuna keeps it RUNNING; its
     #    fold sweep gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and ends its runs KILLED.
