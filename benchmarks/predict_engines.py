@@ -15,6 +15,10 @@ crop, in:
 - ``openvino_overlap025``: overlap 0.25 (changes the segmentation);
 - ``openvino_fast``: ``inference=fast`` with OpenVINO: one window over the brain box, no margin
   (changes the segmentation);
+- ``openvino_int8`` / ``openvino_int8_fast``: the export's INT8 IR (NNCF, calibrated on the
+  export job's training windows; ``export.int8.min_agreement=0`` for these random weights, whose
+  near-tied probabilities make label agreement meaningless), default settings / ``inference=fast``
+  (changes the segmentation: its Dice cost is measured in ``quality`` on a trained model);
 - ``monai``: ``_monai_predict.py`` (DynUNet at the same widths, full-grid sliding window,
   ``--torch-python``: a venv with torch and monai).
 
@@ -58,6 +62,8 @@ SPEED_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "openvino_batch1": ("export", ["inference.engine=openvino", "inference.batch_size=1"]),
     "openvino_overlap025": ("export", ["inference.engine=openvino", "inference.overlap=0.25"]),
     "openvino_fast": ("export", ["inference=fast", "inference.engine=openvino"]),
+    "openvino_int8": ("export", ["inference.engine=openvino_int8"]),
+    "openvino_int8_fast": ("export", ["inference=fast", "inference.engine=openvino_int8"]),
 }
 #: Quality variants: name -> overrides of mode=evaluate (the first is the default).
 QUALITY_VARIANTS: dict[str, list[str]] = {
@@ -67,19 +73,33 @@ QUALITY_VARIANTS: dict[str, list[str]] = {
     "overlap025": ["inference.engine=openvino", "inference.overlap=0.25"],
     "single_window": ["inference.engine=openvino", "inference.single_window=true"],
     "fast": ["inference=fast", "inference.engine=openvino"],
+    "openvino_int8": ["inference.engine=openvino_int8"],
+    "fast_int8": ["inference=fast", "inference.engine=openvino_int8"],
 }
+#: The formats of the exports (the INT8 IR needs the ``int8`` extra).
+EXPORT_FORMATS = "[onnx,openvino,openvino_int8]"
+
+
+def _has_formats(folder: Path) -> bool:
+    """Whether ``folder`` is an export with every format of ``EXPORT_FORMATS``."""
+    record = folder / "unet3d_export.json"
+    if not record.is_file():
+        return False
+    files = json.loads(record.read_text())["members"][0]["files"]
+    return all(fmt in files for fmt in EXPORT_FORMATS.strip("[]").split(","))
 REGIONS = ("WT", "TC", "ET")
 
 
 def export_reference(arguments: argparse.Namespace, checkpoint: str) -> tuple[Path, float]:
-    """``mode=export`` of the reference checkpoint (onnx + openvino), timed once."""
+    """``mode=export`` of the reference checkpoint (``EXPORT_FORMATS``), timed once."""
     run_dir = arguments.workdir / "runs" / "export"
     folder = run_dir / "export"
-    if (folder / "unet3d_export.json").is_file():
+    if _has_formats(folder):
         return folder, float("nan")
     command = [sys.executable, "-m", "unet3d.run", "mode=export",
                *MODEL_OVERRIDES[arguments.model], "precision=fp32",
-               f"export.checkpoint={Path(checkpoint).parent}", "export.formats=[onnx,openvino]",
+               f"export.checkpoint={Path(checkpoint).parent}", f"export.formats={EXPORT_FORMATS}",
+               "export.overwrite=true", "export.int8.min_agreement=0",
                # OpenVINO's fp32 output on this random-weight network at 128^3 differs from
                # Keras by up to ~2e-4 (ONNX Runtime: ~5e-6): above the default 1e-4.
                f"export.tolerance={arguments.export_tolerance}",
@@ -150,8 +170,11 @@ def speed(arguments: argparse.Namespace) -> dict[str, Any]:
                       "per source (checkpoint, export) first"}
 
 
-def quality(arguments: argparse.Namespace) -> dict[str, Any]:
-    """mode=evaluate of ``--quality-run``'s held-out fold per lever (see the module doc)."""
+def quality(arguments: argparse.Namespace, previous: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """mode=evaluate of ``--quality-run``'s held-out fold per lever (see the module doc);
+    variants outside ``--quality-variants`` that ``previous`` measured are read back from
+    their run folders."""
     import numpy as np
 
     from unet3d.evaluation.metrics import dice
@@ -162,20 +185,27 @@ def quality(arguments: argparse.Namespace) -> dict[str, Any]:
               f"checkpoint={run}", f"paths.data_dir={arguments.quality_data}",
               "tracking.enabled=false"]
     export_dir = arguments.workdir / "quality" / "export"
-    if not (export_dir / "unet3d_export.json").is_file():
+    if not _has_formats(export_dir):
         timed([sys.executable, "-m", "unet3d.run", *common[1:], "mode=export",
-               f"export.checkpoint={run}", "export.formats=[onnx,openvino]",
+               f"export.checkpoint={run}", f"export.formats={EXPORT_FORMATS}",
+               "export.overwrite=true",
                f"export.output_dir={export_dir}",
                f"hydra.run.dir={arguments.workdir / 'quality' / 'export-job'}"],
               arguments.workdir, arguments.timeout)
     results: dict[str, Any] = {}
     segmentations: dict[str, dict[str, Any]] = {}
+    earlier = ((previous or {}).get("variants") or {})
     for name, extra in QUALITY_VARIANTS.items():
         run_dir = arguments.workdir / "quality" / name
-        source = [] if name == "default_tensorflow" else [f"checkpoint={export_dir}"]
-        seconds, _ = timed([sys.executable, "-m", "unet3d.run", *common, *source, *extra,
-                            f"inference.engine_cache={arguments.workdir / 'probe.json'}",
-                            f"hydra.run.dir={run_dir}"], arguments.workdir, arguments.timeout)
+        if name in arguments.quality_variants or name not in earlier \
+                or not (run_dir / "results.json").is_file():
+            source = [] if name == "default_tensorflow" else [f"checkpoint={export_dir}"]
+            seconds, _ = timed([sys.executable, "-m", "unet3d.run", *common, *source, *extra,
+                                f"inference.engine_cache={arguments.workdir / 'probe.json'}",
+                                f"hydra.run.dir={run_dir}"], arguments.workdir,
+                               arguments.timeout)
+        else:  # measured by an earlier run of this benchmark: its folder is read back
+            seconds = float(earlier[name]["seconds"])
         metrics = json.loads((run_dir / "results.json").read_text())["metrics"]
         segmentations[name] = {path.stem: np.load(path)["prediction"]
                                for path in sorted((run_dir / "oof").glob("*.npz"))}
@@ -245,6 +275,9 @@ def main() -> None:
                         help="export.tolerance of the reference export (random weights)")
     parser.add_argument("--quality-run", type=Path, help="a synthetic_hard run folder")
     parser.add_argument("--quality-data", type=Path, help="its paths.data_dir")
+    parser.add_argument("--quality-variants", nargs="+", default=list(QUALITY_VARIANTS),
+                        help="the quality variants to (re)measure; the others are read back "
+                             "from an earlier run's folders when there")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR / "predict_engines")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "predict_engines.json")
@@ -259,7 +292,7 @@ def main() -> None:
     if not arguments.skip_speed:
         payload["speed"] = speed(arguments)
     if arguments.quality_run is not None:
-        payload["quality"] = quality(arguments)
+        payload["quality"] = quality(arguments, payload.get("quality"))
     payload["table_markdown"] = table(payload)
     print(payload["table_markdown"], flush=True)
     write_result(arguments.out, payload)

@@ -199,6 +199,10 @@ MODE_SETTINGS: dict[str, dict[str, Setting]] = {
         "export.output_dir": Nullable(Text()),
         "export.formats": SubsetOf(EXPORT_FORMATS),
         "export.tolerance": Number(0.0),
+        "export.int8.calibration_windows": Integer(minimum=1),
+        "export.int8.check_windows": Integer(minimum=1),
+        "export.int8.min_agreement": Number(0.0, 1.0, low_inclusive=True, high_inclusive=True),
+        "export.int8.seed": Integer(minimum=0),
         "export.overwrite": Boolean(),
     },
     "postprocess": {

@@ -38,9 +38,9 @@ LR_SCHEDULES = ("constant", "cosine")
 BLENDS = ("gaussian", "constant")
 #: Engines that run the network on the windows (``inference.engine``; unet3d/inference/engines.py):
 #: ``auto`` the fastest installed here by a short probe, cached per host.
-INFERENCE_ENGINES = ("auto", "tensorflow", "openvino", "onnxruntime")
+INFERENCE_ENGINES = ("auto", "tensorflow", "openvino", "onnxruntime", "openvino_int8")
 #: Formats ``mode=export`` writes (``export.formats``).
-EXPORT_FORMATS = ("onnx", "openvino", "saved_model")
+EXPORT_FORMATS = ("onnx", "openvino", "saved_model", "openvino_int8")
 BENCHMARK_TARGETS = ("train", "predict", "pipeline", "runner")
 #: Layouts the synthetic data set writes (``data.synthetic.layout``): ``flat`` BraTS 2019 names
 #: in <case>/ folders, ``brats2019`` the same under HGG/ and LGG/, ``brats2021`` flat with BraTS

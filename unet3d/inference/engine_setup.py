@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from unet3d.errors import CheckpointError, ConfigError
-from unet3d.inference.engines import ENGINES, engine_installed, engine_version, require_engine
+from unet3d.inference.engines import (
+    ENGINES,
+    INEXACT_ENGINES,
+    engine_installed,
+    engine_version,
+    require_engine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +87,17 @@ class ModelSource:
     def candidates(self) -> list[str]:
         """The engines ``auto`` chooses from here, in ``ENGINES`` order.
 
+        Never an engine that changes the segmentation (``INEXACT_ENGINES``: the INT8 IR).
         An export: every installed engine with a format in the folder. Checkpoints:
         TensorFlow and OpenVINO (converted at start in seconds); not ONNX Runtime, whose
         converter (tf2onnx) takes minutes on the reference network: export once instead
         (``inference.engine=onnxruntime`` on a checkpoint still converts, as asked).
         """
         if self.export is not None:
-            return [name for name in ENGINES
-                    if engine_installed(name) and self.export.engine_format(name)]
-        return [name for name in ENGINES
-                if name != "onnxruntime" and engine_installed(name)]
+            return [name for name in ENGINES if name not in INEXACT_ENGINES
+                    and engine_installed(name) and self.export.engine_format(name)]
+        return [name for name in ENGINES if name not in (*INEXACT_ENGINES, "onnxruntime")
+                and engine_installed(name)]
 
 
 def compute_dtype(runtime: Any) -> str:
@@ -210,6 +217,11 @@ def build_members(inference: Any, source: ModelSource, *, runtime: Any, window: 
     requested = str(inference.get("engine") or "tensorflow")
     if requested != "auto":
         require_engine(requested)
+        if source.export is None and requested in INEXACT_ENGINES:
+            raise ConfigError(f"inference.engine={requested}: runs the INT8 model of an export "
+                              "folder, and this job names checkpoints; export one first "
+                              "(mode=export export.formats=[openvino,openvino_int8] ...) and "
+                              "name the export folder as the checkpoint")
         if source.export is None and requested == "onnxruntime":
             from unet3d.inference.exporters import require_converter
 
@@ -227,12 +239,17 @@ def build_members(inference: Any, source: ModelSource, *, runtime: Any, window: 
     choice = choose_engine(
         requested, candidates, builder.first,
         window=probe_window(window, source.input_divisor()), channels=channels,
-        network=source.network(), versions={name: engine_version(name) for name in ENGINES},
+        network=source.network(), versions=engine_versions(),
         threads=int(threads or _default_threads()), cache=cache,
         reprobe=bool(inference.get("engine_reprobe", False)))
     log.info("%s", choice.line())
     members = builder.members(choice.engine)
     return members, choice
+
+
+def engine_versions() -> dict[str, str]:
+    """The installed version of each engine's package (``openvino_int8`` is ``openvino``)."""
+    return {name: engine_version(name) for name in ENGINES if name not in INEXACT_ENGINES}
 
 
 def _input_channels(source: ModelSource) -> int:

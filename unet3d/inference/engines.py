@@ -15,6 +15,8 @@ whichever engine runs, so swapping the engine changes only the arithmetic of the
   has bf16 instructions); needs the ``openvino`` extra.
 - ``onnxruntime``: the ONNX file of an export on ONNX Runtime's CPU execution provider
   (float32); needs the ``onnxruntime`` extra.
+- ``openvino_int8``: the export's INT8 IR (``unet3d.inference.quantize``) in OpenVINO; it
+  changes the segmentation, so ``auto`` never picks it (``INEXACT_ENGINES``).
 
 No module-level import of any engine: this module (and the served model of an export) imports
 neither TensorFlow nor the others until an engine is built.
@@ -41,12 +43,16 @@ log = logging.getLogger(__name__)
 ENGINES: tuple[str, ...] = tuple(name for name in INFERENCE_ENGINES if name != "auto")
 #: The module each engine imports.
 ENGINE_MODULES = {"tensorflow": "tensorflow", "openvino": "openvino",
-                  "onnxruntime": "onnxruntime"}
+                  "onnxruntime": "onnxruntime", "openvino_int8": "openvino"}
 #: The extra of setup.cfg that installs each engine.
-ENGINE_EXTRAS = {"tensorflow": "cpu", "openvino": "openvino", "onnxruntime": "onnxruntime"}
+ENGINE_EXTRAS = {"tensorflow": "cpu", "openvino": "openvino", "onnxruntime": "onnxruntime",
+                 "openvino_int8": "openvino"}
 #: The distributions whose version names an engine (the first one installed).
 ENGINE_DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-macos"),
-                        "openvino": ("openvino",), "onnxruntime": ("onnxruntime",)}
+                        "openvino": ("openvino",), "onnxruntime": ("onnxruntime",),
+                        "openvino_int8": ("openvino",)}
+#: Engines that change the segmentation (an INT8 model): ``auto`` never chooses them.
+INEXACT_ENGINES = ("openvino_int8",)
 #: OpenVINO's ``INFERENCE_PRECISION_HINT`` for each compute dtype of the job's precision.
 OPENVINO_PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
@@ -121,7 +127,9 @@ class OpenVINOEngine:
             maps float32 ``[n, h, w, d, C]`` to ``[n, h, w, d, K]``, spatial sides open.
         threads: ``INFERENCE_NUM_THREADS`` (None: the CPUs this process may use).
         precision: the compute dtype (``float32``, ``bfloat16`` or ``float16``), set as
-            ``INFERENCE_PRECISION_HINT`` (``f32`` / ``bf16`` / ``f16``).
+            ``INFERENCE_PRECISION_HINT`` (``f32`` / ``bf16`` / ``f16``; an INT8 IR's
+            quantized layers run in INT8 whatever it is).
+        engine: the name it answers to (``openvino``, or ``openvino_int8`` for an INT8 IR).
 
     Raises:
         ConfigError: OpenVINO is not installed, or an unknown precision.
@@ -131,8 +139,9 @@ class OpenVINOEngine:
     engine = "openvino"
 
     def __init__(self, model_path: str | Path, *, threads: int | None = None,
-                 precision: str = "float32") -> None:
-        require_engine("openvino")
+                 precision: str = "float32", engine: str = "openvino") -> None:
+        require_engine(engine)
+        self.engine = engine
         import openvino as ov
 
         from unet3d.errors import CheckpointError
@@ -183,8 +192,9 @@ class OpenVINOEngine:
 
     def describe(self) -> str:
         """``openvino 2026.4.1 (f32, 2 threads)``."""
-        return (f"openvino {engine_version('openvino')} ({OPENVINO_PRECISIONS[self.precision]}, "
-                f"{self.threads} threads)")
+        model = "INT8 model, " if self.engine == "openvino_int8" else ""
+        return (f"openvino {engine_version('openvino')} ({model}"
+                f"{OPENVINO_PRECISIONS[self.precision]}, {self.threads} threads)")
 
 
 class OnnxRuntimeEngine:

@@ -6,6 +6,7 @@ Layout (``<folder>``)::
     member-0/model.onnx          member 0 as ONNX (float32 [n, h, w, d, C] -> [n, h, w, d, K])
     member-0/openvino/model.xml  member 0 as OpenVINO IR (+ model.bin)
     member-0/saved_model/        member 0 as a TF SavedModel (endpoint ``serve``)
+    member-0/openvino_int8/...   member 0 as an INT8 OpenVINO IR (``unet3d.inference.quantize``)
     member-1/...                 one folder per ensemble member (the mean of their outputs)
 
 ``unet3d_export.json`` records: the input (float32, axis order N, H, W, D, C; the modality order
@@ -41,10 +42,13 @@ EXPORT_FILE = "unet3d_export.json"
 EXPORT_FORMAT = 1
 #: Each format's path inside a member folder.
 FORMAT_PATHS = {"onnx": "model.onnx", "openvino": "openvino/model.xml",
-                "saved_model": "saved_model"}
+                "saved_model": "saved_model", "openvino_int8": "openvino_int8/model.xml"}
+#: The formats that are OpenVINO IR (an ``.xml`` with its ``.bin``; ``sha256`` holds both, the
+#: ``.bin`` under ``<format>_bin``).
+IR_FORMATS = ("openvino", "openvino_int8")
 #: The formats each engine can run, preferred first (OpenVINO also reads ONNX).
 ENGINE_FORMATS = {"openvino": ("openvino", "onnx"), "onnxruntime": ("onnx",),
-                  "tensorflow": ("saved_model",)}
+                  "tensorflow": ("saved_model",), "openvino_int8": ("openvino_int8",)}
 
 
 def is_export_folder(path: str | Path) -> bool:
@@ -67,7 +71,7 @@ def file_digest(path: Path) -> str:
 
 def format_files(path: Path, fmt: str) -> list[Path]:
     """The files a format's entry stands for (the IR's ``.bin`` with its ``.xml``)."""
-    if fmt == "openvino":
+    if fmt in IR_FORMATS:
         return [path, path.with_suffix(".bin")]
     return [path]
 
@@ -183,8 +187,8 @@ class ExportFolder:
                 raise CheckpointError(f"export folder {self.path}: {member.files[fmt]} differs "
                                       f"from the SHA-256 in {EXPORT_FILE} (damaged or replaced; "
                                       "export again)")
-            if fmt == "openvino" and file_digest(path.with_suffix(".bin")) != \
-                    member.digests.get("openvino_bin"):
+            if fmt in IR_FORMATS and file_digest(path.with_suffix(".bin")) != \
+                    member.digests.get(f"{fmt}_bin"):
                 raise CheckpointError(f"export folder {self.path}: "
                                       f"{Path(member.files[fmt]).with_suffix('.bin')} differs "
                                       f"from the SHA-256 in {EXPORT_FILE} (damaged or replaced; "

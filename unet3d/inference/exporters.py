@@ -39,10 +39,12 @@ log = logging.getLogger(__name__)
 
 #: The Python packages each format's converter needs, and the extra that installs them.
 CONVERTER_MODULES = {"onnx": ("tf2onnx", "onnx"), "openvino": ("openvino",),
-                     "saved_model": ("tensorflow",)}
-CONVERTER_EXTRAS = {"onnx": "onnx", "openvino": "openvino", "saved_model": "cpu"}
+                     "saved_model": ("tensorflow",), "openvino_int8": ("openvino", "nncf")}
+CONVERTER_EXTRAS = {"onnx": "onnx", "openvino": "openvino", "saved_model": "cpu",
+                    "openvino_int8": "int8"}
 #: The engine that checks each format.
-CHECK_ENGINES = {"onnx": "onnxruntime", "openvino": "openvino", "saved_model": "tensorflow"}
+CHECK_ENGINES = {"onnx": "onnxruntime", "openvino": "openvino", "saved_model": "tensorflow",
+                 "openvino_int8": "openvino_int8"}
 
 
 def require_converter(fmt: str, key: str = "export.formats") -> None:
@@ -231,7 +233,7 @@ def engine_for(path: Path, fmt: str, engine: str | None = None, threads: int | N
         return SavedModelEngine(path)
     if engine == "onnxruntime":
         return OnnxRuntimeEngine(path, threads=threads)
-    return OpenVINOEngine(path, threads=threads, precision=precision)
+    return OpenVINOEngine(path, threads=threads, precision=precision, engine=engine)
 
 
 def random_window(window: Sequence[int], channels: int, seed: int = 0) -> np.ndarray:

@@ -6,7 +6,10 @@ Each member is rebuilt in float32 from its run's recorded model settings, writte
 format of ``export.formats`` with the libraries' own converters
 (``unet3d.inference.exporters``) and checked on a random window against the Keras model (max
 |dp| <= ``export.tolerance``, else one ``ExportError`` line naming the format and the
-difference, and nothing is left in the export folder). Then ``unet3d_export.json`` records what
+difference, and nothing is left in the export folder). ``openvino_int8`` is NNCF's INT8
+quantization of the OpenVINO IR, calibrated on windows of the job's data set's training cases
+(``data``, ``fold``) and checked by label agreement on its held-out cases
+(``unet3d.inference.quantize``, ``export.int8``). Then ``unet3d_export.json`` records what
 inference needs (``unet3d.inference.export_folder``) and the folder appears under its name at
 once (written beside it, then renamed). The folder is logged to the job's MLflow run as
 artifacts (``export/``), and the runner logs the served model of the export
@@ -45,30 +48,55 @@ def run(job: Job) -> dict[str, float]:
     """Export ``export.checkpoint``'s model(s); chief only (other ranks return {}).
 
     Returns:
-        ``members`` and, per format, ``max_dp_<format>`` (the largest difference of any member).
+        ``members`` and, per format, ``max_dp_<format>`` (the largest difference of any
+        member); with ``openvino_int8``, ``int8_agreement`` (the smallest label agreement).
 
     Raises:
         ConfigError: a converter is not installed (naming its extra), or the folder exists
             and ``export.overwrite`` is false.
-        ExportError: a converter fails, or a file differs from the Keras model.
+        ExportError: a converter fails, a file differs from the Keras model, or the INT8
+            model's labels agree less than ``export.int8.min_agreement``.
         CheckpointError: no usable checkpoint.
+        DataError: the INT8 calibration's data set cannot be prepared or read.
     """
     if not job.context.is_chief:
         return {}
     return export(job.cfg, job.tracker, Path(job.output_dir))
 
 
-def export(cfg: DictConfig, tracker: Any, output_dir: Path) -> dict[str, float]:
-    """The body of ``run``: see there."""
+def _int8_windows(cfg: DictConfig, prepared: Any, window: list[int]) -> tuple[list, list, Any]:
+    """(calibration windows, check windows, ``Int8Settings``) of ``export.int8``."""
+    from unet3d.data.prepare import prepare_data
+    from unet3d.inference.quantize import Int8Settings, sample_windows
+
+    settings = Int8Settings.from_config(cfg.export.int8)
+    prepared = prepared if prepared is not None else prepare_data(cfg)
+    held_out = prepared.eval_files or prepared.train_files
+    calibration = sample_windows(prepared.train_files, window, settings.calibration_windows,
+                                 settings.seed)
+    check = sample_windows(held_out, window, settings.check_windows, settings.seed + 1)
+    log.info("export openvino_int8: %d calibration window(s) from %d training case(s), %d "
+             "check window(s) from %d held-out case(s) of %s (fold %s)", len(calibration),
+             len(prepared.train_files), len(check), len(held_out), prepared.preprocessed_dir,
+             cfg.fold)
+    return calibration, check, settings
+
+
+def export(cfg: DictConfig, tracker: Any, output_dir: Path,
+           prepared: Any = None) -> dict[str, float]:
+    """The body of ``run``: see there. ``prepared``: the job's ``PreparedData`` for the INT8
+    calibration (None: prepared here from ``cfg.data`` when ``openvino_int8`` is asked)."""
     from unet3d.config.settings import input_divisor
     from unet3d.inference.checkpoints import job_model_checkpoints
     from unet3d.inference.ensemble import window_size
     from unet3d.inference.exporters import export_member, float32_policy, require_converter
     from unet3d.inference.models import load_ensemble, member_model_settings, trained_labels
+    from unet3d.inference.quantize import INT8_FORMAT, export_int8
 
     formats = [str(fmt) for fmt in cfg.export.formats]
     if not formats:
-        raise ConfigError("export.formats: name at least one of onnx, openvino, saved_model")
+        raise ConfigError("export.formats: name at least one of onnx, openvino, saved_model, "
+                          "openvino_int8")
     for fmt in formats:
         require_converter(fmt)
     folder = export_folder_of(cfg, output_dir)
@@ -86,6 +114,8 @@ def export(cfg: DictConfig, tracker: Any, output_dir: Path) -> dict[str, float]:
               for side in window_size(cfg.inference, cfg.data.crop_size)]
     rules = _postprocessing(cfg, spec)
     tolerance = float(cfg.export.tolerance)
+    int8 = _int8_windows(cfg, prepared, window) if INT8_FORMAT in formats else None
+    exact = [fmt for fmt in formats if fmt != INT8_FORMAT]
     with float32_policy():
         models = load_ensemble(cfg.model, prefixes, None)
     staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
@@ -96,10 +126,19 @@ def export(cfg: DictConfig, tracker: Any, output_dir: Path) -> dict[str, float]:
         for index, (model, prefix) in enumerate(zip(models, prefixes, strict=True)):
             name = f"member-{index}"
             log.info("exporting %s (%s) as %s", prefix, name, ", ".join(formats))
-            files, differences = export_member(model, staging / name, formats, window,
+            files, differences = export_member(model, staging / name, exact, window,
                                                tolerance)
+            quantized = None
+            if int8 is not None:
+                calibration, check, int8_settings = int8
+                files[INT8_FORMAT], quantized = export_int8(
+                    model, staging / name, files.get("openvino"), calibration, check, head,
+                    float(cfg.inference.region_threshold), int8_settings.min_agreement)
+                differences[INT8_FORMAT] = quantized["max_dp"]
             members.append(_member_entry(staging, name, files, differences, settings[index],
                                          prefix))
+            if quantized is not None:
+                members[-1]["int8"] = quantized
         record = _record(cfg, models[0], members, convention, head, divisor, window, rules,
                          tolerance)
         (staging / "unet3d_export.json").write_text(json.dumps(record, indent=2) + "\n",
@@ -115,6 +154,8 @@ def export(cfg: DictConfig, tracker: Any, output_dir: Path) -> dict[str, float]:
     metrics: dict[str, float] = {"members": float(len(members))}
     for fmt in formats:
         metrics[f"max_dp_{fmt}"] = max(member["max_difference"][fmt] for member in members)
+    if int8 is not None:
+        metrics["int8_agreement"] = min(member["int8"]["agreement"] for member in members)
     if tracker is not None:
         tracker.set_tags({"unet3d.export_dir": str(folder),
                           "unet3d.export_formats": ", ".join(formats)})
@@ -126,11 +167,12 @@ def export(cfg: DictConfig, tracker: Any, output_dir: Path) -> dict[str, float]:
 def _member_entry(staging: Path, name: str, files: dict[str, Path],
                   differences: dict[str, float], settings: dict[str, Any],
                   prefix: str) -> dict[str, Any]:
-    from unet3d.inference.export_folder import ExportMember, file_digest
+    from unet3d.inference.export_folder import IR_FORMATS, ExportMember, file_digest
 
     digests = {fmt: file_digest(path) for fmt, path in files.items()}
-    if "openvino" in files:
-        digests["openvino_bin"] = file_digest(files["openvino"].with_suffix(".bin"))
+    for fmt in IR_FORMATS:
+        if fmt in files:
+            digests[f"{fmt}_bin"] = file_digest(files[fmt].with_suffix(".bin"))
     return ExportMember(name, {fmt: str(path.relative_to(staging)) for fmt, path in files.items()},
                         digests, settings, str(prefix), differences).to_dict()
 
@@ -141,7 +183,7 @@ def _record(cfg: DictConfig, model: Any, members: list[dict[str, Any]], conventi
     """The content of ``unet3d_export.json`` (``unet3d.inference.export_folder``)."""
     import unet3d
     from unet3d.data.layouts.convention import MODALITIES
-    from unet3d.inference.engines import ENGINES, engine_version
+    from unet3d.inference.engine_setup import engine_versions
     from unet3d.inference.export_folder import EXPORT_FORMAT, normalisation_record
 
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
@@ -167,8 +209,13 @@ def _record(cfg: DictConfig, model: Any, members: list[dict[str, Any]], conventi
         "members": members,
         "postprocessing": None if rules is None else rules.to_dict(),
         "check": {"tolerance": tolerance, "what": "max |dp| vs the Keras model on a random "
-                  f"{'x'.join(map(str, window))} window, float32"},
-        "versions": {name: engine_version(name) for name in ENGINES},
+                  f"{'x'.join(map(str, window))} window, float32",
+                  **({"int8": {**OmegaConf.to_container(cfg.export.int8, resolve=True),
+                               "what": "labels vs the Keras model's on held-out windows "
+                                       f"(data={cfg.data.get('name', '')}, fold {cfg.fold}); "
+                                       "max_difference of openvino_int8 is information only"}}
+                     if any("int8" in member for member in members) else {})},
+        "versions": engine_versions(),
     }
 
 

@@ -12,9 +12,9 @@ requirements plus one engine: ``pip install "unet3d[openvino]"`` or ``"unet3d[on
 
 The logged model's artifacts are the export folder and the export job's resolved config
 (``config.yaml``: data layout and inference settings); ``inference.engine`` is ``auto`` unless
-the export job named OpenVINO or ONNX Runtime, and ``auto`` probes once per serving host
-(cache ``~/.cache/unet3d/engine_probe.json``, or ``UNET3D_ENGINE_CACHE``). Predictions run in
-float32.
+the export job named OpenVINO, ONNX Runtime or ``openvino_int8`` (the INT8 IR), and ``auto``
+probes once per serving host (cache ``~/.cache/unet3d/engine_probe.json``, or
+``UNET3D_ENGINE_CACHE``). Predictions run in float32 (the INT8 IR's quantized layers in INT8).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def log_export_model(tracker: Any, cfg: Any, export_dir: Path,
     read_export(export_dir)
     served = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     OmegaConf.set_struct(served, False)
-    if served.inference.get("engine") not in ("openvino", "onnxruntime"):
+    if served.inference.get("engine") not in ("openvino", "onnxruntime", "openvino_int8"):
         served.inference.engine = "auto"
     with tempfile.TemporaryDirectory(prefix="unet3d-export-pyfunc-") as scratch:
         config_path = Path(scratch) / "config.yaml"
