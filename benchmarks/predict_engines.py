@@ -92,7 +92,7 @@ REGIONS = ("WT", "TC", "ET")
 
 def export_reference(arguments: argparse.Namespace, checkpoint: str) -> tuple[Path, float]:
     """``mode=export`` of the reference checkpoint (``EXPORT_FORMATS``), timed once."""
-    run_dir = arguments.workdir / "runs" / "export"
+    run_dir = arguments.workdir / "runs" / "export-int8"  # (runs/export: without the INT8 IR)
     folder = run_dir / "export"
     if _has_formats(folder):
         return folder, float("nan")
@@ -190,7 +190,7 @@ def quality(arguments: argparse.Namespace, previous: dict[str, Any] | None = Non
                f"export.checkpoint={run}", f"export.formats={EXPORT_FORMATS}",
                "export.overwrite=true",
                f"export.output_dir={export_dir}",
-               f"hydra.run.dir={arguments.workdir / 'quality' / 'export-job'}"],
+               f"hydra.run.dir={arguments.workdir / 'quality' / 'export-int8-job'}"],
               arguments.workdir, arguments.timeout)
     results: dict[str, Any] = {}
     segmentations: dict[str, dict[str, Any]] = {}

@@ -12,7 +12,7 @@ from unet3d.errors import CheckpointError, ConfigError
 from unet3d.inference.checkpoints import resolve_model_checkpoints
 from unet3d.inference.ensemble import EnsemblePredictor
 from unet3d.inference.labels import make_labeler
-from unet3d.inference.models import load_ensemble
+from unet3d.inference.models import load_ensemble, member_model_settings
 from unet3d.run import register_resolvers
 from unet3d.runs.identity import RunIdentity
 
@@ -210,6 +210,28 @@ def test_each_member_is_rebuilt_from_its_runs_recorded_model(tmp_path, cfg):
     with pytest.raises(CheckpointError, match=r"model\.in_channels=4, this job needs "
                                               r"model\.in_channels=3"):
         load_ensemble(other.model, [recorded])
+
+
+def test_a_run_recorded_before_a_required_argument_existed_still_loads(tmp_path, cfg, caplog):
+    """A run recorded before region-based training (no ``head`` / ``num_regions``, which the
+    builder now requires) is rebuilt with the model group's values; recorded ones stay."""
+    import logging
+
+    prefix = save_run(tmp_path / "old", cfg, seed=4)
+    old = {key: value for key, value in dict(cfg.model).items()
+           if key not in ("head", "num_regions")}
+    RunIdentity(fold=0, num_folds=2, seed=42, model=old).write(tmp_path / "old")
+    with caplog.at_level(logging.INFO, logger="unet3d.inference.models"):
+        (model,) = load_ensemble(cfg.model, [prefix])
+    assert int(model.output_shape[-1]) == int(cfg.model.num_classes)
+    (line,) = [record.getMessage() for record in caplog.records
+               if "older unet3d" in record.getMessage()]
+    assert "recorded no model.head, model.num_regions" in line
+    assert f"head={cfg.model.head!r}" in line
+    # A recorded value is never replaced by the model group's.
+    settings = member_model_settings(compose_config("debug=fast", "model.base_filters=8").model,
+                                     prefix)
+    assert settings["base_filters"] == cfg.model.base_filters
 
 
 def test_a_recorded_model_that_cannot_be_rebuilt_names_the_checkpoint(tmp_path, cfg):

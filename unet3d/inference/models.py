@@ -100,7 +100,31 @@ def _member_settings(model_cfg: Any, prefix: str) -> tuple[Any, bool]:
                 f"{prefix}: its run was trained with model.{key}={recorded.get(key)!r}, this "
                 f"job needs model.{key}={model_cfg.get(key)!r}"
             )
-    return recorded, True
+    return _with_new_arguments(recorded, model_cfg, prefix), True
+
+
+def _with_new_arguments(recorded: dict[str, Any], model_cfg: Any, prefix: str) -> dict[str, Any]:
+    """``recorded`` plus the required arguments its builder gained since the run was recorded
+    (e.g. ``head`` and ``num_regions`` for runs older than region-based training), taken from
+    the job's ``model`` group (``conf/model/*.yaml``: the defaults those runs were built with);
+    recorded values are never replaced. Logged when it adds any."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    try:
+        parameters = inspect.signature(get_method(str(recorded["_target_"]))).parameters
+    except Exception:  # an unimportable target fails with its own message when built
+        return recorded
+    added = {name: model_cfg.get(name) for name, parameter in parameters.items()
+             if parameter.default is inspect.Parameter.empty and name not in recorded
+             and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+             and model_cfg.get(name) is not None}
+    if added:
+        log.info("%s: its run recorded no %s (older unet3d); built with the model group's %s",
+                 prefix, ", ".join(f"model.{name}" for name in added),
+                 ", ".join(f"{name}={value!r}" for name, value in added.items()))
+    return {**recorded, **added}
 
 
 def member_model_settings(model_cfg: Any, prefix: str) -> dict[str, Any]:
