@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -200,6 +201,7 @@ def quality(arguments: argparse.Namespace, previous: dict[str, Any] | None = Non
         if name in arguments.quality_variants or name not in earlier \
                 or not (run_dir / "results.json").is_file():
             source = [] if name == "default_tensorflow" else [f"checkpoint={export_dir}"]
+            shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own earlier folder
             seconds, _ = timed([sys.executable, "-m", "unet3d.run", *common, *source, *extra,
                                 f"inference.engine_cache={arguments.workdir / 'probe.json'}",
                                 f"hydra.run.dir={run_dir}"], arguments.workdir,
@@ -291,6 +293,8 @@ def main() -> None:
     payload.pop("environment", None)
     if not arguments.skip_speed:
         payload["speed"] = speed(arguments)
+        payload["table_markdown"] = table(payload)
+        write_result(arguments.out, payload)  # kept if the quality part fails
     if arguments.quality_run is not None:
         payload["quality"] = quality(arguments, payload.get("quality"))
     payload["table_markdown"] = table(payload)

@@ -227,7 +227,7 @@ def build_members(inference: Any, source: ModelSource, *, runtime: Any, window: 
 
             require_converter("onnx", key="inference.engine=onnxruntime (converting the "
                                           "checkpoint)")
-    candidates = source.candidates()
+    candidates = source.candidates() if requested == "auto" else [requested]
     if not candidates:
         raise ConfigError("inference.engine=auto: no engine can run this model here; install "
                           "one: pip install -e \".[openvino]\" (or [onnxruntime], [cpu])")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from unet3d.config import model_head
+from unet3d.config.vocabulary import DEFAULT_HEAD, DEFAULT_NUM_REGIONS
 from unet3d.errors import CheckpointError, ConfigError
 from unet3d.inference.checkpoints import CHECKPOINT_KEY, run_config, run_dir_of
 from unet3d.runs.identity import IDENTITY_FILE, read_identity
@@ -103,11 +104,18 @@ def _member_settings(model_cfg: Any, prefix: str) -> tuple[Any, bool]:
     return _with_new_arguments(recorded, model_cfg, prefix), True
 
 
+#: Arguments builders gained after runs were first recorded, and the value every run recorded
+#: before them was built with (``head``: region-based training came later; softmax before).
+LATER_ARGUMENTS = {"head": DEFAULT_HEAD, "num_regions": DEFAULT_NUM_REGIONS}
+#: Prefixes whose filled-in arguments were logged (once per process).
+_LOGGED_FILLS: set[str] = set()
+
+
 def _with_new_arguments(recorded: dict[str, Any], model_cfg: Any, prefix: str) -> dict[str, Any]:
     """``recorded`` plus the required arguments its builder gained since the run was recorded
-    (e.g. ``head`` and ``num_regions`` for runs older than region-based training), taken from
-    the job's ``model`` group (``conf/model/*.yaml``: the defaults those runs were built with);
-    recorded values are never replaced. Logged when it adds any."""
+    (``LATER_ARGUMENTS``: ``head`` and ``num_regions`` for runs older than region-based
+    training, with the values those runs were built with, whatever this job's ``model`` group
+    says); recorded values are never replaced. Logged once per prefix when it adds any."""
     import inspect
 
     from hydra.utils import get_method
@@ -116,12 +124,12 @@ def _with_new_arguments(recorded: dict[str, Any], model_cfg: Any, prefix: str) -
         parameters = inspect.signature(get_method(str(recorded["_target_"]))).parameters
     except Exception:  # an unimportable target fails with its own message when built
         return recorded
-    added = {name: model_cfg.get(name) for name, parameter in parameters.items()
+    added = {name: LATER_ARGUMENTS[name] for name, parameter in parameters.items()
              if parameter.default is inspect.Parameter.empty and name not in recorded
-             and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
-             and model_cfg.get(name) is not None}
-    if added:
-        log.info("%s: its run recorded no %s (older unet3d); built with the model group's %s",
+             and name in LATER_ARGUMENTS}
+    if added and prefix not in _LOGGED_FILLS:
+        _LOGGED_FILLS.add(prefix)
+        log.info("%s: its run recorded no %s (older unet3d); built with %s, as such runs were",
                  prefix, ", ".join(f"model.{name}" for name in added),
                  ", ".join(f"{name}={value!r}" for name, value in added.items()))
     return {**recorded, **added}

@@ -129,6 +129,11 @@ def label_agreement(expected: Sequence[np.ndarray], found: Sequence[np.ndarray],
 def quantize_ir(float_ir: Path, target: Path, calibration: Sequence[np.ndarray]) -> Path:
     """NNCF INT8 quantization of the float32 IR ``float_ir``, saved as ``target`` (+ .bin).
 
+    Args:
+        float_ir: the float32 IR ``.xml`` (input float32 ``[n, h, w, d, C]``, spatial open).
+        target: the INT8 IR's ``.xml`` path.
+        calibration: windows float32 ``[1, h, w, d, C]`` (``sample_windows``).
+
     Raises:
         ConfigError: NNCF or OpenVINO is not installed (naming the ``int8`` extra).
         ExportError: NNCF fails (one line).
@@ -139,17 +144,21 @@ def quantize_ir(float_ir: Path, target: Path, calibration: Sequence[np.ndarray])
     import nncf
     import openvino as ov
 
-    model = ov.Core().read_model(str(float_ir))
     try:
+        model = ov.Core().read_model(str(float_ir))
         quantized = nncf.quantize(model, nncf.Dataset(list(calibration)),
                                   subset_size=len(calibration))
-    except Exception as error:  # NNCF raises many kinds
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"export {INT8_FORMAT}: NNCF could not quantize the model: {first}"
-                          ) from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(quantized, str(target), compress_to_fp16=False)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(quantized, str(target), compress_to_fp16=False)
+    except Exception as error:  # OpenVINO and NNCF raise many kinds
+        raise ExportError(f"export {INT8_FORMAT}: NNCF could not quantize {float_ir.name}: "
+                          f"{_first_line(error)}") from None
     return target
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def export_int8(model: Any, folder: Path, float_ir: Path | None, calibration: Sequence[np.ndarray],
@@ -187,9 +196,13 @@ def export_int8(model: Any, folder: Path, float_ir: Path | None, calibration: Se
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    engine = engine_for(path, INT8_FORMAT)
     expected = [np.asarray(model(window, training=False), dtype=np.float32) for window in check]
-    found = [engine(window) for window in check]
+    try:
+        engine = engine_for(path, INT8_FORMAT)
+        found = [engine(window) for window in check]
+    except Exception as error:  # an IR OpenVINO cannot compile or run
+        raise ExportError(f"export {INT8_FORMAT}: {path.name} does not run "
+                          f"({_first_line(error)})") from None
     agreement = label_agreement(expected, found, head, threshold)
     differences = [np.abs(first - second) for first, second in zip(expected, found, strict=True)]
     stats = {"agreement": agreement,

@@ -64,28 +64,63 @@ def run(job: Job) -> dict[str, float]:
     return export(job.cfg, job.tracker, Path(job.output_dir))
 
 
-def _int8_windows(cfg: DictConfig, prepared: Any, window: list[int]) -> tuple[list, list, Any]:
-    """(calibration windows, check windows, ``Int8Settings``) of ``export.int8``."""
+def _int8_splits(cfg: DictConfig, prefixes: list[str]) -> list[DictConfig]:
+    """Per member, the config whose split the INT8 model is calibrated and checked on: the job's
+    with the member's recorded ``fold``, ``num_folds`` and ``seed`` (its run's identity), so
+    that its check windows come from cases it did not train on.
+
+    Raises:
+        ConfigError: a member was trained on another data set than the job's ``data``.
+    """
+    from unet3d.inference.checkpoints import run_dir_of
+    from unet3d.runs.identity import read_identity
+
+    splits = []
+    for prefix in prefixes:
+        identity = read_identity(run_dir_of(prefix))
+        if identity is None:
+            splits.append(cfg)
+            continue
+        trained = str(identity.data.get("name") or "")
+        if trained and trained != "None" and trained != str(cfg.data.get("name")):
+            raise ConfigError(f"export.formats: openvino_int8 calibrates on the training cases "
+                              f"of {prefix}, trained on data={trained}; this job composes "
+                              f"data={cfg.data.get('name')}: pass data={trained} (and its "
+                              "data.raw_dir)")
+        splits.append(OmegaConf.merge(cfg, {"fold": identity.fold,
+                                            "num_folds": identity.num_folds,
+                                            "seed": identity.seed}))
+    return splits
+
+
+def _int8_windows(split: DictConfig, window: list[int]) -> tuple[list, list, dict[str, Any]]:
+    """The calibration and check windows (``unet3d.inference.quantize.sample_windows``:
+    float32 ``[1, h, w, d, C]``) of one member, from the training and held-out cases of
+    ``split``'s data and fold, and what they came from.
+
+    Raises:
+        DataError: the data set cannot be prepared or a record cannot be read.
+    """
     from unet3d.data.prepare import prepare_data
     from unet3d.inference.quantize import Int8Settings, sample_windows
 
-    settings = Int8Settings.from_config(cfg.export.int8)
-    prepared = prepared if prepared is not None else prepare_data(cfg)
+    settings = Int8Settings.from_config(split.export.int8)
+    prepared = prepare_data(split)
     held_out = prepared.eval_files or prepared.train_files
     calibration = sample_windows(prepared.train_files, window, settings.calibration_windows,
                                  settings.seed)
     check = sample_windows(held_out, window, settings.check_windows, settings.seed + 1)
     log.info("export openvino_int8: %d calibration window(s) from %d training case(s), %d "
-             "check window(s) from %d held-out case(s) of %s (fold %s)", len(calibration),
-             len(prepared.train_files), len(check), len(held_out), prepared.preprocessed_dir,
-             cfg.fold)
-    return calibration, check, settings
+             "check window(s) from %d held-out case(s) of %s (fold %s of %s)",
+             len(calibration), len(prepared.train_files), len(check), len(held_out),
+             prepared.preprocessed_dir, split.fold, split.num_folds)
+    return calibration, check, {"data": str(split.data.get("name")), "fold": int(split.fold),
+                                "num_folds": int(split.num_folds)}
 
 
-def export(cfg: DictConfig, tracker: Any, output_dir: Path,
-           prepared: Any = None) -> dict[str, float]:
-    """The body of ``run``: see there. ``prepared``: the job's ``PreparedData`` for the INT8
-    calibration (None: prepared here from ``cfg.data`` when ``openvino_int8`` is asked)."""
+def export(cfg: DictConfig, tracker: Any, output_dir: Path) -> dict[str, float]:
+    """The body of ``run``: see there."""
+    from unet3d.config import EXPORT_FORMATS
     from unet3d.config.settings import input_divisor
     from unet3d.inference.checkpoints import job_model_checkpoints
     from unet3d.inference.ensemble import window_size
@@ -95,8 +130,7 @@ def export(cfg: DictConfig, tracker: Any, output_dir: Path,
 
     formats = [str(fmt) for fmt in cfg.export.formats]
     if not formats:
-        raise ConfigError("export.formats: name at least one of onnx, openvino, saved_model, "
-                          "openvino_int8")
+        raise ConfigError(f"export.formats: name at least one of {', '.join(EXPORT_FORMATS)}")
     for fmt in formats:
         require_converter(fmt)
     folder = export_folder_of(cfg, output_dir)
@@ -114,7 +148,7 @@ def export(cfg: DictConfig, tracker: Any, output_dir: Path,
               for side in window_size(cfg.inference, cfg.data.crop_size)]
     rules = _postprocessing(cfg, spec)
     tolerance = float(cfg.export.tolerance)
-    int8 = _int8_windows(cfg, prepared, window) if INT8_FORMAT in formats else None
+    splits = _int8_splits(cfg, prefixes) if INT8_FORMAT in formats else None
     exact = [fmt for fmt in formats if fmt != INT8_FORMAT]
     with float32_policy():
         models = load_ensemble(cfg.model, prefixes, None)
@@ -129,11 +163,13 @@ def export(cfg: DictConfig, tracker: Any, output_dir: Path,
             files, differences = export_member(model, staging / name, exact, window,
                                                tolerance)
             quantized = None
-            if int8 is not None:
-                calibration, check, int8_settings = int8
+            if splits is not None:
+                calibration, check, source = _int8_windows(splits[index], window)
                 files[INT8_FORMAT], quantized = export_int8(
                     model, staging / name, files.get("openvino"), calibration, check, head,
-                    float(cfg.inference.region_threshold), int8_settings.min_agreement)
+                    float(cfg.inference.region_threshold),
+                    float(cfg.export.int8.min_agreement))
+                quantized = {**quantized, **source}
                 differences[INT8_FORMAT] = quantized["max_dp"]
             members.append(_member_entry(staging, name, files, differences, settings[index],
                                          prefix))
@@ -154,7 +190,7 @@ def export(cfg: DictConfig, tracker: Any, output_dir: Path,
     metrics: dict[str, float] = {"members": float(len(members))}
     for fmt in formats:
         metrics[f"max_dp_{fmt}"] = max(member["max_difference"][fmt] for member in members)
-    if int8 is not None:
+    if splits is not None:
         metrics["int8_agreement"] = min(member["int8"]["agreement"] for member in members)
     if tracker is not None:
         tracker.set_tags({"unet3d.export_dir": str(folder),
@@ -211,9 +247,10 @@ def _record(cfg: DictConfig, model: Any, members: list[dict[str, Any]], conventi
         "check": {"tolerance": tolerance, "what": "max |dp| vs the Keras model on a random "
                   f"{'x'.join(map(str, window))} window, float32",
                   **({"int8": {**OmegaConf.to_container(cfg.export.int8, resolve=True),
-                               "what": "labels vs the Keras model's on held-out windows "
-                                       f"(data={cfg.data.get('name', '')}, fold {cfg.fold}); "
-                                       "max_difference of openvino_int8 is information only"}}
+                               "what": "labels vs the Keras model's on windows of each "
+                                       "member's held-out cases (its data, fold in members"
+                                       "[].int8); max_difference of openvino_int8 is "
+                                       "information only"}}
                      if any("int8" in member for member in members) else {})},
         "versions": engine_versions(),
     }

@@ -145,10 +145,12 @@ def log_export_model(tracker: Any, cfg: Any, export_dir: Path,
 
     if not getattr(tracker, "running", False):
         return None
-    read_export(export_dir)
+    folder = read_export(export_dir)
     served = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     OmegaConf.set_struct(served, False)
-    if served.inference.get("engine") not in ("openvino", "onnxruntime", "openvino_int8"):
+    engine = served.inference.get("engine")
+    if engine not in ("openvino", "onnxruntime", "openvino_int8") \
+            or folder.engine_format(str(engine)) is None:  # only an engine the folder can feed
         served.inference.engine = "auto"
     with tempfile.TemporaryDirectory(prefix="unet3d-export-pyfunc-") as scratch:
         config_path = Path(scratch) / "config.yaml"
