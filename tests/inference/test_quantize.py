@@ -57,12 +57,13 @@ def test_the_int8_ir_is_calibrated_checked_recorded_and_predicts(int8_export):
         member["sha256"])
     stats = member["int8"]
     assert stats["calibration_windows"] == 16 and stats["check_windows"] == 4
-    assert 0.5 <= stats["agreement"] <= 1.0 and stats["max_dp"] > 0  # (min_agreement=0.5)
+    assert 0.5 <= stats["foreground_agreement"] <= 1.0 and stats["max_dp"] > 0  # (bar 0.5)
+    assert 0 <= stats["agreement"] <= 1.0
     assert (stats["data"], stats["fold"]) == ("synthetic", 0)
     assert member["max_difference"]["openvino_int8"] == stats["max_dp"]
     assert member["max_difference"]["openvino"] <= 1e-4  # the float32 IR's own check
     assert record["check"]["int8"]["min_agreement"] == 0.5
-    assert int8_export.metrics["int8_agreement"] == stats["agreement"]
+    assert int8_export.metrics["int8_agreement"] == stats["foreground_agreement"]
     # The IR holds INT8 arithmetic (NNCF's FakeQuantize operations), unlike the float32 IR.
     xml = (int8_export.folder / member["files"]["openvino_int8"]).read_text()
     assert "FakeQuantize" in xml
@@ -127,7 +128,7 @@ def test_a_damaged_int8_ir_is_one_line(int8_export, tmp_path):
 def test_an_int8_ir_under_the_agreement_fails_and_writes_nothing(int8_export, tmp_path):
     output = tmp_path / "strict"
     record = json.loads((int8_export.folder / EXPORT_FILE).read_text())
-    measured = record["members"][0]["int8"]["agreement"]
+    measured = record["members"][0]["int8"]["foreground_agreement"]
     if measured >= 0.9999:
         pytest.skip("this INT8 model agrees on every voxel: no bar above it to fail")
     bar = round(measured + 1e-4, 4)  # same seed, same windows: just above what it reaches
@@ -136,6 +137,7 @@ def test_an_int8_ir_under_the_agreement_fails_and_writes_nothing(int8_export, tm
                None, tmp_path / "job")
     message = str(raised.value)
     assert message.startswith("export openvino_int8: labels agree with the Keras model on 0.")
+    assert "of the tumour voxels of 4 held-out window(s)" in message
     assert f"under export.int8.min_agreement={bar:g} (unet3d)" in message
     assert "\n" not in message
     assert not output.exists() and not list(tmp_path.glob(".strict.partial-*"))
@@ -204,3 +206,11 @@ def test_label_agreement_per_head():
     # Region head: each region's p > threshold counts (6 region-voxels, 2 flip).
     assert label_agreement([first], [second], "regions", 0.5) == pytest.approx(4 / 6)
     assert label_agreement([first], [first], "regions", 0.5) == 1.0
+    # Tumour voxels only: softmax classes != 0 in either (both voxels here), regions positive in
+    # either (voxel 1 region 1, voxel 2 regions 0 and 1: 3, of which 2 flip).
+    assert label_agreement([first], [second], "softmax", 0.5, foreground=True) == 0.5
+    assert label_agreement([first], [second], "regions", 0.5,
+                           foreground=True) == pytest.approx(1 / 3)
+    background = np.zeros((1, 2, 1, 1, 3), np.float32)
+    background[..., 0] = 1.0
+    assert label_agreement([background], [background], "softmax", 0.5, foreground=True) == 1.0

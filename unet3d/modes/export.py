@@ -49,7 +49,8 @@ def run(job: Job) -> dict[str, float]:
 
     Returns:
         ``members`` and, per format, ``max_dp_<format>`` (the largest difference of any
-        member); with ``openvino_int8``, ``int8_agreement`` (the smallest label agreement).
+        member); with ``openvino_int8``, ``int8_agreement`` (the smallest agreement on
+        tumour voxels, ``unet3d.inference.quantize``).
 
     Raises:
         ConfigError: a converter is not installed (naming its extra), or the folder exists
@@ -191,7 +192,8 @@ def export(cfg: DictConfig, tracker: Any, output_dir: Path) -> dict[str, float]:
     for fmt in formats:
         metrics[f"max_dp_{fmt}"] = max(member["max_difference"][fmt] for member in members)
     if splits is not None:
-        metrics["int8_agreement"] = min(member["int8"]["agreement"] for member in members)
+        metrics["int8_agreement"] = min(member["int8"]["foreground_agreement"]
+                                        for member in members)
     if tracker is not None:
         tracker.set_tags({"unet3d.export_dir": str(folder),
                           "unet3d.export_formats": ", ".join(formats)})
