@@ -88,6 +88,8 @@ def _has_formats(folder: Path) -> bool:
         return False
     files = json.loads(record.read_text())["members"][0]["files"]
     return all(fmt in files for fmt in EXPORT_FORMATS.strip("[]").split(","))
+
+
 REGIONS = ("WT", "TC", "ET")
 
 

@@ -199,6 +199,10 @@ def test_a_missing_engine_names_its_extra(monkeypatch, exported):
         message = str(raised.value)
         assert message.startswith(f"inference.engine={name}:") and "\n" not in message
         assert f'pip install -e ".[{extra}]"' in message
+    with pytest.raises(ConfigError, match=r'^inference.engine=openvino_int8: openvino \(which runs '
+                                          r'openvino_int8\) is not installed here; install it with '
+                                          r'pip install -e "\.\[openvino\]"'):
+        engines.require_engine("openvino_int8")
 
 
 @needs_engines

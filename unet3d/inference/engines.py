@@ -75,8 +75,9 @@ def installed_engines() -> list[str]:
 
 def missing_engine_message(name: str, key: str = "inference.engine") -> str:
     """One line: the engine is not installed and the extra that installs it."""
-    extra = ENGINE_EXTRAS[name]
-    return (f"{key}={name}: {name} is not installed here; install it with "
+    extra, module = ENGINE_EXTRAS[name], ENGINE_MODULES[name]
+    what = module if module == name else f"{module} (which runs {name})"
+    return (f"{key}={name}: {what} is not installed here; install it with "
             f"pip install -e \".[{extra}]\" (or pip install \"unet3d[{extra}]\")")
 
 

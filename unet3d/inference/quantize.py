@@ -93,13 +93,16 @@ def sample_windows(files: Sequence[str | Path], window: Sequence[int], count: in
     order = [files[index] for index in generator.permutation(len(files))]
     sides = [int(side) for side in window]
     windows: list[np.ndarray] = []
+    reused = count > len(order)  # keep the volumes only when a case gives several windows
     records: dict[int, np.ndarray] = {}
     while len(windows) < count:
         index = len(windows) % len(order)
-        if index not in records:
+        image = records.get(index)
+        if image is None:
             record = read_record(order[index])
-            records[index] = normalize(record["image"], record["mean"], record["std"])
-        image = records[index]
+            image = normalize(record["image"], record["mean"], record["std"])
+            if reused:
+                records[index] = image
         crop = np.zeros((*sides, image.shape[-1]), dtype=np.float32)
         starts = [int(generator.integers(0, max(size - side, 0) + 1))
                   for size, side in zip(image.shape[:3], sides, strict=True)]
