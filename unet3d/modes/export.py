@@ -94,18 +94,18 @@ def _int8_splits(cfg: DictConfig, prefixes: list[str]) -> list[DictConfig]:
     return splits
 
 
-def _int8_windows(split: DictConfig, window: list[int]) -> tuple[list, list, dict[str, Any]]:
+def _int8_windows(split: DictConfig, window: list[int], settings: Any
+                  ) -> tuple[list, list, dict[str, Any]]:
     """The calibration and check windows (``unet3d.inference.quantize.sample_windows``:
     float32 ``[1, h, w, d, C]``) of one member, from the training and held-out cases of
-    ``split``'s data and fold, and what they came from.
+    ``split``'s data and fold, and what they came from (``settings``: ``Int8Settings``).
 
     Raises:
         DataError: the data set cannot be prepared or a record cannot be read.
     """
     from unet3d.data.prepare import prepare_data
-    from unet3d.inference.quantize import Int8Settings, sample_windows
+    from unet3d.inference.quantize import sample_windows
 
-    settings = Int8Settings.from_config(split.export.int8)
     prepared = prepare_data(split)
     held_out = prepared.eval_files or prepared.train_files
     calibration = sample_windows(prepared.train_files, window, settings.calibration_windows,
@@ -127,7 +127,7 @@ def export(cfg: DictConfig, tracker: Any, output_dir: Path) -> dict[str, float]:
     from unet3d.inference.ensemble import window_size
     from unet3d.inference.exporters import export_member, float32_policy, require_converter
     from unet3d.inference.models import load_ensemble, member_model_settings, trained_labels
-    from unet3d.inference.quantize import INT8_FORMAT, export_int8
+    from unet3d.inference.quantize import INT8_FORMAT, Int8Settings, export_int8
 
     formats = [str(fmt) for fmt in cfg.export.formats]
     if not formats:
@@ -150,6 +150,7 @@ def export(cfg: DictConfig, tracker: Any, output_dir: Path) -> dict[str, float]:
     rules = _postprocessing(cfg, spec)
     tolerance = float(cfg.export.tolerance)
     splits = _int8_splits(cfg, prefixes) if INT8_FORMAT in formats else None
+    int8 = Int8Settings.from_config(cfg.export.int8) if splits is not None else None
     exact = [fmt for fmt in formats if fmt != INT8_FORMAT]
     with float32_policy():
         models = load_ensemble(cfg.model, prefixes, None)
@@ -165,11 +166,10 @@ def export(cfg: DictConfig, tracker: Any, output_dir: Path) -> dict[str, float]:
                                                tolerance)
             quantized = None
             if splits is not None:
-                calibration, check, source = _int8_windows(splits[index], window)
+                calibration, check, source = _int8_windows(splits[index], window, int8)
                 files[INT8_FORMAT], quantized = export_int8(
                     model, staging / name, files.get("openvino"), calibration, check, head,
-                    float(cfg.inference.region_threshold),
-                    float(cfg.export.int8.min_agreement))
+                    float(cfg.inference.region_threshold), int8.min_agreement)
                 quantized = {**quantized, **source}
                 differences[INT8_FORMAT] = quantized["max_dp"]
             members.append(_member_entry(staging, name, files, differences, settings[index],
